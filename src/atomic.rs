@@ -1,0 +1,87 @@
+//! Atomic file output: write to a temporary file beside the target, fsync, rename.
+//!
+//! Every file fastbuild produces (values, digest, metadata, Tilt ref) goes through here, so a
+//! failed or interrupted run leaves the previous file intact, and an unchanged file is not
+//! touched at all (file watchers such as Tilt's stay quiet).
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+/// What [`write_if_changed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The file was created or replaced.
+    Written,
+    /// The file already held exactly these bytes; it was not touched.
+    Unchanged,
+}
+
+/// Writes `contents` to `path` atomically, unless the file already holds exactly these bytes.
+pub fn write_if_changed(path: &Path, contents: &[u8]) -> Result<WriteOutcome> {
+    if let Ok(existing) = std::fs::read(path)
+        && existing == contents {
+            return Ok(WriteOutcome::Unchanged);
+        }
+    write(path, contents)?;
+    Ok(WriteOutcome::Written)
+}
+
+/// Writes `contents` to `path` atomically (temp file in the same directory + rename).
+pub fn write(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs_err::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create directory `{}` for `{}`; check permissions or choose another path",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".fastbuild-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| {
+            format!(
+                "cannot write in `{}`; check permissions or choose another path",
+                dir.display()
+            )
+        })?;
+    tmp.write_all(contents)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("failed to write `{}`", tmp.path().display()))?;
+    // Keep the usual 0644 instead of the temp file's 0600: values files are read by helm/tilt.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644));
+    }
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("failed to replace `{}`", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_content_is_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/v.yaml");
+        assert_eq!(write_if_changed(&p, b"a").unwrap(), WriteOutcome::Written);
+        let m1 = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(write_if_changed(&p, b"a").unwrap(), WriteOutcome::Unchanged);
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), m1);
+        assert_eq!(write_if_changed(&p, b"b").unwrap(), WriteOutcome::Written);
+        assert_eq!(std::fs::read(&p).unwrap(), b"b");
+        // no temp files left behind
+        assert_eq!(std::fs::read_dir(dir.path().join("sub")).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,355 @@
+//! Command-line definitions (clap). Parsing only: no logic lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Build, push and digest-pin container images for Tilt + Helm.
+///
+/// fastbuild talks to BuildKit directly over gRPC (or builds natively, without any daemon),
+/// pushes straight to the registry, takes the manifest digest from the build itself and writes
+/// the Helm values file that pins it.
+#[derive(Debug, Parser)]
+#[command(name = "fastbuild", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "\
+Examples:
+  fastbuild build                      build and push every service, write values files
+  fastbuild push api --digest-out d.txt --metadata-file meta.json
+  fastbuild helm api --print           print the helm upgrade command
+  fastbuild tilt > Tiltfile.fastbuild  Tiltfile fragment for every service
+  fastbuild watch --deploy             rebuild on change, helm upgrade when the digest moves
+
+Exit codes: 0 success, 1 failure, 2 usage or project-file error, 130 interrupted.")]
+pub struct Cli {
+    /// Project file (default: `fastbuild.yaml` in the current directory or a parent).
+    #[arg(short = 'f', long = "file", global = true, env = "FASTBUILD_FILE", value_name = "FILE")]
+    pub project_file: Option<PathBuf>,
+
+    /// Progress output: `auto` (live view on a terminal, plain lines otherwise), `plain`,
+    /// `json` (one JSON object per line) or `quiet`.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto, env = "FASTBUILD_PROGRESS")]
+    pub progress: ProgressMode,
+
+    /// More logs (`-v` debug, `-vv` trace), on stderr. `RUST_LOG` works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressMode {
+    /// Live view on a terminal, plain lines otherwise.
+    Auto,
+    /// Plain lines.
+    Plain,
+    /// One JSON object per line on stdout.
+    Json,
+    /// Only results and errors.
+    Quiet,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build and push services, print `service  repo@sha256:…`, write their values files.
+    #[command(after_help = "\
+Examples:
+  fastbuild build                        every service in fastbuild.yaml
+  fastbuild build api worker             two of them
+  fastbuild build --context . --repository app --registry localhost:5000   no project file
+  fastbuild build api --no-push          build only, print the digest
+  fastbuild build api --output oci:out   native builder: an OCI image layout, no registry")]
+    Build(BuildArgs),
+    /// CI: build and push, write `--digest-out` and `--metadata-file` only on success.
+    #[command(after_help = "\
+Examples:
+  fastbuild push api --digest-out digest.txt
+  fastbuild push api --digest-out ref.txt --digest-format ref --metadata-file meta.json")]
+    Push(BuildArgs),
+    /// Print or run the `helm upgrade --install` command of a service.
+    #[command(after_help = "\
+Examples:
+  fastbuild helm api --print      shell-quoted, copy-pasteable
+  fastbuild helm api --run        run it (skipped when nothing changed since the last success)")]
+    Helm(HelmArgs),
+    /// Print the Tiltfile fragment wiring fastbuild into Tilt (local_resource + helm_resource).
+    #[command(after_help = "\
+Examples:
+  fastbuild tilt > Tiltfile.fastbuild     then `load` or `include` it from your Tiltfile
+  fastbuild tilt api")]
+    Tilt(TiltArgs),
+    /// Check BuildKit, registries, credentials, helm/kubectl, charts and the values directory.
+    #[command(after_help = "\
+Examples:
+  fastbuild doctor
+  fastbuild doctor --json")]
+    Doctor(DoctorArgs),
+    /// Build, then rebuild services whose inputs change; optionally `helm upgrade` them.
+    #[command(after_help = "\
+Examples:
+  fastbuild watch                 every service
+  fastbuild watch api --deploy    rebuild api on change and helm upgrade it
+  fastbuild watch --poll          when inotify watches are exhausted")]
+    Watch(WatchArgs),
+    /// Print shell completions.
+    #[command(after_help = "Example:\n  fastbuild completions bash > /etc/bash_completion.d/fastbuild")]
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Output format of `--digest-out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum DigestFormat {
+    /// `sha256:…`
+    #[default]
+    Digest,
+    /// `repo@sha256:…`
+    Ref,
+}
+
+/// Arguments of `build` and `push`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct BuildArgs {
+    /// Services to build (default: all).
+    pub services: Vec<String>,
+
+    /// CI: write the digest here (only on success).
+    #[arg(long, value_name = "FILE")]
+    pub digest_out: Option<PathBuf>,
+    /// What `--digest-out` holds.
+    #[arg(long, value_enum, default_value_t = DigestFormat::Digest)]
+    pub digest_format: DigestFormat,
+    /// CI: write buildx-compatible metadata JSON here (only on success).
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Write `repo:tag` here for Tilt's `outputs_image_ref_to` (the values file still pins the digest).
+    #[arg(long, value_name = "FILE")]
+    pub image_ref_out: Option<PathBuf>,
+    /// Build without pushing; print the digest, write no values file.
+    #[arg(long)]
+    pub no_push: bool,
+    /// Write the image to an OCI image layout instead of a registry: `oci:DIR` (native builder).
+    #[arg(long, value_name = "oci:DIR")]
+    pub output: Option<String>,
+    /// Do not write values files (the default for `push`).
+    #[arg(long, conflicts_with = "values")]
+    pub no_values: bool,
+    /// Write values files (the default for `build`).
+    #[arg(long)]
+    pub values: bool,
+
+    #[command(flatten)]
+    pub service: ServiceFlags,
+}
+
+/// One-off flags: every project-file field, for use without a file or to override it.
+#[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Service settings (override fastbuild.yaml, or replace it)")]
+pub struct ServiceFlags {
+    /// Builder: `buildkit` or `native`.
+    #[arg(long, value_name = "KIND")]
+    pub builder: Option<String>,
+    /// BuildKit address: `docker-unix:///var/run/docker.sock`, `unix:///run/buildkit/buildkitd.sock`,
+    /// `tcp://host:1234`, `docker://`.
+    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
+    pub buildkit: Option<String>,
+    /// TLS CA for a `tcp://` BuildKit.
+    #[arg(long, value_name = "FILE")]
+    pub buildkit_tls_ca: Option<PathBuf>,
+    /// TLS client certificate for a `tcp://` BuildKit (mTLS).
+    #[arg(long, value_name = "FILE", requires = "buildkit_tls_key")]
+    pub buildkit_tls_cert: Option<PathBuf>,
+    /// TLS client key for a `tcp://` BuildKit (mTLS).
+    #[arg(long, value_name = "FILE", requires = "buildkit_tls_cert")]
+    pub buildkit_tls_key: Option<PathBuf>,
+    /// TLS server name for a `tcp://` BuildKit.
+    #[arg(long, value_name = "NAME")]
+    pub buildkit_tls_server_name: Option<String>,
+    /// Build context directory.
+    #[arg(long, value_name = "DIR")]
+    pub context: Option<PathBuf>,
+    /// Dockerfile (default `<context>/Dockerfile`).
+    #[arg(long, value_name = "FILE")]
+    pub dockerfile: Option<PathBuf>,
+    /// Dockerfile target stage.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Build argument `KEY=VALUE` (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Image label `KEY=VALUE` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Platform, e.g. `linux/amd64` (repeatable).
+    #[arg(long = "platform", value_name = "OS/ARCH")]
+    pub platforms: Vec<String>,
+    /// Secret `id=NAME,src=FILE` or `id=NAME,env=VAR` (repeatable).
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<String>,
+    /// Do not use the build cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Cache import, e.g. `type=registry,ref=localhost:5000/app:cache` (repeatable).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+    /// Cache export, e.g. `type=inline` (repeatable).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Registry the host pushes to, `host[:port][/prefix]`.
+    #[arg(long, env = "FASTBUILD_REGISTRY", value_name = "HOST")]
+    pub registry: Option<String>,
+    /// Registry as the cluster pulls from it (default: `--registry`).
+    #[arg(long, value_name = "HOST")]
+    pub pull_registry: Option<String>,
+    /// Allow plain HTTP to this registry (loopback is always allowed; repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Repository under the registry (default: the service name).
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// Tag to push (default: content-derived `fb-<digest prefix>`; `$EXPECTED_REF` inside Tilt).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Layer compression: `auto`, `gzip`, `zstd`, `uncompressed`.
+    #[arg(long, value_name = "ALGO")]
+    pub compression: Option<String>,
+    /// Directory for generated values files.
+    #[arg(long, value_name = "DIR")]
+    pub values_dir: Option<PathBuf>,
+    /// Values file of this service.
+    #[arg(long, value_name = "FILE")]
+    pub values_file: Option<PathBuf>,
+    /// Values key for `<registry>/<repository>` (default `image.graph`; empty to omit).
+    #[arg(long, value_name = "KEY")]
+    pub repository_key: Option<String>,
+    /// Values key for the digest (default `image.digest`; empty to omit).
+    #[arg(long, value_name = "KEY")]
+    pub digest_key: Option<String>,
+    /// Values key for the registry alone.
+    #[arg(long, value_name = "KEY")]
+    pub registry_key: Option<String>,
+    /// Values key for the tag (tag-only charts).
+    #[arg(long, value_name = "KEY")]
+    pub tag_key: Option<String>,
+    /// Native builder: base image reference or `scratch`.
+    #[arg(long, value_name = "REF")]
+    pub base: Option<String>,
+    /// Native builder: a layer entry `SRC:DEST` (repeatable; each flag is one layer).
+    #[arg(long = "layer", value_name = "SRC:DEST")]
+    pub layers: Vec<String>,
+    /// Native builder: entrypoint (repeat for each argument).
+    #[arg(long = "entrypoint", value_name = "ARG")]
+    pub entrypoint: Vec<String>,
+    /// Native builder: cmd (repeat for each argument).
+    #[arg(long = "cmd", value_name = "ARG")]
+    pub cmd: Vec<String>,
+    /// Native builder: environment `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Native builder: working directory.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Native builder: user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Native builder: exposed port (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<String>,
+    /// How many services build at once.
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<usize>,
+    /// Helm release (default: the service name).
+    #[arg(long)]
+    pub release: Option<String>,
+    /// Helm chart.
+    #[arg(long)]
+    pub chart: Option<String>,
+    /// Helm namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Helm values file before the generated one (repeatable, in order).
+    #[arg(long = "helm-values", value_name = "FILE")]
+    pub helm_values: Vec<PathBuf>,
+    /// Extra `helm upgrade` flag (repeatable).
+    #[arg(long = "helm-flag", value_name = "FLAG", allow_hyphen_values = true)]
+    pub helm_flags: Vec<String>,
+    /// Helm `--timeout` (default 10m).
+    #[arg(long)]
+    pub timeout: Option<String>,
+}
+
+/// Arguments of `helm`.
+#[derive(Debug, Args, Clone)]
+pub struct HelmArgs {
+    /// The service.
+    pub service: String,
+    /// Print the command, shell-quoted (the default).
+    #[arg(long, conflicts_with = "run")]
+    pub print: bool,
+    /// Run the command; skipped when the digest and every values file are unchanged since the
+    /// last successful run.
+    #[arg(long)]
+    pub run: bool,
+    /// With `--run`: run even if nothing changed.
+    #[arg(long, requires = "run")]
+    pub force: bool,
+    /// Helm binary.
+    #[arg(long, env = "HELM", default_value = "helm")]
+    pub helm: String,
+    #[command(flatten)]
+    pub service_flags: ServiceFlags,
+}
+
+/// Arguments of `tilt`.
+#[derive(Debug, Args, Clone)]
+pub struct TiltArgs {
+    /// Services (default: all).
+    pub services: Vec<String>,
+    /// The command Tilt runs for fastbuild.
+    #[arg(long, default_value = "fastbuild")]
+    pub fastbuild_command: String,
+}
+
+/// Arguments of `doctor`.
+#[derive(Debug, Args, Clone)]
+pub struct DoctorArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Helm binary.
+    #[arg(long, env = "HELM", default_value = "helm")]
+    pub helm: String,
+    /// kubectl binary.
+    #[arg(long, env = "KUBECTL", default_value = "kubectl")]
+    pub kubectl: String,
+    #[command(flatten)]
+    pub service_flags: ServiceFlags,
+}
+
+/// Arguments of `watch`.
+#[derive(Debug, Args, Clone)]
+pub struct WatchArgs {
+    /// Services (default: all).
+    pub services: Vec<String>,
+    /// `helm upgrade` a service after its digest changes.
+    #[arg(long)]
+    pub deploy: bool,
+    /// Debounce window in milliseconds.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub debounce: u64,
+    /// Poll the file system instead of inotify (network file systems, exhausted watch limits).
+    #[arg(long)]
+    pub poll: bool,
+    /// Helm binary.
+    #[arg(long, env = "HELM", default_value = "helm")]
+    pub helm: String,
+    #[command(flatten)]
+    pub service_flags: ServiceFlags,
+}

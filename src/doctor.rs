@@ -1,0 +1,295 @@
+//! `fastbuild doctor`: preflight checks, each with a verdict and what to do about it.
+//!
+//! BuildKit reachable (version, workers, platforms); each registry reachable from the host,
+//! HTTP vs HTTPS detected; credentials found (never printed); helm and kubectl present; each
+//! chart renders digest-first; the values directory is git-ignored.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::builder;
+use crate::cli::DoctorArgs;
+use crate::printer::Printer;
+use crate::settings::{BuilderPlan, Destination, Project, ServicePlan};
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, but worth a look.
+    Warn,
+    /// Broken: fastbuild will fail.
+    Fail,
+}
+
+/// One check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Verdict.
+    pub status: Status,
+    /// What was found, and what to do.
+    pub detail: String,
+}
+
+fn check(name: impl Into<String>, status: Status, detail: impl Into<String>) -> Check {
+    Check { name: name.into(), status, detail: detail.into() }
+}
+
+/// The digest used to probe charts.
+pub const PROBE_DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+
+/// The digest-first template snippet of the design note.
+pub const DIGEST_FIRST_SNIPPET: &str = r#"{{- $repo := .Values.image.graph -}}
+{{- if .Values.image.digest }}
+image: "{{ $repo }}@{{ .Values.image.digest }}"
+{{- else if .Values.image.tag }}
+image: "{{ $repo }}:{{ .Values.image.tag }}"
+{{- else }}
+image: "{{ $repo }}"
+{{- end }}"#;
+
+/// Runs every check; prints a table (or JSON); fails when any check fails.
+pub async fn run(project: &Project, args: &DoctorArgs, printer: &Printer) -> Result<()> {
+    let checks = collect(project, args).await?;
+    if args.json {
+        printer.json(&serde_json::json!({ "checks": checks, "ok": checks.iter().all(|c| c.status != Status::Fail) }));
+    } else {
+        printer.raw(&render(&checks));
+    }
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    if failed > 0 {
+        return Err(anyhow!("{failed} check(s) failed"));
+    }
+    Ok(())
+}
+
+/// The text table.
+pub fn render(checks: &[Check]) -> String {
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for c in checks {
+        let tag = match c.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        let mut lines = c.detail.lines();
+        let _ = writeln!(out, "{tag}  {:width$}  {}", c.name, lines.next().unwrap_or_default());
+        for l in lines {
+            let _ = writeln!(out, "{:pad$}{l}", "", pad = width + 8);
+        }
+    }
+    out
+}
+
+/// Runs the checks.
+pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>> {
+    let flags = &args.service_flags;
+    let names = project.select(&[], flags)?;
+    let plans: Vec<ServicePlan> = names.iter().map(|n| project.plan(n, flags)).collect::<Result<_>>()?;
+    let mut checks = Vec::new();
+
+    match &project.file {
+        Some(f) => checks.push(check("project file", Status::Ok, format!("{} ({} services)", f.display(), project.config.services.len()))),
+        None => checks.push(check("project file", Status::Warn, "no fastbuild.yaml found here or in a parent; using flags only")),
+    }
+
+    // BuildKit, once per address.
+    let mut seen = BTreeSet::new();
+    for plan in &plans {
+        if let BuilderPlan::Buildkit(b) = &plan.builder {
+            if !seen.insert(b.address.clone()) {
+                continue;
+            }
+            let name = format!("buildkit {}", b.address);
+            match tokio::time::timeout(Duration::from_secs(10), builder::buildkit::probe(b)).await {
+                Ok(Ok(report)) => checks.push(check(name, Status::Ok, report)),
+                Ok(Err(e)) => checks.push(check(name, Status::Fail, format!("{e:#}"))),
+                Err(_) => checks.push(check(name, Status::Fail, "no answer within 10 s; is the daemon running? set BUILDKIT_HOST or --buildkit")),
+            }
+        }
+    }
+
+    // Registries, once per host.
+    let mut hosts = BTreeSet::new();
+    for plan in &plans {
+        if let Destination::Registry { host, insecure, .. } = &plan.destination
+            && hosts.insert(host.clone()) {
+                checks.push(registry_check(host, *insecure).await);
+                checks.push(credentials_check(host).await);
+            }
+    }
+
+    checks.push(tool_check("helm", &args.helm, &["version", "--short"]).await);
+    checks.push(tool_check("kubectl", &args.kubectl, &["version", "--client"]).await);
+
+    for plan in &plans {
+        if plan.helm.is_some() {
+            checks.push(chart_check(plan, &args.helm).await);
+        }
+    }
+
+    let mut dirs = BTreeSet::new();
+    for plan in &plans {
+        if dirs.insert(plan.values_file.clone()) {
+            checks.push(gitignore_check(plan));
+        }
+    }
+    Ok(checks)
+}
+
+async fn registry_check(host: &str, insecure: bool) -> Check {
+    let name = format!("registry {host}");
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return check(name, Status::Fail, format!("cannot create an HTTP client: {e}")),
+    };
+    let https = client.get(format!("https://{host}/v2/")).send().await;
+    match https {
+        Ok(r) => {
+            let s = r.status();
+            let auth = if s == reqwest::StatusCode::UNAUTHORIZED { ", login required" } else { "" };
+            check(name, Status::Ok, format!("HTTPS, /v2/ answered {}{auth}", s.as_u16()))
+        }
+        Err(https_err) => {
+            let http = client.get(format!("http://{host}/v2/")).send().await;
+            match http {
+                Ok(r) if insecure => check(
+                    name,
+                    Status::Ok,
+                    format!("plain HTTP (allowed: loopback or marked insecure), /v2/ answered {}", r.status().as_u16()),
+                ),
+                Ok(_) => check(
+                    name,
+                    Status::Fail,
+                    format!(
+                        "speaks plain HTTP, not HTTPS; fastbuild and BuildKit will refuse it.\n\
+                         Mark it insecure: `insecure_registries: [{host}]` in fastbuild.yaml or `--insecure-registry {host}`"
+                    ),
+                ),
+                Err(_) => check(
+                    name,
+                    Status::Fail,
+                    format!("unreachable over HTTPS and HTTP ({}); is the registry running and the address right?", one_line(&https_err)),
+                ),
+            }
+        }
+    }
+}
+
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+async fn credentials_check(host: &str) -> Check {
+    let name = format!("credentials {host}");
+    let cfg = match crate::builder::native::docker_config() {
+        Ok(cfg) => cfg,
+        Err(e) => return check(name, Status::Warn, format!("cannot read the Docker config: {e:#}")),
+    };
+    match cfg.credential_for(host).await {
+        Ok(Some(())) => check(name, Status::Ok, "found in the Docker config (not shown)"),
+        Ok(None) => check(name, Status::Ok, "none configured (anonymous); fine for a local registry"),
+        Err(e) => check(name, Status::Fail, format!("{e:#}")),
+    }
+}
+
+async fn tool_check(name: &str, bin: &str, args: &[&str]) -> Check {
+    match tokio::process::Command::new(bin).args(args).output().await {
+        Ok(o) if o.status.success() => {
+            let v = String::from_utf8_lossy(&o.stdout);
+            check(name, Status::Ok, format!("{bin}: {}", v.lines().next().unwrap_or_default().trim()))
+        }
+        Ok(o) => check(name, Status::Warn, format!("`{bin}` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(_) => check(name, Status::Warn, format!("`{bin}` not found; install it or set the path (--{name} / ${})", name.to_uppercase())),
+    }
+}
+
+/// Renders the chart with a probe digest and checks the container image is pinned by digest.
+pub async fn chart_check(plan: &ServicePlan, helm_bin: &str) -> Check {
+    let name = format!("chart {}", plan.name);
+    let Some(helm) = &plan.helm else { return check(name, Status::Ok, "no helm section") };
+    if !crate::settings::is_chart_reference(&plan.root, &helm.chart) && !Path::new(&helm.chart).join("Chart.yaml").is_file() {
+        return check(name, Status::Fail, format!("chart `{}` not found (no Chart.yaml)", helm.chart));
+    }
+    let Some(digest_key) = &plan.values_keys.digest_key else {
+        return check(name, Status::Warn, "values write no digest (tag-only interim); make the chart digest-first and set `digest_key`");
+    };
+    let mut argv: Vec<String> = vec!["template".into(), helm.release.clone(), helm.chart.clone()];
+    for v in &helm.values {
+        argv.push(format!("--values={}", v.display()));
+    }
+    if let Some(k) = &plan.values_keys.repository_key {
+        argv.push(format!("--set-string={k}={}", plan.pull_repository));
+    }
+    argv.push(format!("--set-string={digest_key}={PROBE_DIGEST}"));
+    let Ok(out) = tokio::process::Command::new(helm_bin).args(&argv).output().await else {
+        return check(name, Status::Warn, format!("cannot run `{helm_bin}` to render the chart"));
+    };
+    if !out.status.success() {
+        return check(name, Status::Fail, format!("`helm template` failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    let pinned = format!("{}@{PROBE_DIGEST}", plan.pull_repository);
+    if rendered.contains(&pinned) {
+        check(name, Status::Ok, format!("renders digest-first ({}@sha256:…)", plan.pull_repository))
+    } else {
+        check(
+            name,
+            Status::Fail,
+            format!(
+                "does not render `{}@<digest>` from `{digest_key}`: the chart is tag-only or uses other keys.\n\
+                 Make the Deployment digest-first:\n{DIGEST_FIRST_SNIPPET}",
+                plan.pull_repository
+            ),
+        )
+    }
+}
+
+fn gitignore_check(plan: &ServicePlan) -> Check {
+    let name = format!("values file {}", plan.name);
+    let rel = plan.values_file.strip_prefix(&plan.root).unwrap_or(&plan.values_file);
+    let inside = std::process::Command::new("git")
+        .args(["rev-parse", "--is-inside-work-tree"])
+        .current_dir(&plan.root)
+        .output();
+    if !inside.is_ok_and(|o| o.status.success()) {
+        return check(name, Status::Ok, format!("{} (not a git repository)", rel.display()));
+    }
+    let ignored = std::process::Command::new("git")
+        .args(["check-ignore", "-q", "--no-index"])
+        .arg(&plan.values_file)
+        .current_dir(&plan.root)
+        .status();
+    match ignored {
+        Ok(s) if s.success() => check(name, Status::Ok, format!("{} is git-ignored", rel.display())),
+        _ => check(
+            name,
+            Status::Warn,
+            format!("{} is not git-ignored; add `{}/` to .gitignore so generated digests are not committed",
+                rel.display(),
+                rel.parent().map(|p| p.display().to_string()).unwrap_or_default()),
+        ),
+    }
+}

@@ -1,0 +1,36 @@
+//! CI outputs: `--digest-out` (`sha256:…` or `repo@sha256:…`), `--metadata-file` (the JSON
+//! `docker buildx build --metadata-file` writes), and `--image-ref-out` (`repo:tag` for Tilt's
+//! `outputs_image_ref_to`, which rejects a bare digest reference).
+
+use serde_json::{Value, json};
+
+use crate::builder::ImageResult;
+use crate::cli::DigestFormat;
+
+/// The `--digest-out` content.
+pub fn digest_line(image: &ImageResult, format: DigestFormat) -> String {
+    match format {
+        DigestFormat::Digest => format!("{}\n", image.digest),
+        DigestFormat::Ref => format!("{}@{}\n", image.repository, image.digest),
+    }
+}
+
+/// The buildx-compatible metadata JSON.
+pub fn metadata_json(image: &ImageResult) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("containerimage.digest".into(), json!(image.digest));
+    m.insert("containerimage.descriptor".into(), image.descriptor.clone());
+    if let Some(c) = &image.config_digest {
+        m.insert("containerimage.config.digest".into(), json!(c));
+    }
+    m.insert("image.name".into(), json!(image.image_name()));
+    Value::Object(m)
+}
+
+/// `repo:tag` for Tilt, when there is a tag.
+pub fn image_ref_line(image: &ImageResult) -> Option<String> {
+    image
+        .tag
+        .as_ref()
+        .map(|t| format!("{}:{t}\n", image.repository))
+}

@@ -1,0 +1,210 @@
+//! The one-way pipeline behind `build` and `push`: settings → build → publish → outputs.
+//!
+//! Services build in parallel (bounded). Each successful service gets its values file; CI
+//! outputs (`--digest-out`, `--metadata-file`, `--image-ref-out`) are written only when every
+//! selected service succeeded. Nothing is written for a failed service.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::atomic::{self, WriteOutcome};
+use crate::builder::{self, ImageResult};
+use crate::cli::BuildArgs;
+use crate::outputs::{metadata, values};
+use crate::printer::{Event, Printer, ServiceState};
+use crate::settings::{self, Destination, Project, ServicePlan, UsageError};
+
+/// `build` writes values files by default; `push` (CI) does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `fastbuild build`.
+    Build,
+    /// `fastbuild push`.
+    Push,
+}
+
+/// One service's outcome.
+#[derive(Debug)]
+pub struct ServiceOutcome {
+    /// Service.
+    pub name: String,
+    /// The image, or why not.
+    pub result: Result<ImageResult>,
+}
+
+/// Resolves the plans for `args`, applying `--no-push` / `--output`.
+pub fn plans(project: &Project, args: &BuildArgs) -> Result<Vec<ServicePlan>> {
+    let names = project.select(&args.services, &args.service)?;
+    let mut plans = Vec::new();
+    for name in &names {
+        let mut plan = project.plan(name, &args.service)?;
+        if let Some(out) = &args.output {
+            let dir = out.strip_prefix("oci:").ok_or_else(|| {
+                UsageError(format!("`--output {out}`: only `oci:DIR` is supported"))
+            })?;
+            plan.destination = Destination::Layout(settings::absolutize(&project.root, std::path::Path::new(dir)));
+        } else if args.no_push {
+            plan.destination = Destination::None;
+        } else if plan.destination == Destination::None {
+            return Err(settings::no_registry(name));
+        }
+        settings::preflight(&plan)?;
+        plans.push(plan);
+    }
+    if plans.len() > 1 && (args.digest_out.is_some() || args.metadata_file.is_some() || args.image_ref_out.is_some()) {
+        bail!(UsageError(
+            "`--digest-out`, `--metadata-file` and `--image-ref-out` take exactly one service; name it".into()
+        ));
+    }
+    if plans.len() > 1 && args.output.is_some() {
+        bail!(UsageError("`--output oci:DIR` takes exactly one service; name it".into()));
+    }
+    Ok(plans)
+}
+
+/// Builds every plan (bounded parallelism), forwarding progress to the printer.
+pub async fn build_all(
+    plans: &[ServicePlan],
+    parallel: usize,
+    printer: &Printer,
+    cancel: &CancellationToken,
+) -> Vec<ServiceOutcome> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let p = printer.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            p.event(&ev);
+        }
+    });
+    let sem = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut tasks = Vec::new();
+    for plan in plans {
+        let plan = plan.clone();
+        let tx = tx.clone();
+        let sem = Arc::clone(&sem);
+        let cancel = cancel.child_token();
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let _ = tx.send(Event::State {
+                service: plan.name.clone(),
+                state: ServiceState::Building { step: "starting".into(), done: 0 },
+            });
+            let res = tokio::select! {
+                r = builder::build(&plan, tx.clone(), cancel.clone()) => r,
+                () = cancel.cancelled() => Err(anyhow!("build of `{}` cancelled", plan.name)),
+            };
+            let state = match &res {
+                Ok(img) => ServiceState::Pushed { reference: img.pinned() },
+                Err(e) => ServiceState::Failed { error: format!("{e:#}") },
+            };
+            let _ = tx.send(Event::State { service: plan.name.clone(), state });
+            ServiceOutcome { name: plan.name.clone(), result: res }
+        }));
+    }
+    drop(tx);
+    let mut out = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(o) => out.push(o),
+            Err(e) => out.push(ServiceOutcome {
+                name: "?".into(),
+                result: Err(anyhow!("build task panicked: {e}")),
+            }),
+        }
+    }
+    let _ = forward.await;
+    out
+}
+
+/// Writes the values file of one built service; returns whether it changed.
+pub fn write_values(plan: &ServicePlan, image: &ImageResult) -> Result<WriteOutcome> {
+    let iv = values::ImageValues {
+        pull_registry: plan.pull_registry.clone(),
+        repository: plan.pull_repository.clone(),
+        digest: image.digest.clone(),
+        tag: image.tag.clone(),
+    };
+    let text = values::render(&plan.name, &iv, &plan.values_keys).map_err(|e| anyhow!(UsageError(e)))?;
+    atomic::write_if_changed(&plan.values_file, text.as_bytes())
+        .with_context(|| format!("failed to write the values file of `{}`", plan.name))
+}
+
+/// `fastbuild build` / `fastbuild push`.
+pub async fn run(project: &Project, args: &BuildArgs, flavor: Flavor, printer: &Printer, cancel: &CancellationToken) -> Result<()> {
+    let plans = plans(project, args)?;
+    let write_values_files = match flavor {
+        Flavor::Build => !args.no_values,
+        Flavor::Push => args.values,
+    };
+    let outcomes = build_all(&plans, project.parallel, printer, cancel).await;
+    if cancel.is_cancelled() {
+        return Err(anyhow!(crate::Interrupted));
+    }
+    let mut failures = Vec::new();
+    let width = plans.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for (plan, outcome) in plans.iter().zip(outcomes) {
+        match outcome.result {
+            Ok(image) => {
+                let pushed = matches!(plan.destination, Destination::Registry { .. });
+                if pushed && write_values_files {
+                    match write_values(plan, &image) {
+                        Ok(WriteOutcome::Written) => printer.note(Some(&plan.name), &format!("wrote {}", plan.values_file.display())),
+                        Ok(WriteOutcome::Unchanged) => printer.note(Some(&plan.name), &format!("{} unchanged", plan.values_file.display())),
+                        Err(e) => {
+                            failures.push((plan.name.clone(), e));
+                            continue;
+                        }
+                    }
+                }
+                let shown = match &plan.destination {
+                    Destination::Layout(dir) => format!("oci:{}@{}", dir.display(), image.digest),
+                    Destination::None => image.digest.clone(),
+                    Destination::Registry { .. } => image.pinned(),
+                };
+                printer.result(&format!("{:width$}  {shown}", plan.name));
+                if printer.is_json() {
+                    printer.json(&serde_json::json!({
+                        "event": "result", "service": plan.name, "reference": shown,
+                        "digest": image.digest, "values_file": (pushed && write_values_files).then(|| plan.values_file.display().to_string()),
+                    }));
+                }
+                if plans.len() == 1 {
+                    write_ci_outputs(args, &image)?;
+                }
+            }
+            Err(e) => failures.push((plan.name.clone(), e)),
+        }
+    }
+    match failures.len() {
+        0 => Ok(()),
+        1 => {
+            let (name, e) = failures.pop().expect("one failure");
+            Err(e.context(format!("service `{name}` failed")))
+        }
+        n => {
+            for (name, e) in &failures {
+                printer.error(&anyhow!("service `{name}` failed: {e:#}"));
+            }
+            Err(anyhow!("{n} services failed"))
+        }
+    }
+}
+
+fn write_ci_outputs(args: &BuildArgs, image: &ImageResult) -> Result<()> {
+    if let Some(p) = &args.metadata_file {
+        let text = serde_json::to_string_pretty(&metadata::metadata_json(image))? + "\n";
+        atomic::write(p, text.as_bytes()).with_context(|| format!("failed to write `{}`", p.display()))?;
+    }
+    if let Some(p) = &args.image_ref_out {
+        let line = metadata::image_ref_line(image).ok_or_else(|| anyhow!("`--image-ref-out` needs a pushed tag"))?;
+        atomic::write(p, line.as_bytes()).with_context(|| format!("failed to write `{}`", p.display()))?;
+    }
+    if let Some(p) = &args.digest_out {
+        atomic::write(p, metadata::digest_line(image, args.digest_format).as_bytes())
+            .with_context(|| format!("failed to write `{}`", p.display()))?;
+    }
+    Ok(())
+}

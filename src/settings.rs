@@ -1,0 +1,885 @@
+//! Settings: flags + `fastbuild.yaml` + environment resolved into one plan per service.
+//!
+//! Stage: settings. Everything downstream (builders, publisher, outputs) reads a
+//! [`ServicePlan`] and never looks at flags or the project file again.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::cli::ServiceFlags;
+use crate::config::{self, BuilderKind, HelmConfig, LayerConfig, ProjectFile, ServiceConfig, ValuesConfig};
+
+/// Default directory for generated values files, relative to the project root.
+pub const DEFAULT_VALUES_DIR: &str = "tilt-values";
+/// Default Helm timeout: the design note's 600 s.
+pub const DEFAULT_HELM_TIMEOUT: &str = "10m";
+/// Default number of services built at once.
+pub const DEFAULT_PARALLEL: usize = 4;
+
+/// A usage error (exit code 2): bad flags, bad project file, unknown service.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Layer compression, as chosen by the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip (the registry default).
+    Gzip,
+    /// zstd.
+    Zstd,
+    /// No compression (fastest on loopback).
+    Uncompressed,
+}
+
+impl Compression {
+    /// The name BuildKit and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::Uncompressed => "uncompressed",
+        }
+    }
+}
+
+/// Where the image goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A registry.
+    Registry {
+        /// `host[:port]`.
+        host: String,
+        /// Full repository as the host pushes to it: `localhost:5000/prefix/app`.
+        repository: String,
+        /// Tag to push; `None` = content-derived.
+        tag: Option<String>,
+        /// Plain HTTP allowed.
+        insecure: bool,
+    },
+    /// An OCI image layout directory.
+    Layout(PathBuf),
+    /// Build only.
+    None,
+}
+
+/// How a service is built.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuilderPlan {
+    /// Dockerfile on BuildKit.
+    Buildkit(BuildkitPlan),
+    /// Layers on a base image, no daemon.
+    Native(NativePlan),
+}
+
+/// A BuildKit build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildkitPlan {
+    /// Daemon address.
+    pub address: String,
+    /// TLS for `tcp://`.
+    pub tls: Option<BuildkitTls>,
+    /// Context directory (absolute).
+    pub context: PathBuf,
+    /// Dockerfile (absolute).
+    pub dockerfile: PathBuf,
+    /// Target stage.
+    pub target: Option<String>,
+    /// Build args.
+    pub build_args: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Platforms.
+    pub platforms: Vec<String>,
+    /// Secrets: id → source.
+    pub secrets: Vec<SecretSpec>,
+    /// No cache.
+    pub no_cache: bool,
+    /// Cache imports.
+    pub cache_from: Vec<String>,
+    /// Cache exports.
+    pub cache_to: Vec<String>,
+}
+
+/// TLS settings for a `tcp://` BuildKit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildkitTls {
+    /// CA file.
+    pub ca: Option<PathBuf>,
+    /// Client certificate.
+    pub cert: Option<PathBuf>,
+    /// Client key.
+    pub key: Option<PathBuf>,
+    /// Server name.
+    pub server_name: Option<String>,
+}
+
+/// A secret for `RUN --mount=type=secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSpec {
+    /// From a file.
+    File {
+        /// Secret id.
+        id: String,
+        /// File.
+        path: PathBuf,
+    },
+    /// From an environment variable.
+    Env {
+        /// Secret id.
+        id: String,
+        /// Variable.
+        var: String,
+    },
+}
+
+/// A native build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativePlan {
+    /// Base image reference or `scratch`.
+    pub base: String,
+    /// Layers: one per entry list.
+    pub layers: Vec<Vec<(PathBuf, String)>>,
+    /// Platforms (default linux/amd64).
+    pub platforms: Vec<String>,
+    /// Entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// Cmd.
+    pub cmd: Option<Vec<String>>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Working dir.
+    pub workdir: Option<String>,
+    /// User.
+    pub user: Option<String>,
+    /// Exposed ports.
+    pub ports: Vec<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Helm settings resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelmPlan {
+    /// Release.
+    pub release: String,
+    /// Chart path or reference.
+    pub chart: String,
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// Values files before the generated one.
+    pub values: Vec<PathBuf>,
+    /// Extra flags.
+    pub flags: Vec<String>,
+    /// Timeout.
+    pub timeout: String,
+}
+
+/// Everything needed to build, publish and write outputs for one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePlan {
+    /// Service name.
+    pub name: String,
+    /// Project root (directory of the project file, or the cwd).
+    pub root: PathBuf,
+    /// The builder.
+    pub builder: BuilderPlan,
+    /// Where the image goes.
+    pub destination: Destination,
+    /// Registry as the cluster pulls from it.
+    pub pull_registry: String,
+    /// Repository as the cluster pulls it: `<pull registry>/<repository>`.
+    pub pull_repository: String,
+    /// Compression.
+    pub compression: Compression,
+    /// Values file (absolute).
+    pub values_file: PathBuf,
+    /// Values keys.
+    pub values_keys: ValuesConfig,
+    /// Helm.
+    pub helm: Option<HelmPlan>,
+    /// Paths whose changes rebuild the service (absolute): context/Dockerfile or layer sources,
+    /// plus extra watch paths.
+    pub watch_paths: Vec<PathBuf>,
+    /// SOURCE_DATE_EPOCH for reproducible output.
+    pub source_date_epoch: i64,
+}
+
+/// The project: its file (if any) and its resolved services.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// The project file, if one was found.
+    pub file: Option<PathBuf>,
+    /// Project root.
+    pub root: PathBuf,
+    /// The parsed file (default when there is none).
+    pub config: ProjectFile,
+    /// Parallel builds.
+    pub parallel: usize,
+}
+
+impl Project {
+    /// Finds and loads the project file (`-f` or upward from the cwd); none is fine.
+    pub fn load(explicit: Option<&Path>) -> Result<Self> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let file = match explicit {
+            Some(p) => {
+                let p = absolutize(&cwd, p);
+                if !p.is_file() {
+                    return Err(UsageError(format!(
+                        "project file `{}` does not exist; create it or drop `-f`",
+                        p.display()
+                    ))
+                    .into());
+                }
+                Some(p)
+            }
+            None => config::find_upward(&cwd),
+        };
+        let (root, config) = match &file {
+            Some(f) => {
+                let cfg = config::load(f).map_err(|e| UsageError(e.to_string()))?;
+                (f.parent().map_or(cwd.clone(), Path::to_path_buf), cfg)
+            }
+            None => (cwd, ProjectFile::default()),
+        };
+        let parallel = config.parallel.unwrap_or(DEFAULT_PARALLEL).max(1);
+        Ok(Self {
+            file,
+            root,
+            config,
+            parallel,
+        })
+    }
+
+    /// Names of the services selected by `names` (all when empty). With no project file and
+    /// no name, one ad-hoc service named after the repository flag or the context directory.
+    pub fn select(&self, names: &[String], flags: &ServiceFlags) -> Result<Vec<String>> {
+        if names.is_empty() {
+            if self.config.services.is_empty() {
+                let name = flags
+                    .repository
+                    .as_deref()
+                    .and_then(|r| r.rsplit('/').next())
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        let ctx = flags.context.clone().unwrap_or_else(|| PathBuf::from("."));
+                        absolutize(&self.root, &ctx)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().to_lowercase())
+                    })
+                    .ok_or_else(|| {
+                        UsageError(
+                            "no fastbuild.yaml found and no service given; create fastbuild.yaml \
+                             or pass `--context DIR --repository NAME`"
+                                .into(),
+                        )
+                    })?;
+                return Ok(vec![sanitize_name(&name)]);
+            }
+            return Ok(self.config.services.keys().cloned().collect());
+        }
+        for n in names {
+            if !self.config.services.contains_key(n) && !self.config.services.is_empty() {
+                let known: Vec<&str> = self.config.services.keys().map(String::as_str).collect();
+                return Err(UsageError(format!(
+                    "unknown service `{n}` in `{}`; known services: {}",
+                    self.file
+                        .as_deref()
+                        .map_or_else(|| "flags".into(), |p| p.display().to_string()),
+                    known.join(", ")
+                ))
+                .into());
+            }
+        }
+        Ok(names.to_vec())
+    }
+
+    /// Resolves one service.
+    pub fn plan(&self, name: &str, flags: &ServiceFlags) -> Result<ServicePlan> {
+        let svc = self.config.services.get(name).cloned().unwrap_or_default();
+        resolve(self, name, &svc, flags)
+    }
+}
+
+fn sanitize_name(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+}
+
+/// `base.join(p)` unless `p` is absolute, lexically normalised.
+pub fn absolutize(base: &Path, p: &Path) -> PathBuf {
+    let joined = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn kv_pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item.split_once('=').ok_or_else(|| {
+            UsageError(format!("{what} `{item}` must be KEY=VALUE"))
+        })?;
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+/// Parses `id=NAME,src=FILE` / `id=NAME,env=VAR` (docker build's `--secret` syntax).
+pub fn parse_secret(spec: &str, root: &Path) -> Result<SecretSpec> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            UsageError(format!(
+                "secret `{spec}`: expected `id=NAME,src=FILE` or `id=NAME,env=VAR`"
+            ))
+        })?;
+        match k.trim() {
+            "id" => id = Some(v.to_owned()),
+            "src" | "source" => src = Some(v.to_owned()),
+            "env" => env = Some(v.to_owned()),
+            "type" if v == "file" || v == "env" => {}
+            other => {
+                return Err(UsageError(format!(
+                    "secret `{spec}`: unknown field `{other}`; use id=, src= or env="
+                ))
+                .into());
+            }
+        }
+    }
+    let id = id.ok_or_else(|| UsageError(format!("secret `{spec}` has no `id=`")))?;
+    match (src, env) {
+        (Some(s), None) => Ok(SecretSpec::File {
+            id,
+            path: absolutize(root, Path::new(&s)),
+        }),
+        (None, Some(var)) => Ok(SecretSpec::Env { id, var }),
+        (None, None) => Ok(SecretSpec::Env {
+            var: id.clone(),
+            id,
+        }),
+        (Some(_), Some(_)) => Err(UsageError(format!(
+            "secret `{spec}`: give either src= or env=, not both"
+        ))
+        .into()),
+    }
+}
+
+fn parse_compression(s: &str, host: Option<&str>) -> Result<Compression> {
+    Ok(match s {
+        "auto" => match host {
+            Some(h) if is_dev_registry(h) => Compression::Uncompressed,
+            _ => Compression::Gzip,
+        },
+        "gzip" => Compression::Gzip,
+        "zstd" => Compression::Zstd,
+        "uncompressed" | "none" => Compression::Uncompressed,
+        other => {
+            return Err(UsageError(format!(
+                "unknown compression `{other}`; use auto, gzip, zstd or uncompressed"
+            ))
+            .into());
+        }
+    })
+}
+
+/// The host part of `host[:port][/prefix]`, without the port.
+pub fn host_only(registry_host: &str) -> &str {
+    let h = registry_host.split('/').next().unwrap_or(registry_host);
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    h.rsplit_once(':').map_or(h, |(a, _)| a)
+}
+
+/// Loopback registries: plain HTTP is allowed without being asked.
+pub fn is_loopback(registry_host: &str) -> bool {
+    let h = host_only(registry_host);
+    h == "localhost"
+        || h.ends_with(".localhost")
+        || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Development registries (loopback, single-label hosts such as k3d's `registry`, `.local`,
+/// `.internal`): the fastest layer compression is the default for them.
+pub fn is_dev_registry(registry_host: &str) -> bool {
+    let h = host_only(registry_host).to_ascii_lowercase();
+    is_loopback(registry_host)
+        || (!h.contains('.') && h.parse::<IpAddr>().is_err())
+        || matches!(h.rsplit('.').next(), Some("local" | "internal"))
+        || h.starts_with("k3d-")
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, else the last commit of the repo at `root`, else 0.
+pub fn source_date_epoch(root: &Path) -> i64 {
+    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+    {
+        return v;
+    }
+    std::process::Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(root)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A values-key flag: absent (`None`), or set, where an empty string means "omit this key".
+fn key_flag(flag: Option<&String>, slot: &mut Option<String>) {
+    if let Some(v) = flag {
+        *slot = if v.is_empty() { None } else { Some(v.clone()) };
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+fn resolve(project: &Project, name: &str, svc: &ServiceConfig, flags: &ServiceFlags) -> Result<ServicePlan> {
+    let root = &project.root;
+    let cfg = &project.config;
+    let abs = |p: &Path| absolutize(root, p);
+
+    let kind = match flags.builder.as_deref() {
+        Some("buildkit") => BuilderKind::Buildkit,
+        Some("native") => BuilderKind::Native,
+        Some(other) => {
+            return Err(UsageError(format!(
+                "unknown builder `{other}`; use `buildkit` or `native`"
+            ))
+            .into());
+        }
+        None if !flags.layers.is_empty() || flags.base.is_some() => {
+            if project.config.services.contains_key(name) {
+                svc.builder
+            } else {
+                BuilderKind::Native
+            }
+        }
+        None => svc.builder,
+    };
+
+    // Destination: EXPECTED_REF (Tilt custom_build) wins for the repository and tag.
+    let expected_ref = std::env::var("EXPECTED_REF").ok().filter(|s| !s.is_empty());
+    let registry = flags
+        .registry
+        .clone()
+        .or_else(|| svc.registry.clone())
+        .or_else(|| cfg.registry.clone());
+    let repo_name = flags
+        .repository
+        .clone()
+        .or_else(|| svc.repository.clone())
+        .unwrap_or_else(|| name.to_owned());
+    let tag = flags.tag.clone().or_else(|| svc.tag.clone());
+    let insecure_list: Vec<String> = cfg
+        .insecure_registries
+        .iter()
+        .chain(&flags.insecure_registries)
+        .cloned()
+        .collect();
+    let (push_repo, tag, push_host, push_registry) = if let Some(er) = &expected_ref {
+        let (repo, t) = split_tag(er);
+        let host = repo.split('/').next().unwrap_or(&repo).to_owned();
+        let reg = repo.rsplit_once('/').map_or(host.clone(), |(r, _)| r.to_owned());
+        (repo, t.or(tag), Some(host), Some(reg))
+    } else if let Some(reg) = &registry {
+        let reg = reg.trim_end_matches('/').to_owned();
+        let host = reg.split('/').next().unwrap_or(&reg).to_owned();
+        (format!("{reg}/{repo_name}"), tag, Some(host), Some(reg))
+    } else {
+        (repo_name.clone(), tag, None, None)
+    };
+
+    let compression_setting = flags
+        .compression
+        .clone()
+        .or_else(|| svc.compression.clone())
+        .or_else(|| cfg.compression.clone())
+        .unwrap_or_else(|| "auto".into());
+    let compression = parse_compression(&compression_setting, push_host.as_deref())?;
+
+    let pull_registry = flags
+        .pull_registry
+        .clone()
+        .or_else(|| svc.pull_registry.clone())
+        .or_else(|| cfg.pull_registry.clone())
+        .or_else(|| push_registry.clone())
+        .unwrap_or_default();
+    let pull_repository = if pull_registry.is_empty() {
+        push_repo.clone()
+    } else {
+        let last = push_repo.rsplit('/').next().unwrap_or(&push_repo);
+        let repo_part = if expected_ref.is_some() { last } else { repo_name.as_str() };
+        format!("{}/{}", pull_registry.trim_end_matches('/'), repo_part)
+    };
+
+    let platforms: Vec<String> = if flags.platforms.is_empty() {
+        svc.platforms.clone()
+    } else {
+        flags.platforms.clone()
+    };
+    let mut labels = svc.labels.clone();
+    labels.extend(kv_pairs(&flags.labels, "label")?);
+
+    let context = abs(&flags
+        .context
+        .clone()
+        .or_else(|| svc.context.clone())
+        .unwrap_or_else(|| PathBuf::from(".")));
+
+    let mut watch_paths: Vec<PathBuf> = svc.watch.iter().map(|p| abs(p)).collect();
+
+    let builder = match kind {
+        BuilderKind::Buildkit => {
+            let address = flags
+                .buildkit
+                .clone()
+                .or_else(|| cfg.buildkit.clone())
+                .unwrap_or_else(default_buildkit_address);
+            let dockerfile = flags
+                .dockerfile
+                .as_deref()
+                .or(svc.dockerfile.as_deref())
+                .map_or_else(|| context.join("Dockerfile"), &abs);
+            let mut build_args = svc.build_args.clone();
+            build_args.extend(kv_pairs(&flags.build_args, "build arg")?);
+            let secrets = svc
+                .secrets
+                .iter()
+                .chain(&flags.secrets)
+                .map(|s| parse_secret(s, root))
+                .collect::<Result<Vec<_>>>()?;
+            let tls = if flags.buildkit_tls_ca.is_some()
+                || flags.buildkit_tls_cert.is_some()
+                || flags.buildkit_tls_server_name.is_some()
+            {
+                Some(BuildkitTls {
+                    ca: flags.buildkit_tls_ca.clone(),
+                    cert: flags.buildkit_tls_cert.clone(),
+                    key: flags.buildkit_tls_key.clone(),
+                    server_name: flags.buildkit_tls_server_name.clone(),
+                })
+            } else {
+                None
+            };
+            watch_paths.push(context.clone());
+            if !dockerfile.starts_with(&context) {
+                watch_paths.push(dockerfile.clone());
+            }
+            BuilderPlan::Buildkit(BuildkitPlan {
+                address,
+                tls,
+                context,
+                dockerfile,
+                target: flags.target.clone().or_else(|| svc.target.clone()),
+                build_args,
+                labels,
+                platforms,
+                secrets,
+                no_cache: flags.no_cache,
+                cache_from: svc.cache_from.iter().chain(&flags.cache_from).cloned().collect(),
+                cache_to: svc.cache_to.iter().chain(&flags.cache_to).cloned().collect(),
+            })
+        }
+        BuilderKind::Native => {
+            let layers: Vec<LayerConfig> = if flags.layers.is_empty() {
+                svc.layers.clone()
+            } else {
+                flags
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        let (src, dest) = l.rsplit_once(':').ok_or_else(|| {
+                            UsageError(format!("layer `{l}` must be SRC:DEST"))
+                        })?;
+                        Ok(LayerConfig {
+                            src: PathBuf::from(src),
+                            dest: dest.to_owned(),
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            };
+            if layers.is_empty() {
+                return Err(UsageError(format!(
+                    "native service `{name}` has no layers; add `layers: [{{src: …, dest: …}}]` or `--layer SRC:DEST`"
+                ))
+                .into());
+            }
+            for l in &layers {
+                if !l.dest.starts_with('/') {
+                    return Err(UsageError(format!(
+                        "service `{name}`: layer dest `{}` must be an absolute path in the image",
+                        l.dest
+                    ))
+                    .into());
+                }
+                watch_paths.push(abs(&l.src));
+            }
+            let base = flags
+                .base
+                .clone()
+                .or_else(|| svc.base.clone())
+                .unwrap_or_else(|| "scratch".into());
+            let mut env = svc.env.clone();
+            env.extend(kv_pairs(&flags.env, "env")?);
+            BuilderPlan::Native(NativePlan {
+                base,
+                layers: layers
+                    .iter()
+                    .map(|l| vec![(abs(&l.src), l.dest.clone())])
+                    .collect(),
+                platforms: if platforms.is_empty() {
+                    vec!["linux/amd64".into()]
+                } else {
+                    platforms
+                },
+                entrypoint: if flags.entrypoint.is_empty() {
+                    svc.entrypoint.clone()
+                } else {
+                    Some(flags.entrypoint.clone())
+                },
+                cmd: if flags.cmd.is_empty() {
+                    svc.cmd.clone()
+                } else {
+                    Some(flags.cmd.clone())
+                },
+                env,
+                workdir: flags.workdir.clone().or_else(|| svc.workdir.clone()),
+                user: flags.user.clone().or_else(|| svc.user.clone()),
+                ports: if flags.ports.is_empty() {
+                    svc.ports.clone()
+                } else {
+                    flags.ports.clone()
+                },
+                labels,
+            })
+        }
+    };
+
+    let destination = match push_host {
+        Some(host) => {
+            let insecure = is_loopback(&host)
+                || insecure_list
+                    .iter()
+                    .any(|i| i == &host || host_only(i) == host_only(&host) && !i.contains(':'));
+            Destination::Registry {
+                host,
+                repository: push_repo,
+                tag,
+                insecure,
+            }
+        }
+        None => Destination::None,
+    };
+
+    let values_dir = flags
+        .values_dir
+        .clone()
+        .or_else(|| cfg.values_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_VALUES_DIR));
+    let values_file = abs(&flags
+        .values_file
+        .clone()
+        .or_else(|| svc.values.file.clone())
+        .unwrap_or_else(|| values_dir.join(format!("{name}.values.yaml"))));
+    let mut values_keys = svc.values.clone();
+    key_flag(flags.repository_key.as_ref(), &mut values_keys.repository_key);
+    key_flag(flags.digest_key.as_ref(), &mut values_keys.digest_key);
+    key_flag(flags.registry_key.as_ref(), &mut values_keys.registry_key);
+    key_flag(flags.tag_key.as_ref(), &mut values_keys.tag_key);
+
+    let helm_cfg: Option<HelmConfig> = match (&svc.helm, &flags.chart) {
+        (_, Some(chart)) => Some(HelmConfig {
+            chart: chart.clone(),
+            ..svc.helm.clone().unwrap_or_default()
+        }),
+        (Some(h), None) => Some(h.clone()),
+        (None, None) => None,
+    };
+    let helm = helm_cfg.map(|h| {
+        let chart = if is_chart_reference(root, &h.chart) {
+            h.chart.clone()
+        } else {
+            abs(Path::new(&h.chart)).display().to_string()
+        };
+        HelmPlan {
+            release: flags
+                .release
+                .clone()
+                .or(h.release)
+                .unwrap_or_else(|| name.to_owned()),
+            chart,
+            namespace: flags.namespace.clone().or(h.namespace),
+            values: if flags.helm_values.is_empty() {
+                h.values.iter().map(|p| abs(p)).collect()
+            } else {
+                flags.helm_values.iter().map(|p| abs(p)).collect()
+            },
+            flags: h.flags.into_iter().chain(flags.helm_flags.clone()).collect(),
+            timeout: flags
+                .timeout
+                .clone()
+                .or(h.timeout)
+                .unwrap_or_else(|| DEFAULT_HELM_TIMEOUT.into()),
+        }
+    });
+
+    watch_paths.sort();
+    watch_paths.dedup();
+
+    Ok(ServicePlan {
+        name: name.to_owned(),
+        root: root.clone(),
+        builder,
+        destination,
+        pull_registry,
+        pull_repository,
+        compression,
+        values_file,
+        values_keys,
+        helm,
+        watch_paths,
+        source_date_epoch: source_date_epoch(root),
+    })
+}
+
+/// A chart given as `oci://…` or `repo/name` (resolved by helm) rather than a local path.
+pub fn is_chart_reference(root: &Path, chart: &str) -> bool {
+    if chart.starts_with("oci://") || chart.contains("://") {
+        return true;
+    }
+    if chart.starts_with('.') || chart.starts_with('/') || root.join(chart).exists() {
+        return false;
+    }
+    chart.matches('/').count() == 1
+}
+
+/// Splits `repo[:tag][@digest]` into repo and tag (a port colon is not a tag).
+pub fn split_tag(reference: &str) -> (String, Option<String>) {
+    let no_digest = reference.split('@').next().unwrap_or(reference);
+    let last_slash = no_digest.rfind('/').map_or(0, |i| i + 1);
+    match no_digest[last_slash..].rfind(':') {
+        Some(i) => (
+            no_digest[..last_slash + i].to_owned(),
+            Some(no_digest[last_slash + i + 1..].to_owned()),
+        ),
+        None => (no_digest.to_owned(), None),
+    }
+}
+
+/// `BUILDKIT_HOST`, else `DOCKER_HOST` as `docker-…`, else the default Docker socket.
+pub fn default_buildkit_address() -> String {
+    if let Ok(h) = std::env::var("DOCKER_HOST")
+        && let Some(p) = h.strip_prefix("unix://") {
+            return format!("docker-unix://{p}");
+        }
+    "docker-unix:///var/run/docker.sock".into()
+}
+
+/// Error for a service without a registry.
+pub fn no_registry(name: &str) -> anyhow::Error {
+    anyhow!(UsageError(format!(
+        "service `{name}` has no registry to push to; set `registry:` in fastbuild.yaml, \
+         pass `--registry HOST`, or use `--no-push` / `--output oci:DIR`"
+    )))
+}
+
+/// Checks a plan for problems that would only show up mid-build.
+pub fn preflight(plan: &ServicePlan) -> Result<()> {
+    match &plan.builder {
+        BuilderPlan::Buildkit(b) => {
+            if !b.context.is_dir() {
+                bail!(UsageError(format!(
+                    "service `{}`: build context `{}` is not a directory",
+                    plan.name,
+                    b.context.display()
+                )));
+            }
+            if !b.dockerfile.is_file() {
+                bail!(UsageError(format!(
+                    "service `{}`: Dockerfile `{}` does not exist; set `dockerfile:` or `--dockerfile`",
+                    plan.name,
+                    b.dockerfile.display()
+                )));
+            }
+        }
+        BuilderPlan::Native(n) => {
+            for (src, _) in n.layers.iter().flatten() {
+                if std::fs::symlink_metadata(src).is_err() {
+                    bail!(UsageError(format!(
+                        "service `{}`: layer source `{}` does not exist",
+                        plan.name,
+                        src.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_tag_ignores_port_colon() {
+        assert_eq!(split_tag("localhost:5000/app"), ("localhost:5000/app".into(), None));
+        assert_eq!(
+            split_tag("localhost:5000/app:tilt-1"),
+            ("localhost:5000/app".into(), Some("tilt-1".into()))
+        );
+    }
+
+    #[test]
+    fn dev_registries() {
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("localhost:5000"));
+        assert!(is_loopback("[::1]:5000"));
+        assert!(!is_loopback("docker.io"));
+        assert!(is_dev_registry("registry:5000"));
+        assert!(is_dev_registry("k3d-registry.localhost:5000"));
+        assert!(!is_dev_registry("ghcr.io"));
+    }
+
+    #[test]
+    fn secrets_parse_like_docker_build() {
+        let root = Path::new("/p");
+        assert_eq!(
+            parse_secret("id=npm,src=.npmrc", root).unwrap(),
+            SecretSpec::File { id: "npm".into(), path: PathBuf::from("/p/.npmrc") }
+        );
+        assert_eq!(
+            parse_secret("id=tok,env=TOKEN", root).unwrap(),
+            SecretSpec::Env { id: "tok".into(), var: "TOKEN".into() }
+        );
+        assert!(parse_secret("src=x", root).is_err());
+    }
+}

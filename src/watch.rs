@@ -1,0 +1,387 @@
+//! `fastbuild watch`: build, then rebuild the services whose inputs change.
+//!
+//! Stage: drives the pipeline (settings → build → publish → outputs) on file changes. File
+//! events come from `notify` (inotify, or polling with `--poll`) and pass a trailing-edge
+//! debouncer: a build starts once no event arrived for the debounce window, so editor save
+//! patterns (temp file + rename, swap files, bursts) give one build of the final content.
+//! A change to a service that is building cancels that build (on the daemon too) and starts
+//! again. Values files are rewritten only when the digest changes; deploys of one service never
+//! overlap. Generated files never trigger builds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::atomic::WriteOutcome;
+use crate::builder::{self, ImageResult};
+use crate::cli::WatchArgs;
+use crate::outputs::helm;
+use crate::pipeline;
+use crate::printer::{Event, Printer, ServiceState};
+use crate::settings::{BuilderPlan, Destination, Project, ServicePlan};
+
+/// A file-system watcher of either kind.
+enum AnyWatcher {
+    Native(notify::RecommendedWatcher),
+    Poll(notify::PollWatcher),
+}
+
+impl AnyWatcher {
+    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
+        match self {
+            Self::Native(w) => w.watch(path, mode),
+            Self::Poll(w) => w.watch(path, mode),
+        }
+    }
+}
+
+fn watch_error(path: &Path, err: notify::Error) -> anyhow::Error {
+    if matches!(err.kind, notify::ErrorKind::MaxFilesWatch) {
+        return anyhow!(
+            "cannot watch `{}`: the inotify watch limit is exhausted (fs.inotify.max_user_watches); \
+             raise it with `sysctl fs.inotify.max_user_watches=524288` or run `fastbuild watch --poll`",
+            path.display()
+        );
+    }
+    if let notify::ErrorKind::Io(io) = &err.kind
+        && (io.raw_os_error() == Some(libc::ENOSPC) || io.raw_os_error() == Some(libc::EMFILE)) {
+            return anyhow!(
+                "cannot watch `{}`: the inotify limits are exhausted (fs.inotify.max_user_watches / \
+                 max_user_instances); raise them with sysctl or run `fastbuild watch --poll`",
+                path.display()
+            );
+        }
+    anyhow::Error::new(err).context(format!("cannot watch `{}`", path.display()))
+}
+
+/// Paths that never trigger a build: fastbuild's own outputs, VCS metadata, editor droppings.
+fn is_noise(path: &Path, generated: &BTreeSet<PathBuf>) -> bool {
+    if generated.contains(path) {
+        return true;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    if name.starts_with(".fastbuild-") && name.ends_with(".tmp") {
+        return true; // atomic-write temp files
+    }
+    if name.ends_with(".swp") || name.ends_with(".swx") || name.ends_with('~') || name == "4913" || name.starts_with(".#") {
+        return true;
+    }
+    path.components().any(|c| {
+        let c = c.as_os_str();
+        c == ".git" || c == ".fastbuild"
+    })
+}
+
+/// Whether a change at `path` concerns `plan`.
+pub fn affects(plan: &ServicePlan, path: &Path) -> bool {
+    if !plan.watch_paths.iter().any(|w| path.starts_with(w)) {
+        return false;
+    }
+    if let BuilderPlan::Buildkit(b) = &plan.builder
+        && path.starts_with(&b.context) && path != b.dockerfile {
+            let rel = path.strip_prefix(&b.context).unwrap_or(path);
+            // The ignore file itself and the Dockerfile always matter.
+            let is_ignore_file = path == b.context.join(".dockerignore")
+                || path.to_string_lossy().ends_with(".dockerignore");
+            if !is_ignore_file && builder::buildkit::is_excluded(b, rel) {
+                return false;
+            }
+        }
+    true
+}
+
+#[derive(Debug)]
+enum Msg {
+    Done {
+        service: String,
+        generation: u64,
+        result: Result<ImageResult>,
+    },
+}
+
+struct Slot {
+    plan: ServicePlan,
+    generation: u64,
+    running: Option<CancellationToken>,
+    last_digest: Option<String>,
+    deploy_lock: Arc<Mutex<()>>,
+}
+
+fn set_up_watcher(
+    plans: &[ServicePlan],
+    project_file: Option<&Path>,
+    poll: bool,
+    tx: mpsc::UnboundedSender<PathBuf>,
+) -> Result<AnyWatcher> {
+    let handler = move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            for p in ev.paths {
+                let _ = tx.send(p);
+            }
+        }
+    };
+    let mut watcher = if poll {
+        AnyWatcher::Poll(notify::PollWatcher::new(
+            handler,
+            notify::Config::default().with_poll_interval(Duration::from_millis(250)),
+        )?)
+    } else {
+        AnyWatcher::Native(notify::recommended_watcher(handler)?)
+    };
+    let mut roots: BTreeSet<(PathBuf, bool)> = BTreeSet::new();
+    for plan in plans {
+        for p in &plan.watch_paths {
+            if p.is_dir() {
+                roots.insert((p.clone(), true));
+            } else if let Some(parent) = p.parent() {
+                roots.insert((parent.to_path_buf(), false));
+            }
+        }
+    }
+    if let Some(f) = project_file.and_then(Path::parent) {
+        roots.insert((f.to_path_buf(), false));
+    }
+    for (root, recursive) in &roots {
+        let mode = if *recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+        watcher.watch(root, mode).map_err(|e| watch_error(root, e))?;
+    }
+    Ok(watcher)
+}
+
+/// Runs the watch loop until Ctrl-C.
+#[allow(clippy::too_many_lines)]
+pub async fn run(
+    project: Project,
+    explicit_file: Option<PathBuf>,
+    args: &WatchArgs,
+    printer: &Printer,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let mut project = project;
+    let flags = args.service_flags.clone();
+    let names = project.select(&args.services, &flags)?;
+    let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
+    for n in &names {
+        let plan = project.plan(n, &flags)?;
+        if plan.destination == Destination::None {
+            return Err(crate::settings::no_registry(n));
+        }
+        crate::settings::preflight(&plan)?;
+        slots.insert(n.clone(), Slot {
+            plan,
+            generation: 0,
+            running: None,
+            last_digest: None,
+            deploy_lock: Arc::new(Mutex::new(())),
+        });
+    }
+    let project_file = project.file.clone();
+
+    let (fs_tx, mut fs_rx) = mpsc::unbounded_channel::<PathBuf>();
+    let plans: Vec<ServicePlan> = slots.values().map(|s| s.plan.clone()).collect();
+    let mut watcher = set_up_watcher(&plans, project_file.as_deref(), args.poll, fs_tx.clone())?;
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Msg>();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let p = printer.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = ev_rx.recv().await {
+            p.event(&ev);
+        }
+    });
+    let sem = Arc::new(Semaphore::new(project.parallel));
+    let debounce = Duration::from_millis(args.debounce);
+
+    let start_build = |slot: &mut Slot, reason: Vec<PathBuf>| {
+        if let Some(tok) = slot.running.take() {
+            tok.cancel();
+            printer.note(Some(&slot.plan.name), "cancelled the running build: inputs changed");
+            if printer.is_json() {
+                printer.json(&serde_json::json!({"event": "cancelled", "service": slot.plan.name}));
+            }
+        }
+        slot.generation += 1;
+        let token = cancel.child_token();
+        slot.running = Some(token.clone());
+        let plan = slot.plan.clone();
+        let generation = slot.generation;
+        let done_tx = done_tx.clone();
+        let ev_tx = ev_tx.clone();
+        let sem = Arc::clone(&sem);
+        if printer.is_json() {
+            let paths: Vec<String> = reason.iter().map(|p| p.display().to_string()).collect();
+            printer.json(&serde_json::json!({"event": "build_started", "service": plan.name, "generation": generation, "paths": paths}));
+        } else if !reason.is_empty() {
+            let shown: Vec<String> = reason
+                .iter()
+                .take(5)
+                .map(|p| p.strip_prefix(&plan.root).unwrap_or(p).display().to_string())
+                .collect();
+            let more = if reason.len() > 5 { format!(" and {} more", reason.len() - 5) } else { String::new() };
+            printer.note(Some(&plan.name), &format!("rebuilding: changed {}{more}", shown.join(", ")));
+        }
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                permit = sem.acquire_owned() => {
+                    let _permit = permit;
+                    let _ = ev_tx.send(Event::State { service: plan.name.clone(), state: ServiceState::Building { step: "starting".into(), done: 0 } });
+                    tokio::select! {
+                        r = builder::build(&plan, ev_tx.clone(), token.clone()) => r,
+                        () = token.cancelled() => Err(anyhow!("cancelled")),
+                    }
+                }
+                () = token.cancelled() => Err(anyhow!("cancelled")),
+            };
+            let _ = done_tx.send(Msg::Done { service: plan.name.clone(), generation, result });
+        });
+    };
+
+    for slot in slots.values_mut() {
+        start_build(slot, Vec::new());
+    }
+    if printer.is_json() {
+        printer.json(&serde_json::json!({"event": "watching", "services": names}));
+    } else {
+        printer.note(None, &format!("watching {} service(s); Ctrl-C to stop", slots.len()));
+    }
+
+    let mut pending: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let generated: BTreeSet<PathBuf> = slots.values().map(|s| s.plan.values_file.clone()).collect();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            Some(path) = fs_rx.recv() => {
+                if !is_noise(&path, &generated) {
+                    pending.insert(path);
+                    deadline = Some(Instant::now() + debounce);
+                }
+            }
+            () = sleep => {
+                deadline = None;
+                let changed = std::mem::take(&mut pending);
+                // The project file changed: reload it and re-plan.
+                if project_file.as_ref().is_some_and(|f| changed.contains(f)) {
+                    match Project::load(explicit_file.as_deref()).and_then(|p| {
+                        let plans: Vec<ServicePlan> = names.iter().map(|n| p.plan(n, &flags)).collect::<Result<_>>()?;
+                        Ok((p, plans))
+                    }) {
+                        Ok((p, new_plans)) => {
+                            sem.add_permits(p.parallel.saturating_sub(project.parallel));
+                            project = p;
+                            printer.note(None, "fastbuild.yaml changed: reloaded");
+                            for plan in new_plans {
+                                if let Some(slot) = slots.get_mut(&plan.name)
+                                    && slot.plan != plan {
+                                        slot.plan = plan;
+                                        start_build(slot, vec![project_file.clone().unwrap_or_default()]);
+                                    }
+                            }
+                            let plans: Vec<ServicePlan> = slots.values().map(|s| s.plan.clone()).collect();
+                            watcher = set_up_watcher(&plans, project_file.as_deref(), args.poll, fs_tx.clone())?;
+                        }
+                        Err(e) => printer.error(&e.context("fastbuild.yaml changed but cannot be loaded; keeping the previous settings")),
+                    }
+                }
+                for slot in slots.values_mut() {
+                    let why: Vec<PathBuf> = changed.iter().filter(|p| affects(&slot.plan, p)).cloned().collect();
+                    if !why.is_empty() {
+                        start_build(slot, why);
+                    }
+                }
+            }
+            Some(Msg::Done { service, generation, result }) = done_rx.recv() => {
+                let Some(slot) = slots.get_mut(&service) else { continue };
+                if generation != slot.generation {
+                    continue; // a superseded build
+                }
+                slot.running = None;
+                match result {
+                    Ok(image) => {
+                        let changed = slot.last_digest.as_deref() != Some(image.digest.as_str());
+                        slot.last_digest = Some(image.digest.clone());
+                        let _ = ev_tx.send(Event::State { service: service.clone(), state: ServiceState::Pushed { reference: image.pinned() } });
+                        let outcome = pipeline::write_values(&slot.plan, &image);
+                        let wrote = match &outcome {
+                            Ok(WriteOutcome::Written) => true,
+                            Ok(WriteOutcome::Unchanged) => false,
+                            Err(e) => {
+                                printer.error(&anyhow!("{e:#}"));
+                                false
+                            }
+                        };
+                        if printer.is_json() {
+                            printer.json(&serde_json::json!({
+                                "event": "result", "service": service, "digest": image.digest,
+                                "reference": image.pinned(), "values_file": slot.plan.values_file.display().to_string(),
+                                "values_written": wrote,
+                            }));
+                        } else {
+                            printer.result(&format!("{service}  {}", image.pinned()));
+                        }
+                        if args.deploy && outcome.is_ok() && (changed || wrote) {
+                            let plan = slot.plan.clone();
+                            let lock = Arc::clone(&slot.deploy_lock);
+                            let helm_bin = args.helm.clone();
+                            let p = printer.clone();
+                            let ev_tx = ev_tx.clone();
+                            tokio::spawn(async move {
+                                let _guard = lock.lock().await;
+                                let _ = ev_tx.send(Event::State { service: plan.name.clone(), state: ServiceState::Deploying });
+                                match helm::run(&plan, &helm_bin, false).await {
+                                    Ok(helm::RunOutcome::Deployed) => p.note(Some(&plan.name), "deployed with helm"),
+                                    Ok(helm::RunOutcome::Skipped) => p.note(Some(&plan.name), "deploy skipped: nothing changed"),
+                                    Err(e) => p.error(&e.context(format!("deploy of `{}` failed; still watching", plan.name))),
+                                }
+                                let _ = ev_tx.send(Event::State { service: plan.name.clone(), state: ServiceState::Idle });
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        if printer.is_json() {
+                            printer.json(&serde_json::json!({"event": "failed", "service": service, "error": format!("{e:#}")}));
+                        }
+                        let _ = ev_tx.send(Event::State { service: service.clone(), state: ServiceState::Failed { error: format!("{e:#}") } });
+                        printer.error(&e.context(format!("build of `{service}` failed; still watching, the values file keeps its last good digest")));
+                    }
+                }
+            }
+        }
+    }
+    // Ctrl-C: cancel every build; nothing partial is written (outputs are written only after a
+    // successful build, atomically).
+    let mut in_flight = 0usize;
+    for slot in slots.values_mut() {
+        if let Some(t) = slot.running.take() {
+            t.cancel();
+            in_flight += 1;
+        }
+    }
+    drop(watcher);
+    // Give cancelled builds a moment to close their sessions on the daemon.
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while in_flight > 0 {
+            if done_rx.recv().await.is_none() {
+                break;
+            }
+            in_flight -= 1;
+        }
+    })
+    .await;
+    Err(anyhow!(crate::Interrupted))
+}
