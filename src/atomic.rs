@@ -21,9 +21,10 @@ pub enum WriteOutcome {
 /// Writes `contents` to `path` atomically, unless the file already holds exactly these bytes.
 pub fn write_if_changed(path: &Path, contents: &[u8]) -> Result<WriteOutcome> {
     if let Ok(existing) = std::fs::read(path)
-        && existing == contents {
-            return Ok(WriteOutcome::Unchanged);
-        }
+        && existing == contents
+    {
+        return Ok(WriteOutcome::Unchanged);
+    }
     write(path, contents)?;
     Ok(WriteOutcome::Written)
 }
@@ -82,6 +83,9 @@ mod tests {
         assert_eq!(write_if_changed(&p, b"b").unwrap(), WriteOutcome::Written);
         assert_eq!(std::fs::read(&p).unwrap(), b"b");
         // no temp files left behind
-        assert_eq!(std::fs::read_dir(dir.path().join("sub")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
+            1
+        );
     }
 }

@@ -10,7 +10,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// pushes straight to the registry, takes the manifest digest from the build itself and writes
 /// the Helm values file that pins it.
 #[derive(Debug, Parser)]
-#[command(name = "fastbuild", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "fastbuild",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 #[command(after_help = "\
 Examples:
   fastbuild build                      build and push every service, write values files
@@ -22,7 +27,13 @@ Examples:
 Exit codes: 0 success, 1 failure, 2 usage or project-file error, 130 interrupted.")]
 pub struct Cli {
     /// Project file (default: `fastbuild.yaml` in the current directory or a parent).
-    #[arg(short = 'f', long = "file", global = true, env = "FASTBUILD_FILE", value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        env = "FASTBUILD_FILE",
+        value_name = "FILE"
+    )]
     pub project_file: Option<PathBuf>,
 
     /// Progress output: `auto` (live view on a terminal, plain lines otherwise), `plain`,
@@ -97,7 +108,9 @@ Examples:
   fastbuild watch --poll          when inotify watches are exhausted")]
     Watch(WatchArgs),
     /// Print shell completions.
-    #[command(after_help = "Example:\n  fastbuild completions bash > /etc/bash_completion.d/fastbuild")]
+    #[command(
+        after_help = "Example:\n  fastbuild completions bash > /etc/bash_completion.d/fastbuild"
+    )]
     Completions {
         /// Shell.
         shell: clap_complete::Shell,
@@ -211,6 +224,13 @@ pub struct ServiceFlags {
     /// Allow plain HTTP to this registry (loopback is always allowed; repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
+    /// Extra CA bundle (PEM) for registries with private certificates (repeatable).
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub registry_ca: Vec<PathBuf>,
+    /// Docker config directory or file with registry credentials (default: `$DOCKER_CONFIG`
+    /// or `~/.docker`).
+    #[arg(long, value_name = "PATH")]
+    pub docker_config: Option<PathBuf>,
     /// Repository under the registry (default: the service name).
     #[arg(long)]
     pub repository: Option<String>,

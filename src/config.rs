@@ -27,6 +27,12 @@ pub struct ProjectFile {
     /// Registries reached over plain HTTP (loopback is always allowed).
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Extra CA bundles (PEM) trusted for registries with private certificates.
+    #[serde(default)]
+    pub registry_ca: Vec<PathBuf>,
+    /// Docker config directory or file for registry credentials (default `$DOCKER_CONFIG` or
+    /// `~/.docker`).
+    pub docker_config: Option<PathBuf>,
     /// Layer compression: `auto` (fastest for loopback/dev registries, gzip otherwise),
     /// `gzip`, `zstd` or `uncompressed`.
     pub compression: Option<String>,
@@ -286,7 +292,9 @@ pub fn expand_env(
                     path: path.to_owned(),
                     line: lineno as u64 + 1,
                     column: (line.len() - rest.len() + i) as u64 + 1,
-                    message: "unclosed `${`; write `${VAR}`, `${VAR:-default}` or `$$` for a literal `$`".into(),
+                    message:
+                        "unclosed `${`; write `${VAR}`, `${VAR:-default}` or `$$` for a literal `$`"
+                            .into(),
                 });
             };
             let body = &body_and_rest[..end];
@@ -294,7 +302,10 @@ pub fn expand_env(
                 Some((n, d)) => (n, Some(d)),
                 None => (body, None),
             };
-            match lookup(name).filter(|v| !v.is_empty()).or_else(|| default.map(str::to_owned)) {
+            match lookup(name)
+                .filter(|v| !v.is_empty())
+                .or_else(|| default.map(str::to_owned))
+            {
                 Some(v) => out.push_str(&v),
                 None => {
                     return Err(ConfigError::Invalid {
@@ -320,6 +331,8 @@ const TOP_KEYS: &[&str] = &[
     "buildkit",
     "values_dir",
     "insecure_registries",
+    "registry_ca",
+    "docker_config",
     "compression",
     "parallel",
     "services",
@@ -436,7 +449,10 @@ services:
         assert_eq!(svc.builder, BuilderKind::Buildkit);
         assert_eq!(svc.build_args["MODE"], "dev");
         assert_eq!(svc.values.digest_key.as_deref(), Some("image.digest"));
-        assert_eq!(svc.helm.as_ref().unwrap().namespace.as_deref(), Some("ameide"));
+        assert_eq!(
+            svc.helm.as_ref().unwrap().namespace.as_deref(),
+            Some("ameide")
+        );
     }
 
     #[test]
@@ -444,7 +460,10 @@ services:
         let text = "services:\n  api:\n    dockerfle: Dockerfile\n";
         let err = parse(Path::new("fastbuild.yaml"), text).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("fastbuild.yaml:3:5: unknown key `dockerfle`"), "{msg}");
+        assert!(
+            msg.starts_with("fastbuild.yaml:3:5: unknown key `dockerfle`"),
+            "{msg}"
+        );
         assert!(msg.contains("did you mean `dockerfile`?"), "{msg}");
     }
 
@@ -462,10 +481,21 @@ services:
     fn env_expansion() {
         let look = |k: &str| (k == "REG").then(|| "localhost:5000".to_owned());
         let p = Path::new("p.yaml");
-        assert_eq!(expand_env(p, "registry: ${REG}\n", look).unwrap(), "registry: localhost:5000\n");
-        assert_eq!(expand_env(p, "a: ${NOPE:-x}/$$y $z\n", look).unwrap(), "a: x/$y $z\n");
-        let err = expand_env(p, "a: 1\nb: ${NOPE}\n", look).unwrap_err().to_string();
-        assert!(err.starts_with("p.yaml:2:4: environment variable `NOPE` is not set"), "{err}");
+        assert_eq!(
+            expand_env(p, "registry: ${REG}\n", look).unwrap(),
+            "registry: localhost:5000\n"
+        );
+        assert_eq!(
+            expand_env(p, "a: ${NOPE:-x}/$$y $z\n", look).unwrap(),
+            "a: x/$y $z\n"
+        );
+        let err = expand_env(p, "a: 1\nb: ${NOPE}\n", look)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.yaml:2:4: environment variable `NOPE` is not set"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -473,6 +503,9 @@ services:
         let text = "services:\n  gw:\n    values: {digest_key: null, tag_key: image.tag}\n";
         let p = parse(Path::new("p.yaml"), text).unwrap();
         assert_eq!(p.services["gw"].values.digest_key, None);
-        assert_eq!(p.services["gw"].values.tag_key.as_deref(), Some("image.tag"));
+        assert_eq!(
+            p.services["gw"].values.tag_key.as_deref(),
+            Some("image.tag")
+        );
     }
 }

@@ -42,11 +42,16 @@ pub struct Check {
 }
 
 fn check(name: impl Into<String>, status: Status, detail: impl Into<String>) -> Check {
-    Check { name: name.into(), status, detail: detail.into() }
+    Check {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+    }
 }
 
 /// The digest used to probe charts.
-pub const PROBE_DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+pub const PROBE_DIGEST: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000001";
 
 /// The digest-first template snippet of the design note.
 pub const DIGEST_FIRST_SNIPPET: &str = r#"{{- $repo := .Values.image.graph -}}
@@ -84,7 +89,12 @@ pub fn render(checks: &[Check]) -> String {
             Status::Fail => "FAIL",
         };
         let mut lines = c.detail.lines();
-        let _ = writeln!(out, "{tag}  {:width$}  {}", c.name, lines.next().unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "{tag}  {:width$}  {}",
+            c.name,
+            lines.next().unwrap_or_default()
+        );
         for l in lines {
             let _ = writeln!(out, "{:pad$}{l}", "", pad = width + 8);
         }
@@ -96,12 +106,27 @@ pub fn render(checks: &[Check]) -> String {
 pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>> {
     let flags = &args.service_flags;
     let names = project.select(&[], flags)?;
-    let plans: Vec<ServicePlan> = names.iter().map(|n| project.plan(n, flags)).collect::<Result<_>>()?;
+    let plans: Vec<ServicePlan> = names
+        .iter()
+        .map(|n| project.plan(n, flags))
+        .collect::<Result<_>>()?;
     let mut checks = Vec::new();
 
     match &project.file {
-        Some(f) => checks.push(check("project file", Status::Ok, format!("{} ({} services)", f.display(), project.config.services.len()))),
-        None => checks.push(check("project file", Status::Warn, "no fastbuild.yaml found here or in a parent; using flags only")),
+        Some(f) => checks.push(check(
+            "project file",
+            Status::Ok,
+            format!(
+                "{} ({} services)",
+                f.display(),
+                project.config.services.len()
+            ),
+        )),
+        None => checks.push(check(
+            "project file",
+            Status::Warn,
+            "no fastbuild.yaml found here or in a parent; using flags only",
+        )),
     }
 
     // BuildKit, once per address.
@@ -115,7 +140,11 @@ pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>>
             match tokio::time::timeout(Duration::from_secs(10), builder::buildkit::probe(b)).await {
                 Ok(Ok(report)) => checks.push(check(name, Status::Ok, report)),
                 Ok(Err(e)) => checks.push(check(name, Status::Fail, format!("{e:#}"))),
-                Err(_) => checks.push(check(name, Status::Fail, "no answer within 10 s; is the daemon running? set BUILDKIT_HOST or --buildkit")),
+                Err(_) => checks.push(check(
+                    name,
+                    Status::Fail,
+                    "no answer within 10 s; is the daemon running? set BUILDKIT_HOST or --buildkit",
+                )),
             }
         }
     }
@@ -124,10 +153,11 @@ pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>>
     let mut hosts = BTreeSet::new();
     for plan in &plans {
         if let Destination::Registry { host, insecure, .. } = &plan.destination
-            && hosts.insert(host.clone()) {
-                checks.push(registry_check(host, *insecure).await);
-                checks.push(credentials_check(host).await);
-            }
+            && hosts.insert(host.clone())
+        {
+            checks.push(registry_check(host, *insecure).await);
+            checks.push(credentials_check(host).await);
+        }
     }
 
     checks.push(tool_check("helm", &args.helm, &["version", "--short"]).await);
@@ -156,14 +186,28 @@ async fn registry_check(host: &str, insecure: bool) -> Check {
         .build()
     {
         Ok(c) => c,
-        Err(e) => return check(name, Status::Fail, format!("cannot create an HTTP client: {e}")),
+        Err(e) => {
+            return check(
+                name,
+                Status::Fail,
+                format!("cannot create an HTTP client: {e}"),
+            );
+        }
     };
     let https = client.get(format!("https://{host}/v2/")).send().await;
     match https {
         Ok(r) => {
             let s = r.status();
-            let auth = if s == reqwest::StatusCode::UNAUTHORIZED { ", login required" } else { "" };
-            check(name, Status::Ok, format!("HTTPS, /v2/ answered {}{auth}", s.as_u16()))
+            let auth = if s == reqwest::StatusCode::UNAUTHORIZED {
+                ", login required"
+            } else {
+                ""
+            };
+            check(
+                name,
+                Status::Ok,
+                format!("HTTPS, /v2/ answered {}{auth}", s.as_u16()),
+            )
         }
         Err(https_err) => {
             let http = client.get(format!("http://{host}/v2/")).send().await;
@@ -171,7 +215,10 @@ async fn registry_check(host: &str, insecure: bool) -> Check {
                 Ok(r) if insecure => check(
                     name,
                     Status::Ok,
-                    format!("plain HTTP (allowed: loopback or marked insecure), /v2/ answered {}", r.status().as_u16()),
+                    format!(
+                        "plain HTTP (allowed: loopback or marked insecure), /v2/ answered {}",
+                        r.status().as_u16()
+                    ),
                 ),
                 Ok(_) => check(
                     name,
@@ -184,7 +231,10 @@ async fn registry_check(host: &str, insecure: bool) -> Check {
                 Err(_) => check(
                     name,
                     Status::Fail,
-                    format!("unreachable over HTTPS and HTTP ({}); is the registry running and the address right?", one_line(&https_err)),
+                    format!(
+                        "unreachable over HTTPS and HTTP ({}); is the registry running and the address right?",
+                        one_line(&https_err)
+                    ),
                 ),
             }
         }
@@ -204,13 +254,23 @@ fn one_line(e: &dyn std::error::Error) -> String {
 
 async fn credentials_check(host: &str) -> Check {
     let name = format!("credentials {host}");
-    let cfg = match crate::builder::native::docker_config() {
+    let cfg = match fastbuild_oci::DockerConfig::load(None) {
         Ok(cfg) => cfg,
-        Err(e) => return check(name, Status::Warn, format!("cannot read the Docker config: {e:#}")),
+        Err(e) => {
+            return check(
+                name,
+                Status::Warn,
+                format!("cannot read the Docker config: {e:#}"),
+            );
+        }
     };
     match cfg.credential_for(host).await {
-        Ok(Some(())) => check(name, Status::Ok, "found in the Docker config (not shown)"),
-        Ok(None) => check(name, Status::Ok, "none configured (anonymous); fine for a local registry"),
+        Ok(Some(_)) => check(name, Status::Ok, "found in the Docker config (not shown)"),
+        Ok(None) => check(
+            name,
+            Status::Ok,
+            "none configured (anonymous); fine for a local registry",
+        ),
         Err(e) => check(name, Status::Fail, format!("{e:#}")),
     }
 }
@@ -219,22 +279,52 @@ async fn tool_check(name: &str, bin: &str, args: &[&str]) -> Check {
     match tokio::process::Command::new(bin).args(args).output().await {
         Ok(o) if o.status.success() => {
             let v = String::from_utf8_lossy(&o.stdout);
-            check(name, Status::Ok, format!("{bin}: {}", v.lines().next().unwrap_or_default().trim()))
+            check(
+                name,
+                Status::Ok,
+                format!("{bin}: {}", v.lines().next().unwrap_or_default().trim()),
+            )
         }
-        Ok(o) => check(name, Status::Warn, format!("`{bin}` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
-        Err(_) => check(name, Status::Warn, format!("`{bin}` not found; install it or set the path (--{name} / ${})", name.to_uppercase())),
+        Ok(o) => check(
+            name,
+            Status::Warn,
+            format!(
+                "`{bin}` failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ),
+        Err(_) => check(
+            name,
+            Status::Warn,
+            format!(
+                "`{bin}` not found; install it or set the path (--{name} / ${})",
+                name.to_uppercase()
+            ),
+        ),
     }
 }
 
 /// Renders the chart with a probe digest and checks the container image is pinned by digest.
 pub async fn chart_check(plan: &ServicePlan, helm_bin: &str) -> Check {
     let name = format!("chart {}", plan.name);
-    let Some(helm) = &plan.helm else { return check(name, Status::Ok, "no helm section") };
-    if !crate::settings::is_chart_reference(&plan.root, &helm.chart) && !Path::new(&helm.chart).join("Chart.yaml").is_file() {
-        return check(name, Status::Fail, format!("chart `{}` not found (no Chart.yaml)", helm.chart));
+    let Some(helm) = &plan.helm else {
+        return check(name, Status::Ok, "no helm section");
+    };
+    if !crate::settings::is_chart_reference(&plan.root, &helm.chart)
+        && !Path::new(&helm.chart).join("Chart.yaml").is_file()
+    {
+        return check(
+            name,
+            Status::Fail,
+            format!("chart `{}` not found (no Chart.yaml)", helm.chart),
+        );
     }
     let Some(digest_key) = &plan.values_keys.digest_key else {
-        return check(name, Status::Warn, "values write no digest (tag-only interim); make the chart digest-first and set `digest_key`");
+        return check(
+            name,
+            Status::Warn,
+            "values write no digest (tag-only interim); make the chart digest-first and set `digest_key`",
+        );
     };
     let mut argv: Vec<String> = vec!["template".into(), helm.release.clone(), helm.chart.clone()];
     for v in &helm.values {
@@ -244,16 +334,35 @@ pub async fn chart_check(plan: &ServicePlan, helm_bin: &str) -> Check {
         argv.push(format!("--set-string={k}={}", plan.pull_repository));
     }
     argv.push(format!("--set-string={digest_key}={PROBE_DIGEST}"));
-    let Ok(out) = tokio::process::Command::new(helm_bin).args(&argv).output().await else {
-        return check(name, Status::Warn, format!("cannot run `{helm_bin}` to render the chart"));
+    let Ok(out) = tokio::process::Command::new(helm_bin)
+        .args(&argv)
+        .output()
+        .await
+    else {
+        return check(
+            name,
+            Status::Warn,
+            format!("cannot run `{helm_bin}` to render the chart"),
+        );
     };
     if !out.status.success() {
-        return check(name, Status::Fail, format!("`helm template` failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return check(
+            name,
+            Status::Fail,
+            format!(
+                "`helm template` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        );
     }
     let rendered = String::from_utf8_lossy(&out.stdout);
     let pinned = format!("{}@{PROBE_DIGEST}", plan.pull_repository);
     if rendered.contains(&pinned) {
-        check(name, Status::Ok, format!("renders digest-first ({}@sha256:…)", plan.pull_repository))
+        check(
+            name,
+            Status::Ok,
+            format!("renders digest-first ({}@sha256:…)", plan.pull_repository),
+        )
     } else {
         check(
             name,
@@ -269,13 +378,20 @@ pub async fn chart_check(plan: &ServicePlan, helm_bin: &str) -> Check {
 
 fn gitignore_check(plan: &ServicePlan) -> Check {
     let name = format!("values file {}", plan.name);
-    let rel = plan.values_file.strip_prefix(&plan.root).unwrap_or(&plan.values_file);
+    let rel = plan
+        .values_file
+        .strip_prefix(&plan.root)
+        .unwrap_or(&plan.values_file);
     let inside = std::process::Command::new("git")
         .args(["rev-parse", "--is-inside-work-tree"])
         .current_dir(&plan.root)
         .output();
     if !inside.is_ok_and(|o| o.status.success()) {
-        return check(name, Status::Ok, format!("{} (not a git repository)", rel.display()));
+        return check(
+            name,
+            Status::Ok,
+            format!("{} (not a git repository)", rel.display()),
+        );
     }
     let ignored = std::process::Command::new("git")
         .args(["check-ignore", "-q", "--no-index"])
@@ -283,13 +399,21 @@ fn gitignore_check(plan: &ServicePlan) -> Check {
         .current_dir(&plan.root)
         .status();
     match ignored {
-        Ok(s) if s.success() => check(name, Status::Ok, format!("{} is git-ignored", rel.display())),
+        Ok(s) if s.success() => check(
+            name,
+            Status::Ok,
+            format!("{} is git-ignored", rel.display()),
+        ),
         _ => check(
             name,
             Status::Warn,
-            format!("{} is not git-ignored; add `{}/` to .gitignore so generated digests are not committed",
+            format!(
+                "{} is not git-ignored; add `{}/` to .gitignore so generated digests are not committed",
                 rel.display(),
-                rel.parent().map(|p| p.display().to_string()).unwrap_or_default()),
+                rel.parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
         ),
     }
 }

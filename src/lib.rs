@@ -62,7 +62,10 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let printer = Printer::new(cli.progress);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             printer.error(&anyhow::Error::new(e).context("cannot start the async runtime"));
@@ -87,7 +90,9 @@ pub fn main() -> i32 {
                 return exit::INTERRUPTED;
             }
             printer.error(&e);
-            if e.chain().any(|c| c.downcast_ref::<settings::UsageError>().is_some()) {
+            if e.chain()
+                .any(|c| c.downcast_ref::<settings::UsageError>().is_some())
+            {
                 exit::USAGE
             } else {
                 exit::FAILURE
@@ -115,7 +120,10 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
         }
         Command::Helm(args) => {
             let project = Project::load(cli.project_file.as_deref())?;
-            let plan = project.plan(&project.select(std::slice::from_ref(&args.service), &args.service_flags)?[0], &args.service_flags)?;
+            let plan = project.plan(
+                &project.select(std::slice::from_ref(&args.service), &args.service_flags)?[0],
+                &args.service_flags,
+            )?;
             if args.run {
                 match outputs::helm::run(&plan, &args.helm, args.force).await? {
                     outputs::helm::RunOutcome::Deployed => printer.note(Some(&plan.name), "helm upgrade succeeded"),
@@ -127,7 +135,10 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
             } else {
                 let cwd = std::env::current_dir()?;
                 let helm_argv = outputs::helm::argv_relative(&plan, &cwd)?;
-                printer.raw(&format!("{}\n", outputs::helm::shell_line(&args.helm, &helm_argv)));
+                printer.raw(&format!(
+                    "{}\n",
+                    outputs::helm::shell_line(&args.helm, &helm_argv)
+                ));
             }
             Ok(())
         }
@@ -135,7 +146,10 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
             let project = Project::load(cli.project_file.as_deref())?;
             let flags = cli::ServiceFlags::default();
             let names = project.select(&args.services, &flags)?;
-            let plans = names.iter().map(|n| project.plan(n, &flags)).collect::<Result<Vec<_>>>()?;
+            let plans = names
+                .iter()
+                .map(|n| project.plan(n, &flags))
+                .collect::<Result<Vec<_>>>()?;
             printer.raw(&outputs::tilt::render(&plans, &args.fastbuild_command));
             Ok(())
         }

@@ -45,7 +45,10 @@ pub fn plans(project: &Project, args: &BuildArgs) -> Result<Vec<ServicePlan>> {
             let dir = out.strip_prefix("oci:").ok_or_else(|| {
                 UsageError(format!("`--output {out}`: only `oci:DIR` is supported"))
             })?;
-            plan.destination = Destination::Layout(settings::absolutize(&project.root, std::path::Path::new(dir)));
+            plan.destination = Destination::Layout(settings::absolutize(
+                &project.root,
+                std::path::Path::new(dir),
+            ));
         } else if args.no_push {
             plan.destination = Destination::None;
         } else if plan.destination == Destination::None {
@@ -54,13 +57,19 @@ pub fn plans(project: &Project, args: &BuildArgs) -> Result<Vec<ServicePlan>> {
         settings::preflight(&plan)?;
         plans.push(plan);
     }
-    if plans.len() > 1 && (args.digest_out.is_some() || args.metadata_file.is_some() || args.image_ref_out.is_some()) {
+    if plans.len() > 1
+        && (args.digest_out.is_some()
+            || args.metadata_file.is_some()
+            || args.image_ref_out.is_some())
+    {
         bail!(UsageError(
             "`--digest-out`, `--metadata-file` and `--image-ref-out` take exactly one service; name it".into()
         ));
     }
     if plans.len() > 1 && args.output.is_some() {
-        bail!(UsageError("`--output oci:DIR` takes exactly one service; name it".into()));
+        bail!(UsageError(
+            "`--output oci:DIR` takes exactly one service; name it".into()
+        ));
     }
     Ok(plans)
 }
@@ -90,18 +99,31 @@ pub async fn build_all(
             let _permit = sem.acquire_owned().await;
             let _ = tx.send(Event::State {
                 service: plan.name.clone(),
-                state: ServiceState::Building { step: "starting".into(), done: 0 },
+                state: ServiceState::Building {
+                    step: "starting".into(),
+                    done: 0,
+                },
             });
             let res = tokio::select! {
                 r = builder::build(&plan, tx.clone(), cancel.clone()) => r,
                 () = cancel.cancelled() => Err(anyhow!("build of `{}` cancelled", plan.name)),
             };
             let state = match &res {
-                Ok(img) => ServiceState::Pushed { reference: img.pinned() },
-                Err(e) => ServiceState::Failed { error: format!("{e:#}") },
+                Ok(img) => ServiceState::Pushed {
+                    reference: img.pinned(),
+                },
+                Err(e) => ServiceState::Failed {
+                    error: format!("{e:#}"),
+                },
             };
-            let _ = tx.send(Event::State { service: plan.name.clone(), state });
-            ServiceOutcome { name: plan.name.clone(), result: res }
+            let _ = tx.send(Event::State {
+                service: plan.name.clone(),
+                state,
+            });
+            ServiceOutcome {
+                name: plan.name.clone(),
+                result: res,
+            }
         }));
     }
     drop(tx);
@@ -127,13 +149,20 @@ pub fn write_values(plan: &ServicePlan, image: &ImageResult) -> Result<WriteOutc
         digest: image.digest.clone(),
         tag: image.tag.clone(),
     };
-    let text = values::render(&plan.name, &iv, &plan.values_keys).map_err(|e| anyhow!(UsageError(e)))?;
+    let text =
+        values::render(&plan.name, &iv, &plan.values_keys).map_err(|e| anyhow!(UsageError(e)))?;
     atomic::write_if_changed(&plan.values_file, text.as_bytes())
         .with_context(|| format!("failed to write the values file of `{}`", plan.name))
 }
 
 /// `fastbuild build` / `fastbuild push`.
-pub async fn run(project: &Project, args: &BuildArgs, flavor: Flavor, printer: &Printer, cancel: &CancellationToken) -> Result<()> {
+pub async fn run(
+    project: &Project,
+    args: &BuildArgs,
+    flavor: Flavor,
+    printer: &Printer,
+    cancel: &CancellationToken,
+) -> Result<()> {
     let plans = plans(project, args)?;
     let write_values_files = match flavor {
         Flavor::Build => !args.no_values,
@@ -151,8 +180,14 @@ pub async fn run(project: &Project, args: &BuildArgs, flavor: Flavor, printer: &
                 let pushed = matches!(plan.destination, Destination::Registry { .. });
                 if pushed && write_values_files {
                     match write_values(plan, &image) {
-                        Ok(WriteOutcome::Written) => printer.note(Some(&plan.name), &format!("wrote {}", plan.values_file.display())),
-                        Ok(WriteOutcome::Unchanged) => printer.note(Some(&plan.name), &format!("{} unchanged", plan.values_file.display())),
+                        Ok(WriteOutcome::Written) => printer.note(
+                            Some(&plan.name),
+                            &format!("wrote {}", plan.values_file.display()),
+                        ),
+                        Ok(WriteOutcome::Unchanged) => printer.note(
+                            Some(&plan.name),
+                            &format!("{} unchanged", plan.values_file.display()),
+                        ),
                         Err(e) => {
                             failures.push((plan.name.clone(), e));
                             continue;
@@ -196,15 +231,21 @@ pub async fn run(project: &Project, args: &BuildArgs, flavor: Flavor, printer: &
 fn write_ci_outputs(args: &BuildArgs, image: &ImageResult) -> Result<()> {
     if let Some(p) = &args.metadata_file {
         let text = serde_json::to_string_pretty(&metadata::metadata_json(image))? + "\n";
-        atomic::write(p, text.as_bytes()).with_context(|| format!("failed to write `{}`", p.display()))?;
+        atomic::write(p, text.as_bytes())
+            .with_context(|| format!("failed to write `{}`", p.display()))?;
     }
     if let Some(p) = &args.image_ref_out {
-        let line = metadata::image_ref_line(image).ok_or_else(|| anyhow!("`--image-ref-out` needs a pushed tag"))?;
-        atomic::write(p, line.as_bytes()).with_context(|| format!("failed to write `{}`", p.display()))?;
+        let line = metadata::image_ref_line(image)
+            .ok_or_else(|| anyhow!("`--image-ref-out` needs a pushed tag"))?;
+        atomic::write(p, line.as_bytes())
+            .with_context(|| format!("failed to write `{}`", p.display()))?;
     }
     if let Some(p) = &args.digest_out {
-        atomic::write(p, metadata::digest_line(image, args.digest_format).as_bytes())
-            .with_context(|| format!("failed to write `{}`", p.display()))?;
+        atomic::write(
+            p,
+            metadata::digest_line(image, args.digest_format).as_bytes(),
+        )
+        .with_context(|| format!("failed to write `{}`", p.display()))?;
     }
     Ok(())
 }

@@ -168,7 +168,8 @@ impl Printer {
 
     /// A JSON value on stdout, one line.
     pub fn json<T: Serialize>(&self, value: &T) {
-        let line = serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        let line =
+            serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
@@ -184,7 +185,9 @@ impl Printer {
             }),
             _ => {
                 self.clear_live();
-                let prefix = service.map(|s| format!("{} ", self.paint("1", &format!("[{s}]")))).unwrap_or_default();
+                let prefix = service
+                    .map(|s| format!("{} ", self.paint("1", &format!("[{s}]"))))
+                    .unwrap_or_default();
                 eprintln!("{prefix}{message}");
                 self.redraw(true);
             }
@@ -194,7 +197,10 @@ impl Printer {
     /// A warning on stderr (shown in quiet mode too).
     pub fn warn(&self, message: &str) {
         if self.is_json() {
-            self.json(&Event::Note { service: None, message: format!("warning: {message}") });
+            self.json(&Event::Note {
+                service: None,
+                message: format!("warning: {message}"),
+            });
             return;
         }
         self.clear_live();
@@ -241,7 +247,13 @@ impl Printer {
     fn plain_event(&self, event: &Event) {
         match event {
             Event::StepStarted { .. } => {}
-            Event::StepDone { service, step, cached, duration_ms, error } => {
+            Event::StepDone {
+                service,
+                step,
+                cached,
+                duration_ms,
+                error,
+            } => {
                 let status = if let Some(e) = error {
                     format!("ERROR {e}")
                 } else if *cached {
@@ -269,18 +281,34 @@ impl Printer {
     fn live_event(&self, event: &Event) {
         let Some(live) = &self.live else { return };
         {
-            let mut l = live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut l = live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match event {
                 Event::StepStarted { service, step } => {
                     let done = match l.services.get(service) {
                         Some(ServiceState::Building { done, .. }) => *done,
                         _ => 0,
                     };
-                    l.services.insert(service.clone(), ServiceState::Building { step: step.clone(), done });
+                    l.services.insert(
+                        service.clone(),
+                        ServiceState::Building {
+                            step: step.clone(),
+                            done,
+                        },
+                    );
                 }
                 Event::StepDone { service, step, .. } => {
-                    if let Some(ServiceState::Building { done, .. }) = l.services.get(service).cloned() {
-                        l.services.insert(service.clone(), ServiceState::Building { step: step.clone(), done: done + 1 });
+                    if let Some(ServiceState::Building { done, .. }) =
+                        l.services.get(service).cloned()
+                    {
+                        l.services.insert(
+                            service.clone(),
+                            ServiceState::Building {
+                                step: step.clone(),
+                                done: done + 1,
+                            },
+                        );
                     }
                 }
                 Event::State { service, state } => {
@@ -295,7 +323,9 @@ impl Printer {
 
     fn clear_live(&self) {
         let Some(live) = &self.live else { return };
-        let mut l = live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut l = live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if l.lines_drawn > 0 {
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "\x1b[{}A\x1b[J", l.lines_drawn);
@@ -306,11 +336,16 @@ impl Printer {
 
     fn redraw(&self, force: bool) {
         let Some(live) = &self.live else { return };
-        let mut l = live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut l = live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if l.services.is_empty() {
             return;
         }
-        if !force && l.last_draw.is_some_and(|t| t.elapsed() < Duration::from_millis(80)) {
+        if !force
+            && l.last_draw
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(80))
+        {
             return;
         }
         let width = l.services.keys().map(String::len).max().unwrap_or(0);
@@ -323,11 +358,24 @@ impl Printer {
                 ServiceState::Idle => self.paint("2", "idle"),
                 ServiceState::Building { step, done } => {
                     let step: String = step.chars().take(70).collect();
-                    format!("{} step {} {}", self.paint("36", "building"), done + 1, step)
+                    format!(
+                        "{} step {} {}",
+                        self.paint("36", "building"),
+                        done + 1,
+                        step
+                    )
                 }
-                ServiceState::Pushed { reference } => format!("{} {reference}", self.paint("32", "pushed")),
+                ServiceState::Pushed { reference } => {
+                    format!("{} {reference}", self.paint("32", "pushed"))
+                }
                 ServiceState::Failed { error } => {
-                    let e: String = error.lines().next().unwrap_or_default().chars().take(80).collect();
+                    let e: String = error
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(80)
+                        .collect();
                     format!("{} {e}", self.paint("31", "failed"))
                 }
                 ServiceState::Deploying => self.paint("35", "deploying"),

@@ -4,13 +4,14 @@
 //! [`ServicePlan`] and never looks at flags or the project file again.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::cli::ServiceFlags;
-use crate::config::{self, BuilderKind, HelmConfig, LayerConfig, ProjectFile, ServiceConfig, ValuesConfig};
+use crate::config::{
+    self, BuilderKind, HelmConfig, LayerConfig, ProjectFile, ServiceConfig, ValuesConfig,
+};
 
 /// Default directory for generated values files, relative to the project root.
 pub const DEFAULT_VALUES_DIR: &str = "tilt-values";
@@ -30,8 +31,10 @@ pub struct UsageError(pub String);
 pub enum Compression {
     /// gzip (the registry default).
     Gzip,
-    /// zstd.
+    /// zstd at its default level (3).
     Zstd,
+    /// zstd at level 1: the `auto` choice for loopback and dev registries.
+    ZstdFast,
     /// No compression (fastest on loopback).
     Uncompressed,
 }
@@ -41,7 +44,7 @@ impl Compression {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Gzip => "gzip",
-            Self::Zstd => "zstd",
+            Self::Zstd | Self::ZstdFast => "zstd",
             Self::Uncompressed => "uncompressed",
         }
     }
@@ -196,6 +199,12 @@ pub struct ServicePlan {
     pub pull_repository: String,
     /// Compression.
     pub compression: Compression,
+    /// Registries allowed over plain HTTP besides loopback.
+    pub insecure_registries: Vec<String>,
+    /// Extra CA bundles for registry TLS.
+    pub registry_ca_files: Vec<PathBuf>,
+    /// Docker config directory or file for credentials (`None`: the default).
+    pub docker_config: Option<PathBuf>,
     /// Values file (absolute).
     pub values_file: PathBuf,
     /// Values keys.
@@ -317,12 +326,17 @@ fn sanitize_name(s: &str) -> String {
             }
         })
         .collect();
-    s.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+    s.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
 }
 
 /// `base.join(p)` unless `p` is absolute, lexically normalised.
 pub fn absolutize(base: &Path, p: &Path) -> PathBuf {
-    let joined = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
     let mut out = PathBuf::new();
     for c in joined.components() {
         match c {
@@ -339,9 +353,9 @@ pub fn absolutize(base: &Path, p: &Path) -> PathBuf {
 fn kv_pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
-        let (k, v) = item.split_once('=').ok_or_else(|| {
-            UsageError(format!("{what} `{item}` must be KEY=VALUE"))
-        })?;
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("{what} `{item}` must be KEY=VALUE")))?;
         out.insert(k.to_owned(), v.to_owned());
     }
     Ok(out)
@@ -391,8 +405,10 @@ pub fn parse_secret(spec: &str, root: &Path) -> Result<SecretSpec> {
 
 fn parse_compression(s: &str, host: Option<&str>) -> Result<Compression> {
     Ok(match s {
+        // Dev registries: zstd at its fastest level (as fast as no compression on loopback, and
+        // several times fewer bytes for the cluster to pull); others: gzip, which every runtime reads.
         "auto" => match host {
-            Some(h) if is_dev_registry(h) => Compression::Uncompressed,
+            Some(h) if is_dev_registry(h) => Compression::ZstdFast,
             _ => Compression::Gzip,
         },
         "gzip" => Compression::Gzip,
@@ -418,20 +434,13 @@ pub fn host_only(registry_host: &str) -> &str {
 
 /// Loopback registries: plain HTTP is allowed without being asked.
 pub fn is_loopback(registry_host: &str) -> bool {
-    let h = host_only(registry_host);
-    h == "localhost"
-        || h.ends_with(".localhost")
-        || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    fastbuild_oci::transport::is_loopback(registry_host)
 }
 
-/// Development registries (loopback, single-label hosts such as k3d's `registry`, `.local`,
-/// `.internal`): the fastest layer compression is the default for them.
+/// Development registries (loopback, `*.localhost`, `*.local`, k3d, kind): the fastest layer
+/// compression is the default for them.
 pub fn is_dev_registry(registry_host: &str) -> bool {
-    let h = host_only(registry_host).to_ascii_lowercase();
-    is_loopback(registry_host)
-        || (!h.contains('.') && h.parse::<IpAddr>().is_err())
-        || matches!(h.rsplit('.').next(), Some("local" | "internal"))
-        || h.starts_with("k3d-")
+    fastbuild_oci::transport::is_dev_registry(registry_host)
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment, else the last commit of the repo at `root`, else 0.
@@ -461,7 +470,12 @@ fn key_flag(flag: Option<&String>, slot: &mut Option<String>) {
 }
 
 #[allow(clippy::too_many_lines)]
-fn resolve(project: &Project, name: &str, svc: &ServiceConfig, flags: &ServiceFlags) -> Result<ServicePlan> {
+fn resolve(
+    project: &Project,
+    name: &str,
+    svc: &ServiceConfig,
+    flags: &ServiceFlags,
+) -> Result<ServicePlan> {
     let root = &project.root;
     let cfg = &project.config;
     let abs = |p: &Path| absolutize(root, p);
@@ -507,7 +521,9 @@ fn resolve(project: &Project, name: &str, svc: &ServiceConfig, flags: &ServiceFl
     let (push_repo, tag, push_host, push_registry) = if let Some(er) = &expected_ref {
         let (repo, t) = split_tag(er);
         let host = repo.split('/').next().unwrap_or(&repo).to_owned();
-        let reg = repo.rsplit_once('/').map_or(host.clone(), |(r, _)| r.to_owned());
+        let reg = repo
+            .rsplit_once('/')
+            .map_or(host.clone(), |(r, _)| r.to_owned());
         (repo, t.or(tag), Some(host), Some(reg))
     } else if let Some(reg) = &registry {
         let reg = reg.trim_end_matches('/').to_owned();
@@ -536,7 +552,11 @@ fn resolve(project: &Project, name: &str, svc: &ServiceConfig, flags: &ServiceFl
         push_repo.clone()
     } else {
         let last = push_repo.rsplit('/').next().unwrap_or(&push_repo);
-        let repo_part = if expected_ref.is_some() { last } else { repo_name.as_str() };
+        let repo_part = if expected_ref.is_some() {
+            last
+        } else {
+            repo_name.as_str()
+        };
         format!("{}/{}", pull_registry.trim_end_matches('/'), repo_part)
     };
 
@@ -604,8 +624,18 @@ fn resolve(project: &Project, name: &str, svc: &ServiceConfig, flags: &ServiceFl
                 platforms,
                 secrets,
                 no_cache: flags.no_cache,
-                cache_from: svc.cache_from.iter().chain(&flags.cache_from).cloned().collect(),
-                cache_to: svc.cache_to.iter().chain(&flags.cache_to).cloned().collect(),
+                cache_from: svc
+                    .cache_from
+                    .iter()
+                    .chain(&flags.cache_from)
+                    .cloned()
+                    .collect(),
+                cache_to: svc
+                    .cache_to
+                    .iter()
+                    .chain(&flags.cache_to)
+                    .cloned()
+                    .collect(),
             })
         }
         BuilderKind::Native => {
@@ -616,9 +646,9 @@ fn resolve(project: &Project, name: &str, svc: &ServiceConfig, flags: &ServiceFl
                     .layers
                     .iter()
                     .map(|l| {
-                        let (src, dest) = l.rsplit_once(':').ok_or_else(|| {
-                            UsageError(format!("layer `{l}` must be SRC:DEST"))
-                        })?;
+                        let (src, dest) = l
+                            .rsplit_once(':')
+                            .ok_or_else(|| UsageError(format!("layer `{l}` must be SRC:DEST")))?;
                         Ok(LayerConfig {
                             src: PathBuf::from(src),
                             dest: dest.to_owned(),
@@ -710,7 +740,10 @@ fn resolve(project: &Project, name: &str, svc: &ServiceConfig, flags: &ServiceFl
         .or_else(|| svc.values.file.clone())
         .unwrap_or_else(|| values_dir.join(format!("{name}.values.yaml"))));
     let mut values_keys = svc.values.clone();
-    key_flag(flags.repository_key.as_ref(), &mut values_keys.repository_key);
+    key_flag(
+        flags.repository_key.as_ref(),
+        &mut values_keys.repository_key,
+    );
     key_flag(flags.digest_key.as_ref(), &mut values_keys.digest_key);
     key_flag(flags.registry_key.as_ref(), &mut values_keys.registry_key);
     key_flag(flags.tag_key.as_ref(), &mut values_keys.tag_key);
@@ -742,7 +775,11 @@ fn resolve(project: &Project, name: &str, svc: &ServiceConfig, flags: &ServiceFl
             } else {
                 flags.helm_values.iter().map(|p| abs(p)).collect()
             },
-            flags: h.flags.into_iter().chain(flags.helm_flags.clone()).collect(),
+            flags: h
+                .flags
+                .into_iter()
+                .chain(flags.helm_flags.clone())
+                .collect(),
             timeout: flags
                 .timeout
                 .clone()
@@ -762,6 +799,18 @@ fn resolve(project: &Project, name: &str, svc: &ServiceConfig, flags: &ServiceFl
         pull_registry,
         pull_repository,
         compression,
+        insecure_registries: insecure_list,
+        registry_ca_files: cfg
+            .registry_ca
+            .iter()
+            .chain(&flags.registry_ca)
+            .map(|p| abs(p))
+            .collect(),
+        docker_config: flags
+            .docker_config
+            .clone()
+            .or_else(|| cfg.docker_config.clone())
+            .map(|p| abs(&p)),
         values_file,
         values_keys,
         helm,
@@ -778,7 +827,12 @@ pub fn is_chart_reference(root: &Path, chart: &str) -> bool {
     if chart.starts_with('.') || chart.starts_with('/') || root.join(chart).exists() {
         return false;
     }
-    chart.matches('/').count() == 1
+    // `repo/name` is a Helm repository chart unless `repo` is a local directory (then it is a
+    // local chart that is missing, and saying so beats helm's "repo not found").
+    match chart.split_once('/') {
+        Some((first, rest)) => !rest.contains('/') && !root.join(first).is_dir(),
+        None => false,
+    }
 }
 
 /// Splits `repo[:tag][@digest]` into repo and tag (a port colon is not a tag).
@@ -797,9 +851,10 @@ pub fn split_tag(reference: &str) -> (String, Option<String>) {
 /// `BUILDKIT_HOST`, else `DOCKER_HOST` as `docker-…`, else the default Docker socket.
 pub fn default_buildkit_address() -> String {
     if let Ok(h) = std::env::var("DOCKER_HOST")
-        && let Some(p) = h.strip_prefix("unix://") {
-            return format!("docker-unix://{p}");
-        }
+        && let Some(p) = h.strip_prefix("unix://")
+    {
+        return format!("docker-unix://{p}");
+    }
     "docker-unix:///var/run/docker.sock".into()
 }
 
@@ -851,7 +906,10 @@ mod tests {
 
     #[test]
     fn split_tag_ignores_port_colon() {
-        assert_eq!(split_tag("localhost:5000/app"), ("localhost:5000/app".into(), None));
+        assert_eq!(
+            split_tag("localhost:5000/app"),
+            ("localhost:5000/app".into(), None)
+        );
         assert_eq!(
             split_tag("localhost:5000/app:tilt-1"),
             ("localhost:5000/app".into(), Some("tilt-1".into()))
@@ -864,7 +922,6 @@ mod tests {
         assert!(is_loopback("localhost:5000"));
         assert!(is_loopback("[::1]:5000"));
         assert!(!is_loopback("docker.io"));
-        assert!(is_dev_registry("registry:5000"));
         assert!(is_dev_registry("k3d-registry.localhost:5000"));
         assert!(!is_dev_registry("ghcr.io"));
     }
@@ -874,11 +931,17 @@ mod tests {
         let root = Path::new("/p");
         assert_eq!(
             parse_secret("id=npm,src=.npmrc", root).unwrap(),
-            SecretSpec::File { id: "npm".into(), path: PathBuf::from("/p/.npmrc") }
+            SecretSpec::File {
+                id: "npm".into(),
+                path: PathBuf::from("/p/.npmrc")
+            }
         );
         assert_eq!(
             parse_secret("id=tok,env=TOKEN", root).unwrap(),
-            SecretSpec::Env { id: "tok".into(), var: "TOKEN".into() }
+            SecretSpec::Env {
+                id: "tok".into(),
+                var: "TOKEN".into()
+            }
         );
         assert!(parse_secret("src=x", root).is_err());
     }

@@ -50,13 +50,14 @@ fn watch_error(path: &Path, err: notify::Error) -> anyhow::Error {
         );
     }
     if let notify::ErrorKind::Io(io) = &err.kind
-        && (io.raw_os_error() == Some(libc::ENOSPC) || io.raw_os_error() == Some(libc::EMFILE)) {
-            return anyhow!(
-                "cannot watch `{}`: the inotify limits are exhausted (fs.inotify.max_user_watches / \
+        && (io.raw_os_error() == Some(libc::ENOSPC) || io.raw_os_error() == Some(libc::EMFILE))
+    {
+        return anyhow!(
+            "cannot watch `{}`: the inotify limits are exhausted (fs.inotify.max_user_watches / \
                  max_user_instances); raise them with sysctl or run `fastbuild watch --poll`",
-                path.display()
-            );
-        }
+            path.display()
+        );
+    }
     anyhow::Error::new(err).context(format!("cannot watch `{}`", path.display()))
 }
 
@@ -65,11 +66,19 @@ fn is_noise(path: &Path, generated: &BTreeSet<PathBuf>) -> bool {
     if generated.contains(path) {
         return true;
     }
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     if name.starts_with(".fastbuild-") && name.ends_with(".tmp") {
         return true; // atomic-write temp files
     }
-    if name.ends_with(".swp") || name.ends_with(".swx") || name.ends_with('~') || name == "4913" || name.starts_with(".#") {
+    if name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with('~')
+        || name == "4913"
+        || name.starts_with(".#")
+    {
         return true;
     }
     path.components().any(|c| {
@@ -84,15 +93,17 @@ pub fn affects(plan: &ServicePlan, path: &Path) -> bool {
         return false;
     }
     if let BuilderPlan::Buildkit(b) = &plan.builder
-        && path.starts_with(&b.context) && path != b.dockerfile {
-            let rel = path.strip_prefix(&b.context).unwrap_or(path);
-            // The ignore file itself and the Dockerfile always matter.
-            let is_ignore_file = path == b.context.join(".dockerignore")
-                || path.to_string_lossy().ends_with(".dockerignore");
-            if !is_ignore_file && builder::buildkit::is_excluded(b, rel) {
-                return false;
-            }
+        && path.starts_with(&b.context)
+        && path != b.dockerfile
+    {
+        let rel = path.strip_prefix(&b.context).unwrap_or(path);
+        // The ignore file itself and the Dockerfile always matter.
+        let is_ignore_file = path == b.context.join(".dockerignore")
+            || path.to_string_lossy().ends_with(".dockerignore");
+        if !is_ignore_file && builder::buildkit::is_excluded(b, rel) {
+            return false;
         }
+    }
     true
 }
 
@@ -151,8 +162,14 @@ fn set_up_watcher(
         roots.insert((f.to_path_buf(), false));
     }
     for (root, recursive) in &roots {
-        let mode = if *recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
-        watcher.watch(root, mode).map_err(|e| watch_error(root, e))?;
+        let mode = if *recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        watcher
+            .watch(root, mode)
+            .map_err(|e| watch_error(root, e))?;
     }
     Ok(watcher)
 }
@@ -176,13 +193,16 @@ pub async fn run(
             return Err(crate::settings::no_registry(n));
         }
         crate::settings::preflight(&plan)?;
-        slots.insert(n.clone(), Slot {
-            plan,
-            generation: 0,
-            running: None,
-            last_digest: None,
-            deploy_lock: Arc::new(Mutex::new(())),
-        });
+        slots.insert(
+            n.clone(),
+            Slot {
+                plan,
+                generation: 0,
+                running: None,
+                last_digest: None,
+                deploy_lock: Arc::new(Mutex::new(())),
+            },
+        );
     }
     let project_file = project.file.clone();
 
@@ -204,7 +224,10 @@ pub async fn run(
     let start_build = |slot: &mut Slot, reason: Vec<PathBuf>| {
         if let Some(tok) = slot.running.take() {
             tok.cancel();
-            printer.note(Some(&slot.plan.name), "cancelled the running build: inputs changed");
+            printer.note(
+                Some(&slot.plan.name),
+                "cancelled the running build: inputs changed",
+            );
             if printer.is_json() {
                 printer.json(&serde_json::json!({"event": "cancelled", "service": slot.plan.name}));
             }
@@ -224,10 +247,22 @@ pub async fn run(
             let shown: Vec<String> = reason
                 .iter()
                 .take(5)
-                .map(|p| p.strip_prefix(&plan.root).unwrap_or(p).display().to_string())
+                .map(|p| {
+                    p.strip_prefix(&plan.root)
+                        .unwrap_or(p)
+                        .display()
+                        .to_string()
+                })
                 .collect();
-            let more = if reason.len() > 5 { format!(" and {} more", reason.len() - 5) } else { String::new() };
-            printer.note(Some(&plan.name), &format!("rebuilding: changed {}{more}", shown.join(", ")));
+            let more = if reason.len() > 5 {
+                format!(" and {} more", reason.len() - 5)
+            } else {
+                String::new()
+            };
+            printer.note(
+                Some(&plan.name),
+                &format!("rebuilding: changed {}{more}", shown.join(", ")),
+            );
         }
         tokio::spawn(async move {
             let result = tokio::select! {
@@ -241,7 +276,11 @@ pub async fn run(
                 }
                 () = token.cancelled() => Err(anyhow!("cancelled")),
             };
-            let _ = done_tx.send(Msg::Done { service: plan.name.clone(), generation, result });
+            let _ = done_tx.send(Msg::Done {
+                service: plan.name.clone(),
+                generation,
+                result,
+            });
         });
     };
 
@@ -251,13 +290,17 @@ pub async fn run(
     if printer.is_json() {
         printer.json(&serde_json::json!({"event": "watching", "services": names}));
     } else {
-        printer.note(None, &format!("watching {} service(s); Ctrl-C to stop", slots.len()));
+        printer.note(
+            None,
+            &format!("watching {} service(s); Ctrl-C to stop", slots.len()),
+        );
     }
 
     let mut pending: BTreeSet<PathBuf> = BTreeSet::new();
     let mut deadline: Option<Instant> = None;
     loop {
-        let generated: BTreeSet<PathBuf> = slots.values().map(|s| s.plan.values_file.clone()).collect();
+        let generated: BTreeSet<PathBuf> =
+            slots.values().map(|s| s.plan.values_file.clone()).collect();
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,

@@ -1,30 +1,284 @@
 //! The `buildkit` builder: a Dockerfile solved on a BuildKit daemon over gRPC.
-// INTEGRATION PENDING: wired to fastbuild-buildkit once its API lands.
+//!
+//! Adapter from a [`BuildkitPlan`] to `fastbuild-buildkit`: BuildKit's image exporter pushes
+//! straight to the registry and reports the manifest digest (`containerimage.digest`); the
+//! session (file sync, credentials, secrets) is served by fastbuild itself. Without an explicit
+//! tag the image is pushed by digest and then tagged `fb-<digest prefix>` (one manifest PUT of
+//! the same bytes), so nothing floats.
 
-use anyhow::{Result, bail};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use fastbuild_buildkit::patterns::{PatternMatcher, parse_dockerignore};
+use fastbuild_buildkit::{
+    BuildOptions, CacheSpec, Client, Compression as BkCompression, ProgressEvent, SecretSource,
+    TlsOptions,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ImageResult;
+use super::{ImageResult, content_tag};
+use crate::outputs::tilt::ignore_file_for;
 use crate::printer::Event;
-use crate::settings::{BuildkitPlan, ServicePlan};
+use crate::settings::{
+    BuildkitPlan, Compression, Destination, SecretSpec, ServicePlan, UsageError,
+};
 
-/// Builds with BuildKit.
+fn tls(b: &BuildkitPlan) -> Option<TlsOptions> {
+    b.tls.as_ref().map(|t| TlsOptions {
+        ca_cert: t.ca.clone(),
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        server_name: t.server_name.clone(),
+    })
+}
+
+/// Parses `type=registry,ref=…` / `type=inline` into a cache spec.
+pub fn cache_spec(spec: &str) -> Result<CacheSpec> {
+    let mut kind = None;
+    let mut attrs = BTreeMap::new();
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            UsageError(format!("cache spec `{spec}`: expected `type=…,key=value`"))
+        })?;
+        if k == "type" {
+            kind = Some(v.to_owned());
+        } else {
+            attrs.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    let kind = kind.unwrap_or_else(|| "registry".into());
+    Ok(CacheSpec { kind, attrs })
+}
+
+/// The build options of a plan.
+pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
+    let (image_names, push, push_by_digest, insecure) = match &plan.destination {
+        Destination::Registry {
+            repository,
+            tag,
+            insecure,
+            ..
+        } => match tag {
+            Some(t) => (vec![format!("{repository}:{t}")], true, false, *insecure),
+            None => (vec![repository.clone()], true, true, *insecure),
+        },
+        Destination::None => (Vec::new(), false, false, false),
+        Destination::Layout(dir) => {
+            return Err(UsageError(format!(
+                "`--output oci:{}` is not available with the buildkit builder yet; push to a registry, \
+                 or use the native builder",
+                dir.display()
+            ))
+            .into());
+        }
+    };
+    let secrets = b
+        .secrets
+        .iter()
+        .map(|s| match s {
+            SecretSpec::File { id, path } => (id.clone(), SecretSource::File(path.clone())),
+            SecretSpec::Env { id, var } => (id.clone(), SecretSource::Env(var.clone())),
+        })
+        .collect();
+    Ok(BuildOptions {
+        context: b.context.clone(),
+        dockerfile: Some(b.dockerfile.clone()),
+        target: b.target.clone(),
+        build_args: b.build_args.clone(),
+        labels: b.labels.clone(),
+        platforms: b.platforms.clone(),
+        no_cache: b.no_cache,
+        secrets,
+        image_names,
+        push,
+        push_by_digest,
+        registry_insecure: insecure,
+        compression: Some(match plan.compression {
+            Compression::Gzip => BkCompression::Gzip,
+            Compression::Zstd | Compression::ZstdFast => BkCompression::Zstd,
+            Compression::Uncompressed => BkCompression::Uncompressed,
+        }),
+        compression_level: (plan.compression == Compression::ZstdFast).then_some(1),
+        oci_mediatypes: Some(true),
+        source_date_epoch: Some(plan.source_date_epoch),
+        cache_imports: b
+            .cache_from
+            .iter()
+            .map(|s| cache_spec(s))
+            .collect::<Result<_>>()?,
+        cache_exports: b
+            .cache_to
+            .iter()
+            .map(|s| cache_spec(s))
+            .collect::<Result<_>>()?,
+        docker_config_dir: plan.docker_config.clone(),
+        ..BuildOptions::default()
+    })
+}
+
+fn forward(service: &str, ev: ProgressEvent) -> Option<Event> {
+    let service = service.to_owned();
+    Some(match ev {
+        ProgressEvent::VertexStarted { name, .. } => Event::StepStarted {
+            service,
+            step: name,
+        },
+        ProgressEvent::VertexCompleted { name, duration, .. } => Event::StepDone {
+            service,
+            step: name,
+            cached: false,
+            duration_ms: duration.map_or(0, |d| d.as_millis() as u64),
+            error: None,
+        },
+        ProgressEvent::VertexCached { name, .. } => Event::StepDone {
+            service,
+            step: name,
+            cached: true,
+            duration_ms: 0,
+            error: None,
+        },
+        ProgressEvent::VertexError {
+            name,
+            error,
+            duration,
+            ..
+        } => Event::StepDone {
+            service,
+            step: name,
+            cached: false,
+            duration_ms: duration.map_or(0, |d| d.as_millis() as u64),
+            error: Some(error),
+        },
+        ProgressEvent::Log {
+            vertex_name, data, ..
+        } => Event::Log {
+            service,
+            step: vertex_name,
+            text: String::from_utf8_lossy(&data).into_owned(),
+        },
+        ProgressEvent::Warning {
+            vertex_name,
+            message,
+            ..
+        } => Event::Note {
+            service: Some(service),
+            message: if vertex_name.is_empty() {
+                format!("warning: {message}")
+            } else {
+                format!("warning: {vertex_name}: {message}")
+            },
+        },
+        ProgressEvent::Status { .. } => return None,
+    })
+}
+
+/// Builds with BuildKit, pushing through its image exporter.
 pub async fn build(
-    _plan: &ServicePlan,
-    _b: &BuildkitPlan,
-    _events: mpsc::UnboundedSender<Event>,
-    _cancel: CancellationToken,
+    plan: &ServicePlan,
+    b: &BuildkitPlan,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
 ) -> Result<ImageResult> {
-    bail!("buildkit builder not wired yet")
+    let opts = options(plan, b)?;
+    let client = Client::connect(&b.address, tls(b))
+        .await
+        .with_context(|| format!("cannot reach BuildKit for service `{}`", plan.name))?;
+    let (tx, mut rx) = mpsc::channel::<ProgressEvent>(256);
+    let service = plan.name.clone();
+    let fwd = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if let Some(e) = forward(&service, ev) {
+                let _ = events.send(e);
+            }
+        }
+    });
+    let result = client.build(opts, tx, cancel).await;
+    let _ = fwd.await;
+    let res = result.with_context(|| format!("BuildKit build of `{}` failed", plan.name))?;
+    let descriptor = res
+        .descriptor
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .context("cannot serialize the descriptor")?
+        .unwrap_or_else(|| serde_json::json!({ "digest": res.digest }));
+    let media_type = res
+        .descriptor
+        .as_ref()
+        .map(|d| d.media_type.clone())
+        .unwrap_or_default();
+    let size = res.descriptor.as_ref().map_or(0, |d| d.size.max(0) as u64);
+    let (repository, tag) = match &plan.destination {
+        Destination::Registry {
+            repository,
+            tag: Some(t),
+            ..
+        } => (repository.clone(), Some(t.clone())),
+        Destination::Registry {
+            repository,
+            tag: None,
+            ..
+        } => {
+            let tag = content_tag(&res.digest);
+            super::native::tag_manifest(plan, repository, &res.digest, &tag)
+                .await
+                .with_context(|| {
+                    format!(
+                        "pushed `{repository}@{}` but could not tag it `{tag}`",
+                        res.digest
+                    )
+                })?;
+            (repository.clone(), Some(tag))
+        }
+        _ => (plan.pull_repository.clone(), None),
+    };
+    Ok(ImageResult {
+        digest: res.digest,
+        media_type,
+        size,
+        config_digest: res.config_digest,
+        descriptor,
+        repository,
+        tag,
+        bytes_uploaded: None,
+    })
 }
 
-/// Whether `rel` (relative to the context) is excluded by the service's `.dockerignore`.
-pub fn is_excluded(_b: &BuildkitPlan, _rel: &std::path::Path) -> bool {
-    false
+/// Whether `rel` (relative to the context) is excluded by the service's ignore file, as the
+/// Dockerfile frontend would exclude it from the build context.
+pub fn is_excluded(b: &BuildkitPlan, rel: &Path) -> bool {
+    let Some(file) = ignore_file_for(&b.context, &b.dockerfile) else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return false;
+    };
+    let Ok(m) = PatternMatcher::new(parse_dockerignore(&text)) else {
+        return false;
+    };
+    m.matches(&rel.to_string_lossy())
 }
 
-/// Connects and describes the daemon.
-pub async fn probe(_b: &BuildkitPlan) -> Result<String> {
-    bail!("not wired")
+/// Connects and describes the daemon: version, workers and their platforms.
+pub async fn probe(b: &BuildkitPlan) -> Result<String> {
+    let client = Client::connect(&b.address, tls(b)).await?;
+    let info = client.info().await.ok();
+    let workers = client.list_workers().await?;
+    let mut platforms: Vec<String> = workers
+        .iter()
+        .flat_map(|w| w.platforms.iter().cloned())
+        .collect();
+    platforms.sort();
+    platforms.dedup();
+    let version = info.map_or_else(
+        || "version unknown".to_owned(),
+        |i| format!("{} {}", i.package, i.version),
+    );
+    Ok(format!(
+        "{version}; {} worker(s); platforms {}",
+        workers.len(),
+        platforms.join(", ")
+    ))
 }

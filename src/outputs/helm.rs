@@ -16,7 +16,10 @@ use crate::settings::{HelmPlan, ServicePlan, is_chart_reference};
 /// under it (for printing), absolute otherwise.
 pub fn argv_relative(plan: &ServicePlan, base: &Path) -> Result<Vec<String>> {
     let mut rel = plan.clone();
-    let strip = |p: &Path| p.strip_prefix(base).map_or_else(|_| p.to_path_buf(), Path::to_path_buf);
+    let strip = |p: &Path| {
+        p.strip_prefix(base)
+            .map_or_else(|_| p.to_path_buf(), Path::to_path_buf)
+    };
     if let Some(h) = rel.helm.as_mut() {
         h.values = h.values.iter().map(|v| strip(v)).collect();
         if Path::new(&h.chart).is_absolute() {
@@ -50,7 +53,11 @@ pub fn argv_for(helm: &HelmPlan, generated: &Path) -> Vec<String> {
         a.push("--namespace".into());
         a.push(ns.clone());
     }
-    for v in helm.values.iter().chain(std::iter::once(&generated.to_path_buf())) {
+    for v in helm
+        .values
+        .iter()
+        .chain(std::iter::once(&generated.to_path_buf()))
+    {
         a.push("--values".into());
         a.push(v.display().to_string());
     }
@@ -73,8 +80,12 @@ pub fn shell_line(helm_bin: &str, argv: &[String]) -> String {
 
 /// Checks that every file the command needs exists.
 pub fn check_inputs(plan: &ServicePlan) -> Result<()> {
-    let Some(helm) = &plan.helm else { return Ok(()) };
-    if !is_chart_reference(&plan.root, &helm.chart) && !Path::new(&helm.chart).join("Chart.yaml").is_file() {
+    let Some(helm) = &plan.helm else {
+        return Ok(());
+    };
+    if !is_chart_reference(&plan.root, &helm.chart)
+        && !Path::new(&helm.chart).join("Chart.yaml").is_file()
+    {
         bail!(crate::settings::UsageError(format!(
             "service `{}`: chart `{}` not found (no Chart.yaml there); fix `helm.chart` in fastbuild.yaml",
             plan.name, helm.chart
@@ -104,7 +115,9 @@ pub fn check_inputs(plan: &ServicePlan) -> Result<()> {
 pub fn stamp_path(plan: &ServicePlan) -> PathBuf {
     let helm = plan.helm.as_ref();
     let release = helm.map_or(plan.name.as_str(), |h| h.release.as_str());
-    let ns = helm.and_then(|h| h.namespace.as_deref()).unwrap_or("default");
+    let ns = helm
+        .and_then(|h| h.namespace.as_deref())
+        .unwrap_or("default");
     plan.root
         .join(".fastbuild")
         .join("helm")
@@ -121,7 +134,8 @@ pub fn fingerprint(plan: &ServicePlan, helm_bin: &str, argv: &[String]) -> Resul
     }
     if let Some(helm) = &plan.helm {
         for v in helm.values.iter().chain(std::iter::once(&plan.values_file)) {
-            let bytes = fs_err::read(v).with_context(|| format!("cannot read values file `{}`", v.display()))?;
+            let bytes = fs_err::read(v)
+                .with_context(|| format!("cannot read values file `{}`", v.display()))?;
             h.update(v.display().to_string().as_bytes());
             h.update(Sha256::digest(&bytes));
         }
@@ -176,7 +190,9 @@ pub async fn run(plan: &ServicePlan, helm_bin: &str, force: bool) -> Result<RunO
         .kill_on_drop(true)
         .status()
         .await
-        .with_context(|| format!("cannot run `{helm_bin}`; install helm or set HELM=/path/to/helm"))?;
+        .with_context(|| {
+            format!("cannot run `{helm_bin}`; install helm or set HELM=/path/to/helm")
+        })?;
     if !status.success() {
         bail!(
             "`{}` failed ({status}) for service `{}`",

@@ -75,14 +75,21 @@ pub fn render(plans: &[ServicePlan], fastbuild: &str) -> String {
         let mut deps: Vec<String> = plan.watch_paths.iter().map(|p| rel(root, p)).collect();
         let mut ignore: Vec<String> = Vec::new();
         if let BuilderPlan::Buildkit(b) = &plan.builder
-            && let Some(f) = ignore_file_for(&b.context, &b.dockerfile) {
-                let prefix = rel(root, &b.context);
-                for pat in read_dockerignore(&f) {
-                    let (neg, body) = pat.strip_prefix('!').map_or(("", pat.as_str()), |b| ("!", b));
-                    let full = if prefix == "." { body.to_owned() } else { format!("{prefix}/{body}") };
-                    ignore.push(format!("{neg}{full}"));
-                }
+            && let Some(f) = ignore_file_for(&b.context, &b.dockerfile)
+        {
+            let prefix = rel(root, &b.context);
+            for pat in read_dockerignore(&f) {
+                let (neg, body) = pat
+                    .strip_prefix('!')
+                    .map_or(("", pat.as_str()), |b| ("!", b));
+                let full = if prefix == "." {
+                    body.to_owned()
+                } else {
+                    format!("{prefix}/{body}")
+                };
+                ignore.push(format!("{neg}{full}"));
             }
+        }
         // Never rebuild on fastbuild's own outputs.
         ignore.push(values.clone());
         ignore.push(".fastbuild".into());
@@ -103,7 +110,10 @@ pub fn render(plans: &[ServicePlan], fastbuild: &str) -> String {
             "\n# Sentinel: ready once the values file exists. No resource_deps, so no cycle.\n\
              local_resource(\n    {},\n    cmd={},\n    deps=[{}],\n    resource_deps=[],\n    labels=[{}],\n)\n",
             q(&format!("{name}-digest-ready")),
-            q(&format!("test -f {} && echo 'Digest ready'", shell_words::quote(&values))),
+            q(&format!(
+                "test -f {} && echo 'Digest ready'",
+                shell_words::quote(&values)
+            )),
             q(&values),
             q(&format!("build.{name}")),
         );
@@ -133,7 +143,8 @@ pub fn render(plans: &[ServicePlan], fastbuild: &str) -> String {
                 .unwrap_or_default();
             let _ = write!(
                 out,
-                "\n# Helm owns the image: image_keys=[] stops --set image.* injection; no image_deps.\n\
+                "\n# Helm owns the image: image_keys=[] stops --set image.* injection, and the build is\n\
+                 # linked by resource_deps only, never as an image (no name mangling).\n\
                  helm_resource(\n    {},\n    {},\n{ns}    release_name={},\n    flags={},\n    deps={},\n    image_keys=[],\n    labels=[{}],\n    resource_deps=[{}],\n)\n",
                 q(name),
                 q(&chart),

@@ -79,7 +79,9 @@ fn insert(tree: &mut Tree, dotted: &str, value: String) -> Result<(), String> {
             .or_insert_with(|| Node::Map(Tree::default()));
         cur = match entry {
             Node::Map(t) => t,
-            Node::Leaf(_) => return Err(format!("values key `{dotted}` conflicts with another key")),
+            Node::Leaf(_) => {
+                return Err(format!("values key `{dotted}` conflicts with another key"));
+            }
         };
     }
     Ok(())

@@ -1,1 +1,7 @@
 //! integration tests
+mod buildkit;
+mod cli;
+mod common;
+mod oci;
+mod testbed;
+mod watch;

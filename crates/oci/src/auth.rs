@@ -1,0 +1,459 @@
+//! Registry credentials (Docker `config.json`, credential helpers) and `WWW-Authenticate`
+//! challenges. Secrets never appear in `Debug` output, logs or errors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The key Docker uses for Docker Hub in `config.json`.
+pub const DOCKER_HUB_CONFIG_KEY: &str = "https://index.docker.io/v1/";
+
+/// Credentials for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// Username and password (or token used as password).
+    Basic {
+        /// User name.
+        username: String,
+        /// Password (redacted in `Debug`).
+        password: String,
+    },
+    /// An OAuth2 refresh token (`identitytoken`), exchanged at the token endpoint.
+    IdentityToken(String),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Self::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default, rename = "identitytoken")]
+    identity_token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ConfigFile {
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+}
+
+/// A parsed Docker client configuration (only the credential parts).
+#[derive(Default)]
+pub struct DockerConfig {
+    path: Option<PathBuf>,
+    file: ConfigFile,
+    helper_path: Option<std::ffi::OsString>,
+}
+
+impl fmt::Debug for DockerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DockerConfig")
+            .field("path", &self.path)
+            .field("auths", &self.file.auths.keys().collect::<Vec<_>>())
+            .field("creds_store", &self.file.creds_store)
+            .field("cred_helpers", &self.file.cred_helpers)
+            .field("helper_path", &self.helper_path)
+            .finish()
+    }
+}
+
+/// Strips scheme and path from a config key: `https://host:5000/v1/` → `host:5000`.
+fn normalize_key(key: &str) -> &str {
+    let key = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    key.split('/').next().unwrap_or(key)
+}
+
+fn is_docker_hub(registry: &str) -> bool {
+    matches!(
+        registry,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    )
+}
+
+impl DockerConfig {
+    /// The default location: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+            return Some(PathBuf::from(dir).join("config.json"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+    }
+
+    /// Loads `path` (a `config.json` file or a directory holding one), or the default
+    /// location when `None`. A missing file gives an empty configuration.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let Some(mut path) = path.map(Path::to_owned).or_else(Self::default_path) else {
+            return Ok(Self::default());
+        };
+        if path.is_dir() {
+            path = path.join("config.json");
+        }
+        let text = match fs_err::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    path: Some(path),
+                    ..Self::default()
+                });
+            }
+            Err(e) => {
+                return Err(Error::DockerConfig {
+                    path,
+                    source: Box::new(e),
+                });
+            }
+        };
+        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| Error::DockerConfig {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
+        Ok(Self {
+            path: Some(path),
+            file,
+            helper_path: None,
+        })
+    }
+
+    /// Sets the `PATH` searched for credential helpers (`None` = inherit).
+    pub fn set_helper_path(&mut self, path: Option<std::ffi::OsString>) {
+        self.helper_path = path;
+    }
+
+    /// Credentials for `registry` (`host[:port]`, `docker.io` for Docker Hub): the registry's
+    /// `credHelpers` entry, else `credsStore`, else `auths`.
+    pub async fn credential_for(&self, registry: &str) -> Result<Option<Credential>> {
+        let hub = is_docker_hub(registry);
+        let server = if hub {
+            DOCKER_HUB_CONFIG_KEY.to_owned()
+        } else {
+            registry.to_owned()
+        };
+        let helper = self
+            .file
+            .cred_helpers
+            .iter()
+            .find(|(k, _)| {
+                let k = normalize_key(k);
+                k == registry || (hub && is_docker_hub(k))
+            })
+            .map(|(_, v)| v)
+            .or(self.file.creds_store.as_ref());
+        if let Some(helper) = helper
+            && let Some(cred) = run_helper(helper, &server, self.helper_path.as_deref()).await?
+        {
+            return Ok(Some(cred));
+        }
+        let entry = self.file.auths.iter().find(|(k, _)| {
+            let k = normalize_key(k);
+            k == registry || (hub && is_docker_hub(k))
+        });
+        let Some((key, entry)) = entry else {
+            return Ok(None);
+        };
+        if let Some(token) = &entry.identity_token
+            && !token.is_empty()
+        {
+            return Ok(Some(Credential::IdentityToken(token.clone())));
+        }
+        if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
+            let bad = |reason: &str| Error::DockerConfig {
+                path: self.path.clone().unwrap_or_default(),
+                source: format!("`auths.{key}.auth` {reason}").into(),
+            };
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|_| bad("is not valid base64"))?;
+            let decoded = String::from_utf8(decoded).map_err(|_| bad("is not UTF-8"))?;
+            let (username, password) = decoded
+                .split_once(':')
+                .ok_or_else(|| bad("is not base64 of `user:password`"))?;
+            return Ok(Some(Credential::Basic {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            }));
+        }
+        if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
+            return Ok(Some(Credential::Basic {
+                username: u.clone(),
+                password: p.clone(),
+            }));
+        }
+        Ok(None)
+    }
+}
+
+#[derive(Deserialize)]
+struct HelperOutput {
+    #[serde(rename = "Username", default)]
+    username: String,
+    #[serde(rename = "Secret", default)]
+    secret: String,
+}
+
+/// Runs `docker-credential-<helper> get` with `server` on stdin.
+async fn run_helper(
+    helper: &str,
+    server: &str,
+    path: Option<&std::ffi::OsStr>,
+) -> Result<Option<Credential>> {
+    use tokio::io::AsyncWriteExt as _;
+    let program = format!("docker-credential-{helper}");
+    let fail = |reason: String| Error::CredentialHelper {
+        helper: helper.to_owned(),
+        registry: server.to_owned(),
+        reason,
+    };
+    let mut command = tokio::process::Command::new(&program);
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    let mut child = command
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("could not run `{program}` ({e}); is it on PATH?")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(server.as_bytes())
+            .await
+            .map_err(|e| fail(format!("could not write to it: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| fail(format!("could not wait for it: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // Helpers print "credentials not found in native keychain" for unknown servers.
+        if stdout.contains("credentials not found")
+            || String::from_utf8_lossy(&out.stderr).contains("credentials not found")
+        {
+            return Ok(None);
+        }
+        return Err(fail(format!("it exited with {}", out.status)));
+    }
+    let parsed: HelperOutput = serde_json::from_str(stdout.trim())
+        .map_err(|_| fail("its output is not the expected JSON".to_owned()))?;
+    if parsed.secret.is_empty() {
+        return Ok(None);
+    }
+    if parsed.username == "<token>" {
+        return Ok(Some(Credential::IdentityToken(parsed.secret)));
+    }
+    Ok(Some(Credential::Basic {
+        username: parsed.username,
+        password: parsed.secret,
+    }))
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// `bearer` or `basic` (lowercased).
+    pub scheme: String,
+    /// Parameters (`realm`, `service`, `scope`, …), keys lowercased.
+    pub params: HashMap<String, String>,
+}
+
+impl Challenge {
+    /// Parses the first challenge of a `WWW-Authenticate` header value.
+    pub fn parse(header: &str) -> Option<Self> {
+        let header = header.trim();
+        let (scheme, rest) = match header.find(char::is_whitespace) {
+            Some(i) => (&header[..i], header[i..].trim_start()),
+            None => (header, ""),
+        };
+        if scheme.is_empty() {
+            return None;
+        }
+        let mut params = HashMap::new();
+        let mut chars = rest.chars().peekable();
+        loop {
+            while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+                chars.next();
+            }
+            let mut key = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == '=' || c == ',' {
+                    break;
+                }
+                key.push(c);
+                chars.next();
+            }
+            if key.is_empty() {
+                break;
+            }
+            if chars.next() != Some('=') {
+                break;
+            }
+            let mut value = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some(n) = chars.next() {
+                                value.push(n);
+                            }
+                        }
+                        '"' => break,
+                        c => value.push(c),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == ',' {
+                        break;
+                    }
+                    value.push(c);
+                    chars.next();
+                }
+            }
+            params.insert(key.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+        Some(Self {
+            scheme: scheme.to_ascii_lowercase(),
+            params,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenge_with_quoted_commas_is_parsed() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:samalba/my-app:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.params["realm"], "https://auth.docker.io/token");
+        assert_eq!(c.params["service"], "registry.docker.io");
+        assert_eq!(c.params["scope"], "repository:samalba/my-app:pull,push");
+        let c = Challenge::parse(r#"Basic realm="Registry Realm""#).unwrap();
+        assert_eq!(c.scheme, "basic");
+        assert_eq!(c.params["realm"], "Registry Realm");
+        let c = Challenge::parse(r#"Bearer realm=http://x/t, error="invalid_token", a="q\"x""#)
+            .unwrap();
+        assert_eq!(c.params["realm"], "http://x/t");
+        assert_eq!(c.params["error"], "invalid_token");
+        assert_eq!(c.params["a"], "q\"x");
+        assert!(Challenge::parse("  ").is_none());
+    }
+
+    fn write_config(dir: &Path, json: &str) -> PathBuf {
+        let p = dir.join("config.json");
+        fs_err::write(&p, json).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn docker_config_auths_are_found_by_host_and_hub_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:x");
+        let p = write_config(
+            dir.path(),
+            &format!(
+                r#"{{"auths":{{
+                  "https://reg.example.com:5000/v1/":{{"auth":"{auth}"}},
+                  "https://index.docker.io/v1/":{{"username":"bob","password":"pw"}},
+                  "tok.example":{{"identitytoken":"refresh"}}}}}}"#
+            ),
+        );
+        let cfg = DockerConfig::load(Some(dir.path())).unwrap();
+        let c = cfg
+            .credential_for("reg.example.com:5000")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c,
+            Credential::Basic {
+                username: "alice".into(),
+                password: "s3cret:x".into()
+            }
+        );
+        let dbg = format!("{c:?} {cfg:?}");
+        assert!(!dbg.contains("s3cret") && !dbg.contains(&auth), "{dbg}");
+        let hub = cfg.credential_for("docker.io").await.unwrap().unwrap();
+        assert!(matches!(hub, Credential::Basic { ref username, .. } if username == "bob"));
+        assert_eq!(
+            cfg.credential_for("tok.example").await.unwrap(),
+            Some(Credential::IdentityToken("refresh".into()))
+        );
+        assert_eq!(cfg.credential_for("other.example").await.unwrap(), None);
+        let cfg = DockerConfig::load(Some(&p)).unwrap();
+        assert!(
+            cfg.credential_for("reg.example.com:5000")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_or_broken_docker_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DockerConfig::load(Some(&dir.path().join("nope.json"))).unwrap();
+        assert_eq!(cfg.credential_for("x.io").await.unwrap(), None);
+        let p = write_config(dir.path(), "{not json");
+        let err = DockerConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        write_config(dir.path(), r#"{"auths":{"x.io":{"auth":"!!"}}}"#);
+        let cfg = DockerConfig::load(Some(dir.path())).unwrap();
+        let err = cfg.credential_for("x.io").await.unwrap_err();
+        let chain = format!("{err} / {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains("not valid base64") && !chain.contains("!!"),
+            "{chain}"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_credential_helper_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(
+            dir.path(),
+            r#"{"credHelpers":{"x.io":"fastbuild-no-such-helper"}}"#,
+        );
+        let cfg = DockerConfig::load(Some(dir.path())).unwrap();
+        let err = cfg.credential_for("x.io").await.unwrap_err().to_string();
+        assert!(
+            err.contains("docker-credential-fastbuild-no-such-helper") && err.contains("PATH"),
+            "{err}"
+        );
+    }
+}

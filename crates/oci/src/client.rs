@@ -1,0 +1,1051 @@
+//! A thin OCI distribution client on reqwest: scheme detection (TLS, or plain HTTP for loopback
+//! and insecure hosts), Basic and Bearer auth with a token cache, retries, blob and manifest
+//! transfer. Every upload is verified against the digest computed locally.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use futures::StreamExt as _;
+use http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Response, StatusCode};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use url::Url;
+
+use crate::auth::{Challenge, Credential, DockerConfig};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::reference::Reference;
+use crate::transport::is_loopback;
+
+/// Media types accepted when fetching manifests.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Retry behaviour for replayable registry steps.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled each time, with ±50 % jitter.
+    pub initial_backoff: Duration,
+    /// Upper bound of the delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How to reach registries.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Hosts (`host[:port]`) that may be used over plain HTTP (loopback always may).
+    pub insecure_hosts: Vec<String>,
+    /// Extra PEM CA bundles trusted for TLS (on top of the system roots).
+    pub ca_files: Vec<PathBuf>,
+    /// Docker config file or directory; `None` = `$DOCKER_CONFIG` or `~/.docker`.
+    pub docker_config: Option<PathBuf>,
+    /// Blob uploads running at once.
+    pub max_concurrent_uploads: usize,
+    /// Blobs larger than this are uploaded in `PATCH` chunks of this size.
+    pub chunk_size: u64,
+    /// Retry behaviour.
+    pub retry: RetryPolicy,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// `User-Agent` header.
+    pub user_agent: String,
+    /// `PATH` searched for `docker-credential-*` helpers; `None` = this process's `PATH`.
+    pub credential_helper_path: Option<std::ffi::OsString>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        Self {
+            insecure_hosts: Vec::new(),
+            ca_files: Vec::new(),
+            docker_config: None,
+            max_concurrent_uploads: 4,
+            chunk_size: 16 * 1024 * 1024,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(15),
+            user_agent: concat!("fastbuild/", env!("CARGO_PKG_VERSION")).to_owned(),
+            credential_helper_path: None,
+        }
+    }
+}
+
+/// A manifest as served by a registry.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    /// The exact bytes.
+    pub bytes: Vec<u8>,
+    /// Its `Content-Type` (or its `mediaType` field when the header is missing).
+    pub media_type: String,
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+}
+
+/// Where blob bytes come from for an upload.
+#[derive(Clone, Debug)]
+pub(crate) enum BlobData {
+    File(PathBuf),
+    Bytes(bytes::Bytes),
+}
+
+impl BlobData {
+    fn body(&self, start: u64, len: u64) -> Result<reqwest::Body> {
+        match self {
+            Self::Bytes(b) => Ok(reqwest::Body::from(
+                b.slice(start as usize..(start + len) as usize),
+            )),
+            Self::File(path) => {
+                let mut f =
+                    fs_err::File::open(path).map_err(|e| Error::io("open a blob for upload", e))?;
+                f.seek(SeekFrom::Start(start))
+                    .map_err(|e| Error::io("seek in a blob for upload", e))?;
+                let f = tokio::fs::File::from_std(f.into_parts().0);
+                let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 64 * 1024);
+                Ok(reqwest::Body::wrap_stream(stream))
+            }
+        }
+    }
+}
+
+/// One repository on one registry, with the auth scopes every request to it uses.
+#[derive(Clone, Debug)]
+pub(crate) struct Repo {
+    pub(crate) host: String,
+    pub(crate) name: String,
+    pub(crate) scopes: Vec<String>,
+}
+
+impl Repo {
+    pub(crate) fn pull(r: &Reference) -> Self {
+        Self {
+            host: r.api_host().to_owned(),
+            name: r.repository.clone(),
+            scopes: vec![format!("repository:{}:pull", r.repository)],
+        }
+    }
+
+    /// Push access to `r`, plus pull access to `also_pull` (for cross-repo mounts).
+    pub(crate) fn push(r: &Reference, also_pull: Option<&Reference>) -> Self {
+        let mut scopes = vec![format!("repository:{}:pull,push", r.repository)];
+        if let Some(b) = also_pull
+            && b.api_host() == r.api_host()
+            && b.repository != r.repository
+        {
+            scopes.push(format!("repository:{}:pull", b.repository));
+        }
+        Self {
+            host: r.api_host().to_owned(),
+            name: r.repository.clone(),
+            scopes,
+        }
+    }
+}
+
+/// What happened to a blob on its way to a registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BlobOutcome {
+    Skipped,
+    Mounted,
+    Uploaded(u64),
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    schemes: HashMap<String, &'static str>,
+    challenges: HashMap<String, Challenge>,
+    tokens: HashMap<String, Token>,
+    credentials: HashMap<String, Option<Credential>>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    options: RegistryOptions,
+    config: DockerConfig,
+    state: tokio::sync::Mutex<State>,
+    /// Held while fetching a token, so parallel requests share one fetch.
+    token_fetch: tokio::sync::Mutex<()>,
+}
+
+/// A registry client; cheap to clone (shared connection pool, token cache).
+#[derive(Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("options", &self.inner.options)
+            .field("docker_config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+fn shown(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.to_string()
+}
+
+fn transport(method: &Method, url: &Url) -> impl FnOnce(reqwest::Error) -> Error {
+    let (method, url) = (method.to_string(), shown(url));
+    move |source| Error::Transport {
+        method,
+        url,
+        source,
+    }
+}
+
+async fn status_error(method: &Method, url: &Url, resp: Response) -> Error {
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    let mut body: String = body.trim().chars().take(512).collect();
+    if body.starts_with('<') {
+        body.clear();
+    }
+    Error::Status {
+        method: method.to_string(),
+        url: shown(url),
+        status,
+        body,
+    }
+}
+
+/// Resolves an upload `Location` (absolute or relative, query kept) against the request URL.
+pub fn resolve_location(base: &Url, location: &str) -> Result<Url> {
+    base.join(location).map_err(|_| Error::Status {
+        method: "POST".to_owned(),
+        url: shown(base),
+        status: 202,
+        body: format!("unusable Location header `{location}`"),
+    })
+}
+
+fn location_of(resp: &Response, base: &Url) -> Result<Url> {
+    let loc = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Error::Status {
+            method: "POST".to_owned(),
+            url: shown(base),
+            status: resp.status().as_u16(),
+            body: "response has no Location header".to_owned(),
+        })?;
+    resolve_location(base, loc)
+}
+
+fn check_digest_header(resp: &Response, expected: &Digest, what: &str) -> Result<()> {
+    if let Some(v) = resp.headers().get("docker-content-digest") {
+        let got = v.to_str().unwrap_or("<not UTF-8>");
+        if got != expected.to_string() {
+            return Err(Error::DigestMismatch {
+                what: what.to_owned(),
+                expected: expected.to_string(),
+                actual: got.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl RegistryClient {
+    /// A client with `options`; reads the Docker config and CA files now.
+    pub fn new(options: RegistryOptions) -> Result<Self> {
+        let mut config = DockerConfig::load(options.docker_config.as_deref())?;
+        config.set_helper_path(options.credential_helper_path.clone());
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(options.connect_timeout)
+            .user_agent(options.user_agent.clone());
+        for path in &options.ca_files {
+            let pem = fs_err::read(path).map_err(|e| Error::CaFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::CaFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            if certs.is_empty() {
+                return Err(Error::CaFile {
+                    path: path.clone(),
+                    reason: "no PEM certificate in it".to_owned(),
+                });
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(Error::Client)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                options,
+                config,
+                state: tokio::sync::Mutex::new(State::default()),
+                token_fetch: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &RegistryOptions {
+        &self.inner.options
+    }
+
+    fn allows_http(&self, host: &str) -> bool {
+        is_loopback(host) || self.inner.options.insecure_hosts.iter().any(|h| h == host)
+    }
+
+    async fn probe(&self, url: &str) -> std::result::Result<StatusCode, reqwest::Error> {
+        self.inner.http.get(url).send().await.map(|r| r.status())
+    }
+
+    /// `https` or `http` for `host`: HTTPS when it answers; plain HTTP only for loopback and
+    /// insecure hosts; a registry speaking HTTP to us otherwise is diagnosed in plain words.
+    pub async fn scheme(&self, host: &str) -> Result<&'static str> {
+        if let Some(s) = self.inner.state.lock().await.schemes.get(host) {
+            return Ok(s);
+        }
+        let https = format!("https://{host}/v2/");
+        let http = format!("http://{host}/v2/");
+        let scheme = match self.probe(&https).await {
+            Ok(_) => "https",
+            Err(tls_err) => {
+                // Only a registry answer counts: a TLS server answers plain HTTP with a 400.
+                let http_ok = self
+                    .probe(&http)
+                    .await
+                    .is_ok_and(|s| s.is_success() || s == StatusCode::UNAUTHORIZED);
+                if http_ok && self.allows_http(host) {
+                    "http"
+                } else if http_ok {
+                    return Err(Error::PlainHttp {
+                        host: host.to_owned(),
+                    });
+                } else if error_chain(&tls_err).contains("certificate") {
+                    return Err(Error::TlsUntrusted {
+                        host: host.to_owned(),
+                        source: tls_err,
+                    });
+                } else {
+                    return Err(Error::Transport {
+                        method: "GET".to_owned(),
+                        url: https,
+                        source: tls_err,
+                    });
+                }
+            }
+        };
+        tracing::debug!(host, scheme, "registry scheme");
+        self.inner
+            .state
+            .lock()
+            .await
+            .schemes
+            .insert(host.to_owned(), scheme);
+        Ok(scheme)
+    }
+
+    async fn url(&self, repo: &Repo, rest: &str) -> Result<Url> {
+        let scheme = self.scheme(&repo.host).await?;
+        let s = format!("{scheme}://{}/v2/{}/{rest}", repo.host, repo.name);
+        Url::parse(&s).map_err(|_| Error::InvalidReference {
+            value: format!("{}/{}", repo.host, repo.name),
+            reason: "it does not form a valid URL".to_owned(),
+        })
+    }
+
+    async fn credential(&self, host: &str) -> Result<Option<Credential>> {
+        if let Some(c) = self.inner.state.lock().await.credentials.get(host) {
+            return Ok(c.clone());
+        }
+        let c = self.inner.config.credential_for(host).await?;
+        self.inner
+            .state
+            .lock()
+            .await
+            .credentials
+            .insert(host.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    async fn auth_header(&self, repo: &Repo) -> Result<Option<String>> {
+        let challenge = self
+            .inner
+            .state
+            .lock()
+            .await
+            .challenges
+            .get(&repo.host)
+            .cloned();
+        let Some(challenge) = challenge else {
+            return Ok(None);
+        };
+        match challenge.scheme.as_str() {
+            "basic" => Ok(match self.credential(&repo.host).await? {
+                Some(Credential::Basic { username, password }) => Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
+                )),
+                _ => None,
+            }),
+            "bearer" => {
+                let key = format!("{} {}", repo.host, repo.scopes.join(" "));
+                let cached = |state: &State| {
+                    state
+                        .tokens
+                        .get(&key)
+                        .filter(|t| t.expires > Instant::now())
+                        .map(|t| format!("Bearer {}", t.value))
+                };
+                if let Some(h) = cached(&*self.inner.state.lock().await) {
+                    return Ok(Some(h));
+                }
+                let _single_flight = self.inner.token_fetch.lock().await;
+                if let Some(h) = cached(&*self.inner.state.lock().await) {
+                    return Ok(Some(h));
+                }
+                let token = self.fetch_token(repo, &challenge).await?;
+                let header = format!("Bearer {}", token.value);
+                self.inner.state.lock().await.tokens.insert(key, token);
+                Ok(Some(header))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn fetch_token(&self, repo: &Repo, challenge: &Challenge) -> Result<Token> {
+        let unauthorized = |reason: String| Error::Unauthorized {
+            action: format!("access `{}`", repo.name),
+            registry: repo.host.clone(),
+            reason,
+        };
+        let realm = challenge
+            .params
+            .get("realm")
+            .ok_or_else(|| unauthorized("its Bearer challenge has no realm".to_owned()))?;
+        let mut url = Url::parse(realm)
+            .map_err(|_| unauthorized(format!("its token realm `{realm}` is not a URL")))?;
+        let service = challenge.params.get("service");
+        let cred = self.credential(&repo.host).await?;
+        let request = if let Some(Credential::IdentityToken(refresh)) = &cred {
+            let mut form = vec![
+                ("grant_type", "refresh_token".to_owned()),
+                ("refresh_token", refresh.clone()),
+                ("client_id", "fastbuild".to_owned()),
+                ("scope", repo.scopes.join(" ")),
+            ];
+            if let Some(s) = service {
+                form.push(("service", s.clone()));
+            }
+            self.inner.http.post(url.clone()).form(&form)
+        } else {
+            {
+                let mut q = url.query_pairs_mut();
+                if let Some(s) = service {
+                    q.append_pair("service", s);
+                }
+                for s in &repo.scopes {
+                    q.append_pair("scope", s);
+                }
+            }
+            let mut rb = self.inner.http.get(url.clone());
+            if let Some(Credential::Basic { username, password }) = &cred {
+                rb = rb.basic_auth(username, Some(password));
+            }
+            rb
+        };
+        let method = if matches!(cred, Some(Credential::IdentityToken(_))) {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        url.set_query(None);
+        let resp = self
+            .with_retry("fetch a registry token", |_| {
+                let rb = request
+                    .try_clone()
+                    .expect("token requests have no streaming body");
+                let (method, url) = (method.clone(), url.clone());
+                async move {
+                    let resp = rb.send().await.map_err(transport(&method, &url))?;
+                    if resp.status().is_server_error() || resp.status().as_u16() == 429 {
+                        return Err(status_error(&method, &url, resp).await);
+                    }
+                    Ok(resp)
+                }
+            })
+            .await?;
+        if matches!(resp.status().as_u16(), 401 | 403) {
+            return Err(unauthorized(if cred.is_some() {
+                "the token endpoint refused the configured credentials".to_owned()
+            } else {
+                "the token endpoint requires credentials and none are configured".to_owned()
+            }));
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(&method, &url, resp).await);
+        }
+        let body = resp.bytes().await.map_err(transport(&method, &url))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| Error::Json {
+            what: format!("the token response of {}", shown(&url)),
+            source: e,
+        })?;
+        let value = parsed
+            .token
+            .or(parsed.access_token)
+            .ok_or_else(|| unauthorized("the token response has no token".to_owned()))?;
+        let lifetime = parsed.expires_in.unwrap_or(60).saturating_sub(10).max(10);
+        Ok(Token {
+            value,
+            expires: Instant::now() + Duration::from_secs(lifetime),
+        })
+    }
+
+    /// Sends a request built by `build`, adding auth; on a 401 learns the challenge and
+    /// retries once. A second 401 is an [`Error::Unauthorized`].
+    async fn send(
+        &self,
+        repo: &Repo,
+        method: Method,
+        url: &Url,
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
+    ) -> Result<Response> {
+        for attempt in 0..2 {
+            let mut rb = build(self.inner.http.request(method.clone(), url.clone()))?;
+            let auth = self.auth_header(repo).await?;
+            let sent_auth = auth.is_some();
+            if let Some(h) = &auth {
+                rb = rb.header(AUTHORIZATION, h);
+            }
+            let resp = rb.send().await.map_err(transport(&method, url))?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse);
+            let action = format!("{method} `{}`", repo.name);
+            let Some(challenge) = challenge else {
+                return Err(Error::Unauthorized {
+                    action,
+                    registry: repo.host.clone(),
+                    reason: "it answered 401 without a WWW-Authenticate challenge".to_owned(),
+                });
+            };
+            let has_cred = self.credential(&repo.host).await?.is_some();
+            if attempt == 1 || (sent_auth && challenge.scheme == "basic") {
+                return Err(Error::Unauthorized {
+                    action,
+                    registry: repo.host.clone(),
+                    reason: if has_cred {
+                        "the configured credentials were refused".to_owned()
+                    } else {
+                        "it requires credentials and none are configured".to_owned()
+                    },
+                });
+            }
+            if challenge.scheme == "basic" && !has_cred {
+                return Err(Error::Unauthorized {
+                    action,
+                    registry: repo.host.clone(),
+                    reason: "it requires credentials and none are configured".to_owned(),
+                });
+            }
+            let mut state = self.inner.state.lock().await;
+            let key = format!("{} {}", repo.host, repo.scopes.join(" "));
+            // Drop the token we sent (expired or revoked), not one another task just fetched.
+            if let Some(sent) = &auth
+                && state
+                    .tokens
+                    .get(&key)
+                    .is_some_and(|t| *sent == format!("Bearer {}", t.value))
+            {
+                state.tokens.remove(&key);
+            }
+            state.challenges.insert(repo.host.clone(), challenge);
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Runs `f(attempt)` until it succeeds, fails with a non-retriable error or runs out of
+    /// attempts; sleeps with exponential backoff and jitter in between.
+    pub(crate) async fn with_retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let policy = &self.inner.options.retry;
+        let mut delay = policy.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            match f(attempt).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retriable() && attempt < policy.max_attempts => {
+                    let jitter = 0.5 + rand::random::<f64>();
+                    let sleep = delay.mul_f64(jitter);
+                    tracing::warn!(what, attempt, error = %e, retry_in_ms = sleep.as_millis() as u64, "retrying");
+                    tokio::time::sleep(sleep).await;
+                    delay = (delay * 2).min(policy.max_backoff);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the blob exists in the repository.
+    pub(crate) async fn blob_exists(&self, repo: &Repo, digest: &Digest) -> Result<bool> {
+        let url = self.url(repo, &format!("blobs/{digest}")).await?;
+        self.with_retry("check a blob", |_| async {
+            let resp = self.send(repo, Method::HEAD, &url, Ok).await?;
+            match resp.status().as_u16() {
+                200 => Ok(true),
+                404 => Ok(false),
+                _ => Err(status_error(&Method::HEAD, &url, resp).await),
+            }
+        })
+        .await
+    }
+
+    /// Tries a cross-repository mount; `Ok(None)` when mounted, `Ok(Some(location))` when the
+    /// registry started an ordinary upload instead.
+    pub(crate) async fn mount_blob(
+        &self,
+        repo: &Repo,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<Option<Url>> {
+        let mut url = self.url(repo, "blobs/uploads/").await?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from);
+        self.with_retry("mount a blob", |_| async {
+            let resp = self
+                .send(repo, Method::POST, &url, |rb| {
+                    Ok(rb.header(CONTENT_LENGTH, 0))
+                })
+                .await?;
+            match resp.status().as_u16() {
+                201 => {
+                    check_digest_header(
+                        &resp,
+                        digest,
+                        &format!("mounted blob in `{}`", repo.name),
+                    )?;
+                    Ok(None)
+                }
+                202 => Ok(Some(location_of(&resp, &url)?)),
+                _ => Err(status_error(&Method::POST, &url, resp).await),
+            }
+        })
+        .await
+    }
+
+    async fn start_upload(&self, repo: &Repo) -> Result<Url> {
+        let url = self.url(repo, "blobs/uploads/").await?;
+        let resp = self
+            .send(repo, Method::POST, &url, |rb| {
+                Ok(rb.header(CONTENT_LENGTH, 0))
+            })
+            .await?;
+        if resp.status().as_u16() != 202 {
+            return Err(status_error(&Method::POST, &url, resp).await);
+        }
+        location_of(&resp, &url)
+    }
+
+    /// Uploads a blob (monolithic up to `chunk_size`, chunked above), restarting the upload
+    /// session on retriable failures. `started` is a session already opened (by a mount).
+    pub(crate) async fn upload_blob(
+        &self,
+        repo: &Repo,
+        digest: &Digest,
+        size: u64,
+        data: &BlobData,
+        started: Option<Url>,
+    ) -> Result<u64> {
+        let started = std::sync::Mutex::new(started);
+        let chunk = self.inner.options.chunk_size.max(1);
+        self.with_retry("upload a blob", |_| {
+            let first = started.lock().expect("not poisoned").take();
+            async move {
+                let mut location = match first {
+                    Some(l) => l,
+                    None => self.start_upload(repo).await?,
+                };
+                let mut final_body = None;
+                if size <= chunk {
+                    final_body = Some((0, size));
+                } else {
+                    let mut offset = 0;
+                    while offset < size {
+                        let len = chunk.min(size - offset);
+                        let url = location.clone();
+                        let resp = self
+                            .send(repo, Method::PATCH, &url, |rb| {
+                                Ok(rb
+                                    .header(CONTENT_TYPE, "application/octet-stream")
+                                    .header(CONTENT_LENGTH, len)
+                                    .header(
+                                        "content-range",
+                                        format!("{}-{}", offset, offset + len - 1),
+                                    )
+                                    .body(data.body(offset, len)?))
+                            })
+                            .await?;
+                        if resp.status().as_u16() != 202 {
+                            return Err(status_error(&Method::PATCH, &url, resp).await);
+                        }
+                        location = location_of(&resp, &url)?;
+                        offset += len;
+                    }
+                }
+                let mut url = location;
+                url.query_pairs_mut()
+                    .append_pair("digest", &digest.to_string());
+                let resp = self
+                    .send(repo, Method::PUT, &url, |rb| {
+                        let rb = rb.header(CONTENT_TYPE, "application/octet-stream");
+                        Ok(match final_body {
+                            Some((start, len)) => {
+                                rb.header(CONTENT_LENGTH, len).body(data.body(start, len)?)
+                            }
+                            None => rb.header(CONTENT_LENGTH, 0),
+                        })
+                    })
+                    .await?;
+                if resp.status().as_u16() != 201 {
+                    return Err(status_error(&Method::PUT, &url, resp).await);
+                }
+                check_digest_header(&resp, digest, &format!("blob uploaded to `{}`", repo.name))?;
+                Ok(size)
+            }
+        })
+        .await
+    }
+
+    /// Ensures the blob is in `repo`: skip if present, else mount from `mount_from` (same
+    /// registry), else upload from `data`.
+    pub(crate) async fn push_blob(
+        &self,
+        repo: &Repo,
+        digest: &Digest,
+        size: u64,
+        data: &BlobData,
+        mount_from: Option<&str>,
+    ) -> Result<BlobOutcome> {
+        if self.blob_exists(repo, digest).await? {
+            tracing::debug!(%digest, repo = repo.name, "blob already present");
+            return Ok(BlobOutcome::Skipped);
+        }
+        let mut started = None;
+        if let Some(from) = mount_from {
+            match self.mount_blob(repo, digest, from).await? {
+                None => {
+                    tracing::debug!(%digest, from, "blob mounted");
+                    return Ok(BlobOutcome::Mounted);
+                }
+                Some(location) => started = Some(location),
+            }
+        }
+        let n = self.upload_blob(repo, digest, size, data, started).await?;
+        tracing::debug!(%digest, size, "blob uploaded");
+        Ok(BlobOutcome::Uploaded(n))
+    }
+
+    /// `PUT`s a manifest under `reference` (tag or digest) with `Content-Type: media_type`.
+    pub(crate) async fn put_manifest(
+        &self,
+        repo: &Repo,
+        reference: &str,
+        media_type: &str,
+        bytes: &bytes::Bytes,
+    ) -> Result<()> {
+        let url = self.url(repo, &format!("manifests/{reference}")).await?;
+        let digest = Digest::of(bytes);
+        self.with_retry("push a manifest", |_| async {
+            let resp = self
+                .send(repo, Method::PUT, &url, |rb| {
+                    Ok(rb
+                        .header(CONTENT_TYPE, media_type)
+                        .header(CONTENT_LENGTH, bytes.len())
+                        .body(bytes.clone()))
+                })
+                .await?;
+            if resp.status().as_u16() != 201 {
+                return Err(status_error(&Method::PUT, &url, resp).await);
+            }
+            check_digest_header(
+                &resp,
+                &digest,
+                &format!("manifest `{}:{reference}`", repo.name),
+            )
+        })
+        .await
+    }
+
+    /// Fetches the manifest (or index) `reference` points at; `Ok(None)` on 404.
+    pub(crate) async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<Option<FetchedManifest>> {
+        let repo = Repo::pull(reference);
+        let url = self
+            .url(
+                &repo,
+                &format!("manifests/{}", reference.manifest_reference()),
+            )
+            .await?;
+        let fetched = self
+            .with_retry("fetch a manifest", |_| async {
+                let resp = self
+                    .send(&repo, Method::GET, &url, |rb| {
+                        Ok(rb.header(ACCEPT, MANIFEST_ACCEPT))
+                    })
+                    .await?;
+                match resp.status().as_u16() {
+                    200 => {}
+                    404 => return Ok(None),
+                    _ => return Err(status_error(&Method::GET, &url, resp).await),
+                }
+                let header_type = resp
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| s.split(';').next().unwrap_or(s).trim().to_owned());
+                let bytes = resp.bytes().await.map_err(transport(&Method::GET, &url))?;
+                Ok(Some((header_type, bytes.to_vec())))
+            })
+            .await?;
+        let Some((header_type, bytes)) = fetched else {
+            return Ok(None);
+        };
+        let digest = Digest::of(&bytes);
+        if let Some(expected) = &reference.digest
+            && *expected != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest of `{reference}`"),
+                expected: expected.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        let media_type = match header_type {
+            Some(t) if t != "application/json" && t != "text/plain" && !t.is_empty() => t,
+            _ => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    v.get("mediaType")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default(),
+        };
+        Ok(Some(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        }))
+    }
+
+    /// Fetches the manifest or index `reference` points at (by tag or digest).
+    pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest> {
+        self.fetch_manifest(reference)
+            .await?
+            .ok_or_else(|| Error::Status {
+                method: "GET".to_owned(),
+                url: format!(
+                    "{}/v2/{}/manifests/{}",
+                    reference.api_host(),
+                    reference.repository,
+                    reference.manifest_reference()
+                ),
+                status: 404,
+                body: "manifest unknown".to_owned(),
+            })
+    }
+
+    /// Tags an existing manifest: fetches `source` (tag or digest; verified when a digest) and
+    /// `PUT`s the same bytes under `target`'s tag (or digest). The digest does not change.
+    /// `target` must be in the same repository, or one that already holds the blobs.
+    pub async fn tag_manifest(&self, source: &Reference, target: &Reference) -> Result<Digest> {
+        let fetched = self.get_manifest(source).await?;
+        let repo = Repo::push(target, Some(source));
+        let bytes = bytes::Bytes::from(fetched.bytes);
+        self.put_manifest(
+            &repo,
+            &target.manifest_reference(),
+            &fetched.media_type,
+            &bytes,
+        )
+        .await?;
+        Ok(fetched.digest)
+    }
+
+    /// Fetches a (small) blob into memory, verifying its digest.
+    pub async fn get_blob(&self, reference: &Reference, digest: &Digest) -> Result<Vec<u8>> {
+        let repo = Repo::pull(reference);
+        let url = self.url(&repo, &format!("blobs/{digest}")).await?;
+        let bytes = self
+            .with_retry("fetch a blob", |_| async {
+                let resp = self.send(&repo, Method::GET, &url, Ok).await?;
+                if resp.status().as_u16() != 200 {
+                    return Err(status_error(&Method::GET, &url, resp).await);
+                }
+                resp.bytes().await.map_err(transport(&Method::GET, &url))
+            })
+            .await?;
+        let got = Digest::of(&bytes);
+        if got != *digest {
+            return Err(Error::DigestMismatch {
+                what: format!("blob of `{}`", reference.repository_name()),
+                expected: digest.to_string(),
+                actual: got.to_string(),
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Streams a blob to `dest` (atomically, after verifying its digest); returns its size.
+    pub async fn download_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        dest: &Path,
+    ) -> Result<u64> {
+        let repo = Repo::pull(reference);
+        let url = self.url(&repo, &format!("blobs/{digest}")).await?;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        fs_err::create_dir_all(dir).map_err(|e| Error::io("create the blob cache", e))?;
+        self.with_retry("download a blob", |_| async {
+            let resp = self.send(&repo, Method::GET, &url, Ok).await?;
+            if resp.status().as_u16() != 200 {
+                return Err(status_error(&Method::GET, &url, resp).await);
+            }
+            let tmp = tempfile::NamedTempFile::new_in(dir)
+                .map_err(|e| Error::io(format!("create a temp file in `{}`", dir.display()), e))?;
+            let mut file = tokio::fs::File::from_std(
+                tmp.as_file()
+                    .try_clone()
+                    .map_err(|e| Error::io("open a download temp file", e))?,
+            );
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(transport(&Method::GET, &url))?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| Error::io(format!("write `{}`", tmp.path().display()), e))?;
+            }
+            file.flush()
+                .await
+                .map_err(|e| Error::io(format!("write `{}`", tmp.path().display()), e))?;
+            let got = Digest::from_hasher(hasher);
+            if got != *digest {
+                return Err(Error::DigestMismatch {
+                    what: format!("blob downloaded from `{}`", reference.repository_name()),
+                    expected: digest.to_string(),
+                    actual: got.to_string(),
+                });
+            }
+            tmp.persist(dest)
+                .map_err(|e| Error::io(format!("store `{}`", dest.display()), e.error))?;
+            Ok(size)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_relative_and_absolute_keeping_the_query() {
+        let base = Url::parse("http://127.0.0.1:5000/v2/a/b/blobs/uploads/").unwrap();
+        let r = resolve_location(&base, "/v2/a/b/blobs/uploads/123?_state=xyz").unwrap();
+        assert_eq!(
+            r.as_str(),
+            "http://127.0.0.1:5000/v2/a/b/blobs/uploads/123?_state=xyz"
+        );
+        let r = resolve_location(&base, "456?x=1").unwrap();
+        assert_eq!(
+            r.as_str(),
+            "http://127.0.0.1:5000/v2/a/b/blobs/uploads/456?x=1"
+        );
+        let r = resolve_location(&base, "https://storage.example/up?sig=a%2Fb").unwrap();
+        assert_eq!(r.as_str(), "https://storage.example/up?sig=a%2Fb");
+        let mut r = r;
+        r.query_pairs_mut().append_pair("digest", "sha256:00");
+        assert_eq!(
+            r.as_str(),
+            "https://storage.example/up?sig=a%2Fb&digest=sha256%3A00"
+        );
+    }
+
+    #[test]
+    fn push_scopes_include_the_mount_source_on_the_same_registry() {
+        let t: Reference = "127.0.0.1:5000/app".parse().unwrap();
+        let b: Reference = "127.0.0.1:5000/base/busybox".parse().unwrap();
+        let other: Reference = "ghcr.io/x/y".parse().unwrap();
+        assert_eq!(
+            Repo::push(&t, Some(&b)).scopes,
+            ["repository:app:pull,push", "repository:base/busybox:pull"]
+        );
+        assert_eq!(
+            Repo::push(&t, Some(&other)).scopes,
+            ["repository:app:pull,push"]
+        );
+    }
+}

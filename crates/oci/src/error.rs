@@ -1,0 +1,257 @@
+//! The crate's error type: each variant says what failed and on what; causes are `#[source]`s.
+
+use std::path::PathBuf;
+
+/// Errors from building, assembling and publishing images.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A string is not a valid `sha256:` digest.
+    #[error("invalid digest `{value}`: {reason}")]
+    InvalidDigest {
+        /// The offending string.
+        value: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A string is not a valid image reference.
+    #[error("invalid image reference `{value}`: {reason}")]
+    InvalidReference {
+        /// The offending string.
+        value: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A string is not a valid platform.
+    #[error("invalid platform `{value}`: expected `os/arch[/variant]`, e.g. `linux/amd64`")]
+    InvalidPlatform {
+        /// The offending string.
+        value: String,
+    },
+    /// A layer source path does not exist.
+    #[error(
+        "layer source `{path}` does not exist; check the path (relative paths are resolved from the working directory)"
+    )]
+    SourceMissing {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// A layer destination is not a usable path inside the image.
+    #[error("invalid layer destination `{dest}` for `{src}`: {reason}")]
+    InvalidDestination {
+        /// Source path.
+        src: PathBuf,
+        /// Destination path in the image.
+        dest: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A symlink inside a layer source points outside that source.
+    #[error(
+        "symlink `{link}` points to `{target}`, outside its source root `{root}`; make it a relative link inside the root or copy the target in"
+    )]
+    SymlinkEscape {
+        /// The symlink.
+        link: PathBuf,
+        /// Its target as written.
+        target: PathBuf,
+        /// The source root it must stay in.
+        root: PathBuf,
+    },
+    /// Sockets, FIFOs and device nodes cannot go into a layer.
+    #[error(
+        "`{path}` is not a regular file, directory or symlink; remove it from the layer sources"
+    )]
+    UnsupportedFileType {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A file changed while it was being added to a layer.
+    #[error("`{path}` changed size while being added to a layer; retry once it is written")]
+    FileChanged {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Local I/O failed.
+    #[error("failed to {action}")]
+    Io {
+        /// What was being done (paths are in the source, thanks to `fs-err`).
+        action: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// JSON could not be parsed or produced.
+    #[error("failed to parse {what}")]
+    Json {
+        /// What was being parsed.
+        what: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Docker's `config.json` could not be read.
+    #[error(
+        "failed to read Docker config `{path}`; fix or remove it, or point DOCKER_CONFIG elsewhere"
+    )]
+    DockerConfig {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A credential helper failed.
+    #[error("credential helper `docker-credential-{helper}` failed for `{registry}`: {reason}")]
+    CredentialHelper {
+        /// Helper name (without the `docker-credential-` prefix).
+        helper: String,
+        /// Registry asked for.
+        registry: String,
+        /// What went wrong (never contains the secret).
+        reason: String,
+    },
+    /// A CA file could not be loaded.
+    #[error("failed to load CA certificates from `{path}`: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("failed to set up the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// A TLS registry answered in plain HTTP.
+    #[error(
+        "`{host}` speaks plain HTTP, not HTTPS; mark it insecure (RegistryOptions::insecure_hosts, e.g. `--insecure-registry {host}`) to use it over plain HTTP"
+    )]
+    PlainHttp {
+        /// The registry host.
+        host: String,
+    },
+    /// The registry's TLS certificate is not trusted.
+    #[error(
+        "the TLS certificate of `{host}` is not trusted; add its CA (RegistryOptions::ca_files, e.g. `--registry-ca FILE`)"
+    )]
+    TlsUntrusted {
+        /// The registry host.
+        host: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A request could not be sent or its response not read.
+    #[error("failed to {method} {url}")]
+    Transport {
+        /// HTTP method.
+        method: String,
+        /// URL (no credentials: they travel in headers).
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The registry answered with an unexpected status.
+    #[error("registry answered {status} to {method} {url}{}", body_suffix(.body))]
+    Status {
+        /// HTTP method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Status code.
+        status: u16,
+        /// Start of the response body (registry error JSON).
+        body: String,
+    },
+    /// Authentication was refused or impossible.
+    #[error(
+        "not authorized to {action} on `{registry}`: {reason}; check the credentials for `{registry}` in the Docker config (`docker login {registry}`)"
+    )]
+    Unauthorized {
+        /// What was attempted.
+        action: String,
+        /// The registry host.
+        registry: String,
+        /// Why (never contains credentials).
+        reason: String,
+    },
+    /// Content did not match its digest.
+    #[error("digest mismatch for {what}: expected `{expected}`, registry reported `{actual}`")]
+    DigestMismatch {
+        /// What was checked.
+        what: String,
+        /// The digest we computed.
+        expected: String,
+        /// The digest reported or observed.
+        actual: String,
+    },
+    /// The base image does not exist.
+    #[error("base image `{reference}` not found in its registry; check the name and tag")]
+    BaseNotFound {
+        /// The base reference.
+        reference: String,
+    },
+    /// The base image has no manifest for a requested platform.
+    #[error("base image `{reference}` has no `{wanted}` image; available: {available}")]
+    PlatformNotFound {
+        /// The base reference.
+        reference: String,
+        /// The requested platform.
+        wanted: String,
+        /// The platforms it has.
+        available: String,
+    },
+    /// A manifest could not be used.
+    #[error("unsupported manifest for `{reference}`: {reason}")]
+    Manifest {
+        /// Whose manifest.
+        reference: String,
+        /// Why.
+        reason: String,
+    },
+    /// The image spec is inconsistent.
+    #[error("invalid image spec: {reason}")]
+    InvalidSpec {
+        /// Why.
+        reason: String,
+    },
+    /// A background task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+fn body_suffix(body: &str) -> String {
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    }
+}
+
+impl Error {
+    pub(crate) fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// Whether retrying the same step may succeed (408/429/5xx, connection errors).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Self::Transport { source, .. } => {
+                source.is_connect()
+                    || source.is_timeout()
+                    || source.is_request()
+                    || source.is_body()
+                    || source.is_decode()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,527 @@
+//! The publisher: builds the layers, resolves the base, assembles the image and puts it in a
+//! registry (only missing blobs, manifest last) or an OCI image layout; returns the digest.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
+
+use crate::client::{BlobData, BlobOutcome, RegistryClient, Repo};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{
+    Assembled, BaseImage, ImageSpec, Platform, ResolvedBase, assemble, assemble_index,
+    config_platform, index_platforms, media,
+};
+use crate::layer::{Compression, Layer, build_layer};
+use crate::reference::Reference;
+
+/// Where the image goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A registry repository; its tag is used, or `fb-<12 hex of the digest>` when it has none.
+    Registry(Reference),
+    /// An OCI image layout directory (created if needed; `index.json` is updated).
+    Layout(PathBuf),
+}
+
+/// Blob transfer counters of one push.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PushStats {
+    /// Blobs whose bytes were sent.
+    pub blobs_uploaded: u64,
+    /// Blobs already present at the target.
+    pub blobs_skipped: u64,
+    /// Blobs mounted from the base repository (no bytes sent).
+    pub blobs_mounted: u64,
+    /// Blob bytes sent (manifests not counted).
+    pub bytes_uploaded: u64,
+}
+
+/// The outcome of [`build_and_push`].
+#[derive(Clone, Debug)]
+pub struct PushResult {
+    /// Digest of the top-level manifest (or index) — sha256 of the exact bytes pushed.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Config digest for a single-platform image; `None` for an index.
+    pub config_digest: Option<Digest>,
+    /// OCI descriptor of the top-level manifest.
+    pub descriptor: Descriptor,
+    /// `registry/repo@sha256:…`, or `oci:DIR@sha256:…` for a layout.
+    pub reference: String,
+    /// The tag it was pushed under.
+    pub tag: String,
+    /// Blob transfer counters.
+    pub stats: PushStats,
+}
+
+/// The default tag of an image: `fb-` and the first 12 hex digits of its digest.
+pub fn default_tag(digest: &Digest) -> String {
+    format!("fb-{}", &digest.hex()[..12])
+}
+
+/// Where the bytes of a blob come from.
+#[derive(Clone, Debug)]
+enum Source {
+    Local(BlobData),
+    /// A blob of the base image, in `base`'s repository.
+    Base(Reference),
+}
+
+#[derive(Clone, Debug)]
+struct Blob {
+    digest: Digest,
+    size: u64,
+    source: Source,
+}
+
+fn json_err(what: String) -> impl FnOnce(serde_json::Error) -> Error {
+    move |source| Error::Json { what, source }
+}
+
+/// Resolves the base image for every platform, failing before anything is pushed.
+async fn resolve_base(
+    client: &RegistryClient,
+    reference: &Reference,
+    platforms: &[Platform],
+) -> Result<Vec<ResolvedBase>> {
+    let top = client
+        .fetch_manifest(reference)
+        .await?
+        .ok_or_else(|| Error::BaseNotFound {
+            reference: reference.to_string(),
+        })?;
+    let is_index = matches!(
+        top.media_type.as_str(),
+        media::OCI_INDEX | media::DOCKER_LIST
+    );
+    let mut out = Vec::new();
+    for platform in platforms {
+        let manifest_bytes = if is_index {
+            let index: ImageIndex = serde_json::from_slice(&top.bytes)
+                .map_err(json_err(format!("the index of `{reference}`")))?;
+            let available = index_platforms(&index);
+            let Some((_, desc)) = available.iter().find(|(p, _)| platform.matches(p)) else {
+                let list: Vec<String> = available.iter().map(|(p, _)| p.to_string()).collect();
+                return Err(Error::PlatformNotFound {
+                    reference: reference.to_string(),
+                    wanted: platform.to_string(),
+                    available: list.join(", "),
+                });
+            };
+            let pinned = reference.with_digest(Digest::try_from(desc.digest())?);
+            client
+                .fetch_manifest(&pinned)
+                .await?
+                .ok_or_else(|| Error::BaseNotFound {
+                    reference: pinned.to_string(),
+                })?
+                .bytes
+        } else if matches!(
+            top.media_type.as_str(),
+            media::OCI_MANIFEST | media::DOCKER_MANIFEST
+        ) {
+            top.bytes.clone()
+        } else {
+            return Err(Error::Manifest {
+                reference: reference.to_string(),
+                reason: format!(
+                    "media type `{}` is not an image manifest or index",
+                    top.media_type
+                ),
+            });
+        };
+        let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(json_err(format!("the manifest of `{reference}`")))?;
+        let config_digest = Digest::try_from(manifest.config().digest())?;
+        let config_bytes = client.get_blob(reference, &config_digest).await?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+            .map_err(json_err(format!("the config of `{reference}`")))?;
+        let actual = config_platform(&config);
+        if !platform.matches(&actual) {
+            return Err(Error::PlatformNotFound {
+                reference: reference.to_string(),
+                wanted: platform.to_string(),
+                available: actual.to_string(),
+            });
+        }
+        out.push(ResolvedBase {
+            config,
+            layers: manifest.layers().clone(),
+        });
+    }
+    Ok(out)
+}
+
+async fn build_layers(
+    spec: &ImageSpec,
+    compression: Compression,
+    blob_dir: &Path,
+) -> Result<Vec<Layer>> {
+    let mtime = spec.source_date_epoch.max(0) as u64;
+    let mut tasks = Vec::new();
+    for layer in &spec.layers {
+        let (layer, dir) = (layer.clone(), blob_dir.to_owned());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            build_layer(&layer, compression, mtime, &dir)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.map_err(|e| Error::Task(e.to_string()))??);
+    }
+    Ok(out)
+}
+
+/// Builds the image described by `spec` and publishes it to `target`.
+///
+/// Nothing is pushed until every layer is built and the base is resolved for every platform,
+/// so bad input leaves the registry untouched; the manifest is pushed only after all blobs are
+/// confirmed present.
+pub async fn build_and_push(
+    spec: &ImageSpec,
+    target: &Target,
+    client: &RegistryClient,
+) -> Result<PushResult> {
+    let platforms = spec.effective_platforms();
+    let compression = spec.compression.unwrap_or(match target {
+        Target::Registry(r) => Compression::default_for_registry(r.api_host()),
+        Target::Layout(_) => Compression::None,
+    });
+    let temp_cache;
+    let cache_dir = if let Some(dir) = &spec.cache_dir {
+        dir.clone()
+    } else {
+        temp_cache = tempfile::tempdir().map_err(|e| Error::io("create a temp blob cache", e))?;
+        temp_cache.path().to_owned()
+    };
+    let blob_dir = cache_dir.join("blobs").join("sha256");
+    let layers = build_layers(spec, compression, &blob_dir).await?;
+
+    let base_ref = match &spec.base {
+        BaseImage::Scratch => None,
+        BaseImage::Reference(r) => Some(r.parse::<Reference>()?),
+    };
+    let bases = match &base_ref {
+        Some(r) => Some(resolve_base(client, r, &platforms).await?),
+        None => None,
+    };
+    let images: Vec<Assembled> = platforms
+        .iter()
+        .enumerate()
+        .map(|(i, p)| assemble(spec, p, bases.as_ref().map(|b| &b[i]), &layers))
+        .collect::<Result<_>>()?;
+
+    // Every blob once, in a stable order: base layers, new layers, configs.
+    let mut blobs: BTreeMap<Digest, Blob> = BTreeMap::new();
+    let local_layers: BTreeMap<&Digest, &Layer> = layers.iter().map(|l| (&l.digest, l)).collect();
+    for image in &images {
+        for d in &image.layers {
+            let digest = Digest::try_from(d.digest())?;
+            let source =
+                match local_layers.get(&digest) {
+                    Some(l) => Source::Local(BlobData::File(l.path.clone())),
+                    None => Source::Base(base_ref.clone().ok_or_else(|| {
+                        Error::Task("a base layer without a base image".to_owned())
+                    })?),
+                };
+            blobs.entry(digest.clone()).or_insert(Blob {
+                digest,
+                size: d.size(),
+                source,
+            });
+        }
+        blobs.entry(image.config_digest.clone()).or_insert(Blob {
+            digest: image.config_digest.clone(),
+            size: image.config.len() as u64,
+            source: Source::Local(BlobData::Bytes(image.config.clone())),
+        });
+    }
+    let blobs: Vec<Blob> = blobs.into_values().collect();
+
+    let (top_bytes, top_type, config_digest, platform) = if images.len() == 1 {
+        let i = &images[0];
+        (
+            i.manifest.clone(),
+            spec.media_types.manifest(),
+            Some(i.config_digest.clone()),
+            Some(i.platform.clone()),
+        )
+    } else {
+        (
+            assemble_index(spec.media_types, &images)?,
+            spec.media_types.index(),
+            None,
+            None,
+        )
+    };
+    let digest = Digest::of(&top_bytes);
+    let mut descriptor = Descriptor::new(
+        MediaType::from(top_type),
+        top_bytes.len() as u64,
+        digest.to_oci(),
+    );
+    if let Some(p) = &platform {
+        let mut op = oci_spec::image::Platform::default();
+        op.set_os(p.os.as_str().into());
+        op.set_architecture(p.architecture.as_str().into());
+        op.set_variant(p.variant.clone());
+        descriptor.set_platform(Some(op));
+    }
+
+    let (reference, tag, stats) = match target {
+        Target::Registry(r) => {
+            let tag = r.tag.clone().unwrap_or_else(|| default_tag(&digest));
+            let stats = push_to_registry(
+                client,
+                r,
+                base_ref.as_ref(),
+                &blob_dir,
+                &blobs,
+                &images,
+                (&top_bytes, top_type, &tag),
+            )
+            .await?;
+            (r.with_digest(digest.clone()).to_string(), tag, stats)
+        }
+        Target::Layout(dir) => {
+            let tag = default_tag(&digest);
+            let stats =
+                write_layout(client, dir, &blobs, &images, &descriptor, &top_bytes, &tag).await?;
+            (format!("oci:{}@{digest}", dir.display()), tag, stats)
+        }
+    };
+    tracing::info!(%digest, reference, ?stats, "image published");
+    Ok(PushResult {
+        size: top_bytes.len() as u64,
+        digest,
+        media_type: top_type.to_owned(),
+        config_digest,
+        descriptor,
+        reference,
+        tag,
+        stats,
+    })
+}
+
+async fn push_to_registry(
+    client: &RegistryClient,
+    target: &Reference,
+    base: Option<&Reference>,
+    blob_dir: &Path,
+    blobs: &[Blob],
+    images: &[Assembled],
+    (top_bytes, top_type, tag): (&bytes::Bytes, &str, &str),
+) -> Result<PushStats> {
+    let repo = Repo::push(target, base);
+    let parallel = client.options().max_concurrent_uploads.max(1);
+    // Boxed with an explicit `Send` bound: a closure returning `async move` blocks that borrow
+    // would otherwise make the whole publish future `!Send` (rustc's higher-ranked lifetime
+    // limitation), and callers could not `tokio::spawn` a build.
+    let repo_ref = &repo;
+    let uploads: Vec<futures::future::BoxFuture<'_, Result<BlobOutcome>>> = blobs
+        .iter()
+        .map(|blob| {
+            let fut: futures::future::BoxFuture<'_, Result<BlobOutcome>> = match &blob.source {
+                Source::Local(data) => {
+                    Box::pin(client.push_blob(repo_ref, &blob.digest, blob.size, data, None))
+                }
+                Source::Base(base) => Box::pin(push_base_blob(
+                    client, repo_ref, target, base, blob, blob_dir,
+                )),
+            };
+            fut
+        })
+        .collect();
+    let outcomes: Vec<BlobOutcome> = futures::stream::iter(uploads)
+        .buffer_unordered(parallel)
+        .try_collect()
+        .await?;
+    let mut stats = PushStats::default();
+    for o in outcomes {
+        match o {
+            BlobOutcome::Skipped => stats.blobs_skipped += 1,
+            BlobOutcome::Mounted => stats.blobs_mounted += 1,
+            BlobOutcome::Uploaded(n) => {
+                stats.blobs_uploaded += 1;
+                stats.bytes_uploaded += n;
+            }
+        }
+    }
+    if images.len() > 1 {
+        for image in images {
+            client
+                .put_manifest(
+                    &repo,
+                    &image.manifest_digest.to_string(),
+                    media_type_of(&image.manifest)?.as_str(),
+                    &image.manifest,
+                )
+                .await?;
+        }
+    }
+    client.put_manifest(&repo, tag, top_type, top_bytes).await?;
+    Ok(stats)
+}
+
+fn media_type_of(bytes: &[u8]) -> Result<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(json_err("an assembled manifest".to_owned()))?;
+    Ok(v["mediaType"]
+        .as_str()
+        .unwrap_or(media::OCI_MANIFEST)
+        .to_owned())
+}
+
+/// A base-image blob: present → skip; same registry → mount; else download once and upload.
+async fn push_base_blob(
+    client: &RegistryClient,
+    repo: &Repo,
+    target: &Reference,
+    base: &Reference,
+    blob: &Blob,
+    blob_dir: &Path,
+) -> Result<BlobOutcome> {
+    let same_registry = base.api_host() == target.api_host();
+    if client.blob_exists(repo, &blob.digest).await? {
+        return Ok(BlobOutcome::Skipped);
+    }
+    let mut started = None;
+    if same_registry && base.repository != target.repository {
+        match client
+            .mount_blob(repo, &blob.digest, &base.repository)
+            .await?
+        {
+            None => return Ok(BlobOutcome::Mounted),
+            Some(location) => started = Some(location),
+        }
+    }
+    let path = blob_dir.join(blob.digest.hex());
+    if !path.exists() {
+        client.download_blob(base, &blob.digest, &path).await?;
+    }
+    let n = client
+        .upload_blob(
+            repo,
+            &blob.digest,
+            blob.size,
+            &BlobData::File(path),
+            started,
+        )
+        .await?;
+    Ok(BlobOutcome::Uploaded(n))
+}
+
+async fn write_layout(
+    client: &RegistryClient,
+    dir: &Path,
+    blobs: &[Blob],
+    images: &[Assembled],
+    top: &Descriptor,
+    top_bytes: &bytes::Bytes,
+    tag: &str,
+) -> Result<PushStats> {
+    let blob_dir = dir.join("blobs").join("sha256");
+    fs_err::create_dir_all(&blob_dir).map_err(|e| Error::io("create the OCI layout", e))?;
+    fs_err::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| Error::io("write the OCI layout", e))?;
+    let mut stats = PushStats::default();
+    let write_bytes = |digest: &Digest, bytes: &[u8]| -> Result<()> {
+        let path = blob_dir.join(digest.hex());
+        if !path.exists() {
+            atomic_write(&path, bytes)?;
+        }
+        Ok(())
+    };
+    for blob in blobs {
+        let path = blob_dir.join(blob.digest.hex());
+        if path.exists() {
+            stats.blobs_skipped += 1;
+            continue;
+        }
+        match &blob.source {
+            Source::Local(BlobData::Bytes(b)) => write_bytes(&blob.digest, b)?,
+            Source::Local(BlobData::File(src)) => {
+                let tmp = tempfile::NamedTempFile::new_in(&blob_dir)
+                    .map_err(|e| Error::io("create a temp file in the OCI layout", e))?;
+                fs_err::copy(src, tmp.path()).map_err(|e| Error::io("copy a blob", e))?;
+                tmp.persist(&path)
+                    .map_err(|e| Error::io(format!("store `{}`", path.display()), e.error))?;
+            }
+            Source::Base(base) => {
+                client.download_blob(base, &blob.digest, &path).await?;
+            }
+        }
+        stats.blobs_uploaded += 1;
+        stats.bytes_uploaded += blob.size;
+    }
+    for image in images {
+        write_bytes(&image.manifest_digest, &image.manifest)?;
+    }
+    write_bytes(&Digest::try_from(top.digest())?, top_bytes)?;
+
+    // index.json: keep other entries, replace the one carrying the same ref name.
+    let index_path = dir.join("index.json");
+    let mut manifests: Vec<serde_json::Value> = match fs_err::read(&index_path) {
+        Ok(b) => {
+            let v: serde_json::Value = serde_json::from_slice(&b)
+                .map_err(json_err(format!("`{}`", index_path.display())))?;
+            v["manifests"].as_array().cloned().unwrap_or_default()
+        }
+        Err(_) => Vec::new(),
+    };
+    let ref_key = "org.opencontainers.image.ref.name";
+    manifests
+        .retain(|m| m["annotations"][ref_key] != tag && m["digest"] != top.digest().to_string());
+    let mut entry = serde_json::to_value(top).map_err(json_err("a descriptor".to_owned()))?;
+    entry["annotations"] = serde_json::json!({ ref_key: tag });
+    manifests.push(entry);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": manifests,
+    });
+    atomic_write(&index_path, &crate::image::canonical_json(&index)?)?;
+    Ok(stats)
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io(format!("create a temp file in `{}`", dir.display()), e))?;
+    std::io::Write::write_all(&mut tmp, bytes)
+        .map_err(|e| Error::io(format!("write `{}`", tmp.path().display()), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io(format!("store `{}`", path.display()), e.error))?;
+    Ok(())
+}
+
+/// Fetches the manifest (or index) `reference` points at; for tests and `doctor`.
+pub async fn get_manifest(
+    client: &RegistryClient,
+    reference: &Reference,
+) -> Result<crate::client::FetchedManifest> {
+    client.get_manifest(reference).await
+}
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Callers spawn builds on a multi-threaded runtime: the publish future must be `Send`.
+    #[test]
+    fn build_and_push_future_is_send() {
+        let spec = ImageSpec::default();
+        let target = Target::Layout(PathBuf::from("/nonexistent"));
+        let client = RegistryClient::new(crate::RegistryOptions::default()).unwrap();
+        let fut = build_and_push(&spec, &target, &client);
+        assert_send(&fut);
+    }
+}

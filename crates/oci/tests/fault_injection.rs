@@ -1,0 +1,578 @@
+//! Fault injection: a small in-process registry (hand-rolled HTTP/1.1 on a tokio listener) that
+//! answers 503, resets connections mid-upload, hands out relative `Location`s or lies about
+//! `Docker-Content-Digest`. Pushes must survive the first three and fail clearly on the last.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fastbuild_oci::{
+    BaseImage, Compression, Error, ImageSpec, LayerSpec, Reference, RegistryClient,
+    RegistryOptions, RetryPolicy, Target, build_and_push,
+};
+use sha2::Digest as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct Faults {
+    /// Answer this many upload-starting POSTs with 503.
+    post_503: u32,
+    /// Drop the connection halfway through this many blob PUT/PATCH bodies.
+    reset_body: u32,
+    /// Answer this many manifest PUTs with 500.
+    manifest_500: u32,
+    /// Report a wrong `Docker-Content-Digest` for uploaded blobs.
+    lie_digest: bool,
+    /// Require a Bearer token from `/token`, which wants these Basic credentials.
+    bearer: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct State {
+    faults: Faults,
+    blobs: HashMap<String, Vec<u8>>,
+    uploads: HashMap<String, Vec<u8>>,
+    manifests: HashMap<String, (String, Vec<u8>)>,
+    next_id: u64,
+    log: Vec<String>,
+    /// `scope` parameters of each token request.
+    token_requests: Vec<Vec<String>>,
+    addr: String,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+async fn serve(bind: &str, faults: Faults) -> (SocketAddr, Shared) {
+    let listener = TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state: Shared = Arc::new(Mutex::new(State {
+        faults,
+        addr: addr.to_string(),
+        ..State::default()
+    }));
+    let s = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(connection(stream, s.clone()));
+        }
+    });
+    (addr, state)
+}
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn reply(status: u16) -> Reply {
+    Reply {
+        status,
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
+}
+
+impl Reply {
+    fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.headers.push((k.to_owned(), v.into()));
+        self
+    }
+    fn body(mut self, b: Vec<u8>) -> Self {
+        self.body = b;
+        self
+    }
+}
+
+async fn connection(stream: TcpStream, state: Shared) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    loop {
+        let Ok(buf) = r.fill_buf().await else { return };
+        if buf.is_empty() {
+            return;
+        }
+        if buf[0] == 0x16 {
+            // A TLS ClientHello: answer like a plain-HTTP server does.
+            let _ = w.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+            return;
+        }
+        let mut line = String::new();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let target = parts.next().unwrap_or_default().to_owned();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let url = url::Url::parse(&format!("http://fake{target}")).unwrap();
+        let is_blob_body = (method == "PUT" || method == "PATCH")
+            && url.path().contains("/blobs/uploads/")
+            && len > 0;
+        if is_blob_body {
+            let reset = {
+                let mut s = state.lock().unwrap();
+                if s.faults.reset_body > 0 {
+                    s.faults.reset_body -= 1;
+                    s.log.push(format!("RESET {method} {}", url.path()));
+                    true
+                } else {
+                    false
+                }
+            };
+            if reset {
+                let mut half = vec![0; len / 2];
+                let _ = r.read_exact(&mut half).await;
+                return; // drop the connection mid-body
+            }
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let rep = route(&state, &method, &url, &headers, body);
+        let mut out = format!("HTTP/1.1 {} X\r\n", rep.status);
+        for (k, v) in &rep.headers {
+            let _ = write!(out, "{k}: {v}\r\n");
+        }
+        if !rep.headers.iter().any(|(k, _)| k == "Content-Length") {
+            let _ = write!(out, "Content-Length: {}\r\n", rep.body.len());
+        }
+        out += "\r\n";
+        if w.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+        if method != "HEAD" && w.write_all(&rep.body).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn route(
+    state: &Shared,
+    method: &str,
+    url: &url::Url,
+    headers: &HashMap<String, String>,
+    body: Vec<u8>,
+) -> Reply {
+    let mut s = state.lock().unwrap();
+    let path = url.path().to_owned();
+    s.log.push(format!("{method} {path}"));
+    let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    if let Some((user, pass)) = s.faults.bearer.clone() {
+        use base64::Engine as _;
+        let auth = headers.get("authorization").cloned().unwrap_or_default();
+        if path == "/token" {
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            if auth != format!("Basic {basic}")
+                || query.get("service").map(String::as_str) != Some("fake")
+            {
+                return reply(401);
+            }
+            let scopes = url
+                .query_pairs()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.into_owned())
+                .collect();
+            s.token_requests.push(scopes);
+            let n = s.token_requests.len();
+            return reply(200)
+                .body(format!(r#"{{"token":"tok-{n}","expires_in":300}}"#).into_bytes());
+        }
+        if !auth.starts_with("Bearer tok-") {
+            let challenge = format!(
+                r#"Bearer realm="http://{}/token",service="fake",scope="repository:team/app:pull,push""#,
+                s.addr
+            );
+            return reply(401).header("WWW-Authenticate", challenge);
+        }
+    }
+    if path == "/v2/" {
+        return reply(200);
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return reply(404);
+    };
+    if let Some((name, id)) = rest.split_once("/blobs/uploads/") {
+        match method {
+            "POST" => {
+                if let Some(d) = query.get("mount")
+                    && s.blobs.contains_key(d)
+                {
+                    return reply(201).header("Docker-Content-Digest", d.clone());
+                }
+                if s.faults.post_503 > 0 {
+                    s.faults.post_503 -= 1;
+                    return reply(503).body(b"{\"errors\":[{\"code\":\"UNAVAILABLE\"}]}".to_vec());
+                }
+                s.next_id += 1;
+                let id = format!("u{}", s.next_id);
+                s.uploads.insert(id.clone(), Vec::new());
+                // Relative to the request path, with a query to keep.
+                return reply(202).header("Location", format!("{id}?_state=s{}", s.next_id));
+            }
+            "PATCH" => {
+                if !query.contains_key("_state") {
+                    return reply(400).body(b"lost the _state query".to_vec());
+                }
+                let Some(upload) = s.uploads.get_mut(id) else {
+                    return reply(404);
+                };
+                let start = upload.len();
+                let range = headers.get("content-range").cloned().unwrap_or_default();
+                if range != format!("{start}-{}", start + body.len() - 1) {
+                    return reply(416);
+                }
+                upload.extend_from_slice(&body);
+                let end = upload.len() - 1;
+                return reply(202)
+                    .header(
+                        "Location",
+                        format!("/v2/{name}/blobs/uploads/{id}?_state=p{end}"),
+                    )
+                    .header("Range", format!("0-{end}"));
+            }
+            "PUT" => {
+                if !query.contains_key("_state") {
+                    return reply(400).body(b"lost the _state query".to_vec());
+                }
+                let Some(mut upload) = s.uploads.remove(id) else {
+                    return reply(404);
+                };
+                upload.extend_from_slice(&body);
+                let digest = query.get("digest").cloned().unwrap_or_default();
+                if sha256(&upload) != digest {
+                    return reply(400)
+                        .body(b"{\"errors\":[{\"code\":\"DIGEST_INVALID\"}]}".to_vec());
+                }
+                s.blobs.insert(digest.clone(), upload);
+                let reported = if s.faults.lie_digest {
+                    sha256(b"something else")
+                } else {
+                    digest
+                };
+                return reply(201).header("Docker-Content-Digest", reported);
+            }
+            _ => return reply(405),
+        }
+    }
+    if let Some((_, digest)) = rest.split_once("/blobs/") {
+        return match s.blobs.get(digest) {
+            Some(b) => reply(200)
+                .header("Content-Length", b.len().to_string())
+                .header("Docker-Content-Digest", digest)
+                .body(if method == "HEAD" {
+                    Vec::new()
+                } else {
+                    b.clone()
+                }),
+            None => reply(404),
+        };
+    }
+    if let Some((_, reference)) = rest.split_once("/manifests/") {
+        return match method {
+            "PUT" => {
+                if s.faults.manifest_500 > 0 {
+                    s.faults.manifest_500 -= 1;
+                    return reply(500);
+                }
+                let ct = headers.get("content-type").cloned().unwrap_or_default();
+                let d = sha256(&body);
+                s.manifests
+                    .insert(reference.to_owned(), (ct.clone(), body.clone()));
+                s.manifests.insert(d.clone(), (ct, body));
+                reply(201).header("Docker-Content-Digest", d)
+            }
+            "GET" | "HEAD" => match s.manifests.get(reference) {
+                Some((ct, b)) => reply(200)
+                    .header("Content-Type", ct.clone())
+                    .body(b.clone()),
+                None => reply(404),
+            },
+            _ => reply(405),
+        };
+    }
+    reply(404)
+}
+
+fn options(dir: &Path) -> RegistryOptions {
+    RegistryOptions {
+        docker_config: Some(dir.join("none")),
+        chunk_size: 64 * 1024,
+        retry: RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+        },
+        ..RegistryOptions::default()
+    }
+}
+
+/// Two layers: a small file (monolithic upload) and ~300 KiB (chunked at 64 KiB).
+fn spec(dir: &Path) -> ImageSpec {
+    let small = dir.join("small.txt");
+    fs_err::write(&small, "small\n").unwrap();
+    let big = dir.join("big.bin");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes: Vec<u8> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs_err::write(&big, bytes).unwrap();
+    ImageSpec {
+        base: BaseImage::Scratch,
+        platforms: vec!["linux/amd64".parse().unwrap()],
+        layers: vec![
+            LayerSpec::new([(small, "/small.txt")]),
+            LayerSpec::new([(big, "/big.bin")]),
+        ],
+        compression: Some(Compression::None),
+        ..ImageSpec::default()
+    }
+}
+
+#[tokio::test]
+async fn push_survives_503s_resets_and_relative_locations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve(
+        "127.0.0.1:0",
+        Faults {
+            post_503: 2,
+            reset_body: 2,
+            manifest_500: 1,
+            lie_digest: false,
+            bearer: None,
+        },
+    )
+    .await;
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let pushed = build_and_push(
+        &spec(tmp.path()),
+        &Target::Registry(target.clone()),
+        &client,
+    )
+    .await
+    .unwrap();
+
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(s.faults.post_503, 0, "the 503s were served");
+        assert_eq!(s.faults.reset_body, 0, "the resets happened");
+        assert_eq!(s.faults.manifest_500, 0);
+        assert!(
+            s.log.iter().any(|l| l.starts_with("PATCH")),
+            "chunked upload used: {:?}",
+            s.log
+        );
+        let (ct, manifest) = &s.manifests["v1"];
+        assert_eq!(ct, "application/vnd.oci.image.manifest.v1+json");
+        assert_eq!(sha256(manifest), pushed.digest.to_string());
+        let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+        for d in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
+            let digest = d["digest"].as_str().unwrap();
+            let blob = &s.blobs[digest];
+            assert_eq!(sha256(blob), digest);
+            assert_eq!(blob.len() as u64, d["size"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(pushed.stats.blobs_uploaded, 3);
+
+    // A second push finds every blob: nothing is uploaded again.
+    let again = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap();
+    assert_eq!(again.digest, pushed.digest);
+    assert_eq!(
+        (again.stats.blobs_skipped, again.stats.bytes_uploaded),
+        (3, 0)
+    );
+}
+
+#[tokio::test]
+async fn lying_docker_content_digest_fails_clearly_and_pushes_no_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve(
+        "127.0.0.1:0",
+        Faults {
+            lie_digest: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{msg}");
+    assert!(
+        msg.contains("digest mismatch") && msg.contains(&sha256(b"something else")),
+        "{msg}"
+    );
+    assert!(state.lock().unwrap().manifests.is_empty());
+}
+
+#[tokio::test]
+async fn persistent_503_gives_up_after_the_retry_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve(
+        "127.0.0.1:0",
+        Faults {
+            post_503: 1000,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Status { status: 503, .. }), "{err}");
+    let s = state.lock().unwrap();
+    let posts = s.log.iter().filter(|l| l.starts_with("POST")).count();
+    // 3 blobs × 5 attempts at most.
+    assert!((5..=15).contains(&posts), "{posts} POSTs");
+    assert!(s.manifests.is_empty());
+}
+
+/// A local address that is not loopback, if the machine has one.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect("192.0.2.1:9").ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+#[allow(clippy::print_stderr)]
+async fn plain_http_registry_is_diagnosed_unless_marked_insecure() {
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped: no non-loopback address on this machine");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, _state) = serve(&format!("{ip}:0"), Faults::default()).await;
+    let host = addr.to_string();
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let target: Reference = format!("{host}/team/app:v1").parse().unwrap();
+    let err = build_and_push(
+        &spec(tmp.path()),
+        &Target::Registry(target.clone()),
+        &client,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::PlainHttp { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!("`{host}` speaks plain HTTP")) && msg.contains("insecure"),
+        "{msg}"
+    );
+
+    let mut opts = options(tmp.path());
+    opts.insecure_hosts = vec![host];
+    let client = RegistryClient::new(opts).unwrap();
+    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bearer_token_flow_with_docker_config_credentials_and_token_cache() {
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve(
+        "127.0.0.1:0",
+        Faults {
+            bearer: Some(("alice".into(), "pw:secret".into())),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:pw:secret");
+    fs_err::write(
+        tmp.path().join("config.json"),
+        format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let mut opts = options(tmp.path());
+    opts.docker_config = Some(tmp.path().to_owned());
+    let client = RegistryClient::new(opts).unwrap();
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let pushed = build_and_push(
+        &spec(tmp.path()),
+        &Target::Registry(target.clone()),
+        &client,
+    )
+    .await
+    .unwrap();
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(sha256(&s.manifests["v1"].1), pushed.digest.to_string());
+        // One token for the whole push (cached), with the push scope.
+        assert_eq!(
+            s.token_requests,
+            [vec!["repository:team/app:pull,push".to_owned()]]
+        );
+    }
+    // Reading needs the pull scope: a second token.
+    let fetched = client.get_manifest(&target).await.unwrap();
+    assert_eq!(fetched.digest, pushed.digest);
+    assert_eq!(state.lock().unwrap().token_requests.len(), 2);
+    assert!(!format!("{client:?}").contains("pw:secret"));
+
+    // Wrong password: refused, and the error names the registry but not the secret.
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:wrong");
+    fs_err::write(
+        tmp.path().join("config.json"),
+        format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let mut opts = options(tmp.path());
+    opts.docker_config = Some(tmp.path().to_owned());
+    let client = RegistryClient::new(opts).unwrap();
+    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{msg}");
+    assert!(
+        msg.contains(&addr.to_string()) && msg.contains("refused") && !msg.contains("wrong"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,430 @@
+//! End-to-end tests of the `fastbuild` binary: the example project in `testdata/example`
+//! built against the real test bed, CI outputs, Helm and Tilt wiring, and bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::common::{repo_root, require_bed};
+
+/// Copies a directory tree, following symlinks (the example's chart link points outside it).
+fn copy_tree(from: &Path, to: &Path) {
+    fs_err::create_dir_all(to).unwrap();
+    for entry in fs_err::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        if fs_err::metadata(&src).unwrap().is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            fs_err::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A fresh copy of `testdata/example` in a temp dir.
+pub fn example_project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("testdata/example"), dir.path());
+    dir
+}
+
+/// The fastbuild binary, run in `dir`, with a clean environment for its knobs.
+pub fn fastbuild(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastbuild"));
+    cmd.current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("EXPECTED_REF")
+        .env_remove("FASTBUILD_FILE")
+        .env_remove("FASTBUILD_REGISTRY")
+        .env_remove("FASTBUILD_PROGRESS")
+        .env_remove("SOURCE_DATE_EPOCH");
+    cmd
+}
+
+/// Runs and returns the output, with stdout/stderr in the panic message on `expect_ok`.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run fastbuild")
+}
+
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "fastbuild failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// sha256 of the manifest bytes the registry serves for `repo` at `reference`.
+pub async fn served_manifest_digest(registry: &str, repo: &str, reference: &str) -> String {
+    let url = format!("http://{registry}/v2/{repo}/manifests/{reference}");
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header(
+            "Accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.docker.distribution.manifest.v2+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    let body = resp.bytes().await.unwrap();
+    format!("sha256:{}", hex::encode(Sha256::digest(&body)))
+}
+
+fn values_digest(path: &Path) -> String {
+    let text = fs_err::read_to_string(path).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("digest: "))
+        .unwrap_or_else(|| panic!("no digest in {}:\n{text}", path.display()))
+        .to_owned()
+}
+
+fn values_graph(path: &Path) -> String {
+    let text = fs_err::read_to_string(path).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("graph: "))
+        .unwrap_or_else(|| panic!("no graph in {}:\n{text}", path.display()))
+        .to_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn example_project_builds_both_services_and_helm_renders_the_digest() {
+    let bed = require_bed!();
+    let dir = example_project();
+    let out = run(fastbuild(dir.path()).args(["build", "--progress", "plain"]));
+    assert_ok(&out);
+    let text = stdout(&out);
+    for service in ["api", "worker"] {
+        let values = dir
+            .path()
+            .join(format!("tilt-values/{service}.values.yaml"));
+        let digest = values_digest(&values);
+        let graph = values_graph(&values);
+        assert_eq!(graph, format!("{}/{service}", bed.registry));
+        // The line printed is `service  repo@sha256:…`.
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == [service, &format!("{graph}@{digest}")]),
+            "stdout lacks the {service} line:\n{text}"
+        );
+        // The digest is what the registry serves: no lookup was needed to know it.
+        assert_eq!(
+            served_manifest_digest(&bed.registry, service, &digest).await,
+            digest
+        );
+        // Helm renders base + env + generated values digest-first.
+        let helm_home = tempfile::tempdir().unwrap();
+        let rendered = bed
+            .helm(helm_home.path())
+            .current_dir(dir.path())
+            .args(["template", service, "charts/app"])
+            .args(["--values", &format!("values/{service}.yaml")])
+            .args(["--values", &format!("environments/local/{service}.yaml")])
+            .args(["--values", &format!("tilt-values/{service}.values.yaml")])
+            .output()
+            .unwrap();
+        assert!(rendered.status.success(), "{}", stderr(&rendered));
+        let manifest = stdout(&rendered);
+        assert!(
+            manifest.contains(&format!("image: \"{graph}@{digest}\"")),
+            "helm template did not pin the digest:\n{manifest}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unchanged_rebuild_does_not_rewrite_values_files() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    assert_ok(&run(fastbuild(dir.path()).args(["build", "worker"])));
+    let values = dir.path().join("tilt-values/worker.values.yaml");
+    let before = fs_err::metadata(&values).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let out = run(fastbuild(dir.path()).args(["build", "worker", "--progress", "plain"]));
+    assert_ok(&out);
+    assert_eq!(
+        fs_err::metadata(&values).unwrap().modified().unwrap(),
+        before
+    );
+    assert!(stderr(&out).contains("unchanged"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn push_writes_ci_outputs_only_on_success() {
+    let bed = require_bed!();
+    let dir = example_project();
+    let digest_out = dir.path().join("out/digest.txt");
+    let ref_out = dir.path().join("out/ref.txt");
+    let meta = dir.path().join("out/meta.json");
+    let out = run(fastbuild(dir.path())
+        .args(["push", "api", "--digest-out"])
+        .arg(&digest_out)
+        .arg("--metadata-file")
+        .arg(&meta));
+    assert_ok(&out);
+    let digest = fs_err::read_to_string(&digest_out).unwrap();
+    assert!(
+        digest.starts_with("sha256:") && digest.ends_with('\n') && digest.len() == 72,
+        "{digest:?}"
+    );
+    let digest = digest.trim().to_owned();
+    // push does not write values files by default (CI).
+    assert!(!dir.path().join("tilt-values/api.values.yaml").exists());
+    let m: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&meta).unwrap()).unwrap();
+    assert_eq!(m["containerimage.digest"], digest.as_str());
+    assert_eq!(m["containerimage.descriptor"]["digest"], digest.as_str());
+    assert!(m["containerimage.descriptor"]["size"].as_u64().unwrap() > 0);
+    assert!(
+        m["containerimage.descriptor"]["mediaType"]
+            .as_str()
+            .unwrap()
+            .contains("manifest")
+            || m["containerimage.descriptor"]["mediaType"]
+                .as_str()
+                .unwrap()
+                .contains("index")
+    );
+    assert!(
+        m["image.name"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/api", bed.registry))
+    );
+    assert_eq!(
+        served_manifest_digest(&bed.registry, "api", &digest).await,
+        digest
+    );
+
+    // --digest-format ref
+    let out = run(fastbuild(dir.path())
+        .args(["push", "api", "--digest-format", "ref", "--digest-out"])
+        .arg(&ref_out));
+    assert_ok(&out);
+    assert_eq!(
+        fs_err::read_to_string(&ref_out).unwrap(),
+        format!("{}/api@{digest}\n", bed.registry)
+    );
+
+    // A failing build leaves the earlier files intact.
+    fs_err::write(
+        dir.path().join("services/api/Dockerfile"),
+        "FROM scratch\nRUN exit 3\n",
+    )
+    .unwrap();
+    let out = run(fastbuild(dir.path())
+        .args(["push", "api", "--digest-out"])
+        .arg(&digest_out)
+        .arg("--metadata-file")
+        .arg(&meta));
+    assert!(!out.status.success());
+    assert_eq!(fs_err::read_to_string(&digest_out).unwrap().trim(), digest);
+    let m2: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&meta).unwrap()).unwrap();
+    assert_eq!(m2, m);
+}
+
+#[test]
+fn tilt_fragment_is_valid_starlark_and_follows_the_note() {
+    let dir = example_project();
+    let out = run(fastbuild(dir.path()).arg("tilt"));
+    assert_ok(&out);
+    let text = stdout(&out);
+    // Starlark is syntactically a subset of Python: python3's parser must accept it.
+    let mut py = Command::new("python3")
+        .args(["-c", "import ast,sys; ast.parse(sys.stdin.read())"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(py.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    assert!(py.wait().unwrap().success(), "not parseable:\n{text}");
+    assert!(text.contains("image_keys=[]"));
+    assert!(!text.contains("image_deps"));
+    assert!(text.contains("resource_deps=[],"));
+    assert!(text.contains("k8s_upsert_timeout_secs=600"));
+    insta::assert_snapshot!("tilt_fragment", text);
+}
+
+#[test]
+fn helm_print_is_the_notes_invocation() {
+    let dir = example_project();
+    let out = run(fastbuild(dir.path())
+        .args(["helm", "api", "--print"])
+        .env("HELM", "helm"));
+    assert_ok(&out);
+    insta::assert_snapshot!("helm_print", stdout(&out));
+    let argv = shell_words::split(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        &argv[..5],
+        ["helm", "upgrade", "--install", "api", "charts/app"]
+    );
+    let values: Vec<&str> = argv
+        .windows(2)
+        .filter(|w| w[0] == "--values")
+        .map(|w| w[1].as_str())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            "values/api.yaml",
+            "environments/local/api.yaml",
+            "tilt-values/api.values.yaml"
+        ]
+    );
+    assert!(argv.contains(&"--wait".to_owned()) && argv.contains(&"--atomic".to_owned()));
+}
+
+#[test]
+fn helm_run_needs_the_values_file_first() {
+    let dir = example_project();
+    let out = run(fastbuild(dir.path()).args(["helm", "api", "--run", "--helm", "/bin/true"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("run `fastbuild build api` first"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn helm_run_skips_when_nothing_changed() {
+    let dir = example_project();
+    let values = dir.path().join("tilt-values/api.values.yaml");
+    fs_err::create_dir_all(values.parent().unwrap()).unwrap();
+    fs_err::write(
+        &values,
+        format!("image:\n  digest: sha256:{}\n", "1".repeat(64)),
+    )
+    .unwrap();
+    // A fake helm that records its argv (the real one needs a cluster for `upgrade`).
+    let log = dir.path().join("helm.log");
+    let fake = dir.path().join("fake-helm");
+    fs_err::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+    let helm_run = |dir: &Path| {
+        run(fastbuild(dir)
+            .args(["helm", "api", "--run", "--helm"])
+            .arg(&fake))
+    };
+    assert_ok(&helm_run(dir.path()));
+    let second = helm_run(dir.path());
+    assert_ok(&second);
+    assert!(stderr(&second).contains("skipped"), "{}", stderr(&second));
+    assert_eq!(fs_err::read_to_string(&log).unwrap().lines().count(), 1);
+    // A new digest deploys again.
+    fs_err::write(
+        &values,
+        format!("image:\n  digest: sha256:{}\n", "2".repeat(64)),
+    )
+    .unwrap();
+    assert_ok(&helm_run(dir.path()));
+    assert_eq!(fs_err::read_to_string(&log).unwrap().lines().count(), 2);
+    let argv = fs_err::read_to_string(&log).unwrap();
+    assert!(argv.starts_with("upgrade --install api "), "{argv}");
+}
+
+#[test]
+fn bad_project_file_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(
+        dir.path().join("fastbuild.yaml"),
+        "services:\n  api:\n    contxt: .\n",
+    )
+    .unwrap();
+    let out = run(fastbuild(dir.path()).arg("build"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("fastbuild.yaml:3:5: unknown key `contxt`; did you mean `context`?"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_service_lists_the_known_ones() {
+    let dir = example_project();
+    let out = run(fastbuild(dir.path()).args(["build", "nope"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown service `nope`")
+            && stderr(&out).contains("known services: api, worker"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_chart_is_reported() {
+    let dir = example_project();
+    fs_err::remove_dir_all(dir.path().join("charts/app")).unwrap();
+    fs_err::create_dir_all(dir.path().join("tilt-values")).unwrap();
+    fs_err::write(
+        dir.path().join("tilt-values/api.values.yaml"),
+        "image: {}\n",
+    )
+    .unwrap();
+    let out = run(fastbuild(dir.path()).args(["helm", "api", "--run", "--helm", "/bin/true"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("chart") && stderr(&out).contains("not found"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unwritable_values_dir_fails_clearly_and_writes_nothing() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    // A file where the values directory should be.
+    fs_err::write(dir.path().join("tilt-values"), "not a dir").unwrap();
+    let out = run(fastbuild(dir.path()).args(["build", "worker"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("values file of `worker`") && err.contains("tilt-values"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_project_file_and_no_flags_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(fastbuild(dir.path()).args(["build", "--registry", "localhost:1"]));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Dockerfile"), "{}", stderr(&out));
+}
+
+/// Paths and ports vary per run; snapshots filter them.
+#[allow(dead_code)]
+pub fn filters() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        (r"sha256:[0-9a-f]{64}", "sha256:[DIGEST]"),
+        (r"/tmp/\.tmp[A-Za-z0-9]+", "[TMP]"),
+    ]
+}

@@ -1,0 +1,297 @@
+//! `fastbuild watch` with real file changes against the test bed.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cli::{example_project, fastbuild, served_manifest_digest};
+use crate::common::require_bed;
+
+/// A running `fastbuild watch --progress json`, its JSON events read on a thread.
+struct Watch {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Watch {
+    fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut child = fastbuild(dir)
+            .args(["watch", "--progress", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fastbuild watch");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            events: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for an event matching `pred`; panics with everything seen after `timeout`.
+    fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "timed out waiting for {what}; events seen:\n{:#?}",
+                        self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// Every event that arrives within `window`.
+    fn drain(&mut self, window: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Ok(v) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(v.clone());
+            out.push(v);
+        }
+        out
+    }
+
+    fn result_for(&mut self, service: &str) -> Value {
+        let s = service.to_owned();
+        self.wait_for(
+            &format!("a result for {service}"),
+            Duration::from_secs(120),
+            move |v| v["event"] == "result" && v["service"] == s.as_str(),
+        )
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // SIGINT, as Ctrl-C would; then make sure it is gone.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn values_digest(dir: &Path, service: &str) -> String {
+    let text =
+        fs_err::read_to_string(dir.join(format!("tilt-values/{service}.values.yaml"))).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("digest: "))
+        .unwrap()
+        .to_owned()
+}
+
+fn builds_of(events: &[Value], service: &str) -> usize {
+    events
+        .iter()
+        .filter(|v| v["event"] == "build_started" && v["service"] == service)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_one_file_rebuilds_only_its_service() {
+    let bed = require_bed!();
+    let dir = example_project();
+    let mut w = Watch::start(dir.path(), &[]);
+    let first_api = w.result_for("api");
+    let first_worker = w.result_for("worker");
+    let _ = w.drain(Duration::from_millis(500));
+
+    fs_err::write(
+        dir.path().join("services/worker/dist/worker"),
+        "#!/bin/sh\necho changed\n",
+    )
+    .unwrap();
+    let r = w.result_for("worker");
+    assert_ne!(r["digest"], first_worker["digest"]);
+    let digest = r["digest"].as_str().unwrap().to_owned();
+    assert_eq!(values_digest(dir.path(), "worker"), digest);
+    assert_eq!(
+        served_manifest_digest(&bed.registry, "worker", &digest).await,
+        digest
+    );
+    let later = w.drain(Duration::from_millis(1500));
+    let all: Vec<Value> = w.seen.clone();
+    assert_eq!(builds_of(&all, "api"), 1, "api was rebuilt: {later:#?}");
+    assert_eq!(builds_of(&all, "worker"), 2, "{all:#?}");
+    assert_eq!(
+        values_digest(dir.path(), "api"),
+        first_api["digest"].as_str().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn excluded_and_generated_files_trigger_nothing() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    // Put the generated values file inside the watched context: writing it must not loop.
+    let mut w = Watch::start(
+        dir.path(),
+        &[
+            "api",
+            "--values-file",
+            "services/api/src/generated.values.yaml",
+        ],
+    );
+    w.result_for("api");
+    let _ = w.drain(Duration::from_millis(800));
+    // `*.log` is in services/api/.dockerignore.
+    fs_err::write(dir.path().join("services/api/debug.log"), "noise").unwrap();
+    fs_err::create_dir_all(dir.path().join("services/api/tmp")).unwrap();
+    fs_err::write(dir.path().join("services/api/tmp/scratch.txt"), "noise").unwrap();
+    let events = w.drain(Duration::from_millis(1500));
+    assert_eq!(
+        builds_of(&w.seen, "api"),
+        1,
+        "unexpected rebuild: {events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_saves_gives_one_build_of_the_final_content() {
+    let bed = require_bed!();
+    let dir = example_project();
+    let mut w = Watch::start(dir.path(), &["worker", "--debounce", "300"]);
+    w.result_for("worker");
+    let _ = w.drain(Duration::from_millis(500));
+    let file = dir.path().join("services/worker/dist/worker");
+    for i in 0..10 {
+        // editor-style save: write a temp file, rename over the original
+        let tmp = dir.path().join("services/worker/dist/.worker.swp");
+        fs_err::write(&tmp, format!("#!/bin/sh\necho save {i}\n")).unwrap();
+        fs_err::rename(&tmp, &file).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = w.result_for("worker");
+    let _ = w.drain(Duration::from_millis(1500));
+    assert_eq!(builds_of(&w.seen, "worker"), 2, "{:#?}", w.seen);
+    let digest = r["digest"].as_str().unwrap().to_owned();
+    assert_eq!(values_digest(dir.path(), "worker"), digest);
+    assert_eq!(
+        served_manifest_digest(&bed.registry, "worker", &digest).await,
+        digest
+    );
+    // The final content is what was built: an identical one-shot build gives the same digest.
+    let out = fastbuild(dir.path())
+        .args(["build", "worker", "--no-push"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&digest));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_during_a_build_cancels_it_and_the_final_digest_matches() {
+    let bed = require_bed!();
+    let dir = example_project();
+    // A slow step, so the second change lands mid-build.
+    let dockerfile = dir.path().join("services/api/Dockerfile");
+    let text = fs_err::read_to_string(&dockerfile).unwrap();
+    fs_err::write(
+        &dockerfile,
+        text.replace("RUN chmod", "RUN sleep 4 && chmod"),
+    )
+    .unwrap();
+    let mut w = Watch::start(dir.path(), &["api"]);
+    w.result_for("api");
+    let version = dir.path().join("services/api/src/VERSION");
+    fs_err::write(&version, "2.0.0\n").unwrap();
+    w.wait_for("the rebuild to start", Duration::from_secs(10), |v| {
+        v["event"] == "build_started" && v["generation"] == 2
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    fs_err::write(&version, "3.0.0\n").unwrap();
+    w.wait_for("the cancel", Duration::from_secs(10), |v| {
+        v["event"] == "cancelled"
+    });
+    let r = w.result_for("api");
+    let digest = r["digest"].as_str().unwrap().to_owned();
+    assert_eq!(values_digest(dir.path(), "api"), digest);
+    assert_eq!(
+        served_manifest_digest(&bed.registry, "api", &digest).await,
+        digest
+    );
+    // A one-shot build of the final content gives the same digest (reproducible builds).
+    let out = fastbuild(dir.path())
+        .args(["build", "api", "--progress", "quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&digest),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_build_then_a_fix_recovers_without_restarting() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let mut w = Watch::start(dir.path(), &["api"]);
+    let good = w.result_for("api");
+    let dockerfile = dir.path().join("services/api/Dockerfile");
+    let text = fs_err::read_to_string(&dockerfile).unwrap();
+    fs_err::write(&dockerfile, format!("{text}RUN exit 7\n")).unwrap();
+    w.wait_for("the failure", Duration::from_secs(120), |v| {
+        v["event"] == "failed" && v["service"] == "api"
+    });
+    // The values file keeps its last good digest.
+    assert_eq!(
+        values_digest(dir.path(), "api"),
+        good["digest"].as_str().unwrap()
+    );
+    fs_err::write(&dockerfile, format!("{text}RUN echo fixed\n")).unwrap();
+    let fixed = w.result_for("api");
+    assert_ne!(fixed["digest"], good["digest"]);
+    assert_eq!(
+        values_digest(dir.path(), "api"),
+        fixed["digest"].as_str().unwrap()
+    );
+}
