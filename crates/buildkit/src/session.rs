@@ -1,0 +1,227 @@
+//! The client side of a BuildKit session: `Control.Session` is a bidirectional stream of
+//! `BytesMessage`s carrying one raw byte stream, on which the daemon is the HTTP/2 gRPC
+//! **client** and we are the **server** (health, file sync, auth, secrets).
+//!
+//! The tunnel is bridged to an in-memory duplex pipe; one end is pumped to/from the gRPC stream,
+//! the other is served by a hyper HTTP/2 server with tonic routes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+
+use crate::auth::{AuthService, DockerAuth};
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::filesync::{FileSyncService, SyncStats};
+use crate::proto::grpc::health::v1::health_server::HealthServer;
+use crate::proto::moby::buildkit::secrets::v1::secrets_server::SecretsServer;
+use crate::proto::moby::buildkit::v1::BytesMessage;
+use crate::proto::moby::filesync::v1::auth_server::AuthServer;
+use crate::proto::moby::filesync::v1::file_sync_server::FileSyncServer;
+use crate::secrets::{HealthService, SecretSource, SecretsService};
+
+/// The methods the session serves, advertised one metadata entry each.
+const METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/moby.filesync.v1.FileSync/DiffCopy",
+    "/moby.filesync.v1.Auth/Credentials",
+    "/moby.filesync.v1.Auth/FetchToken",
+    "/moby.filesync.v1.Auth/GetTokenAuthority",
+    "/moby.filesync.v1.Auth/VerifyTokenAuthority",
+    "/moby.buildkit.secrets.v1.Secrets/GetSecret",
+];
+
+/// Bytes per tunnel message (well below Docker's 4 MiB receive limit).
+const TUNNEL_CHUNK: usize = 64 * 1024;
+
+/// A random 25-character `[0-9a-z]` ID, like BuildKit's `identity.NewID()` (never contains `:`).
+pub(crate) fn new_id() -> String {
+    let mut n = uuid::Uuid::new_v4().as_u128();
+    let mut s = String::with_capacity(25);
+    for _ in 0..25 {
+        let digit = (n % 36) as u32;
+        n /= 36;
+        s.push(char::from_digit(digit, 36).expect("digit < 36"));
+    }
+    s
+}
+
+/// What a session serves.
+pub(crate) struct SessionConfig {
+    pub(crate) name: String,
+    pub(crate) shared_key: String,
+    pub(crate) dirs: BTreeMap<String, PathBuf>,
+    pub(crate) secrets: BTreeMap<String, SecretSource>,
+    pub(crate) auth: DockerAuth,
+    pub(crate) stats: SyncStats,
+}
+
+/// A running session; [`Session::close`] (or drop) ends it.
+pub(crate) struct Session {
+    pub(crate) id: String,
+    cancel: CancellationToken,
+    error: Arc<Mutex<Option<String>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Session {
+    /// Opens `Control.Session` and starts serving on it.
+    pub(crate) fn start(client: &Client, config: SessionConfig) -> Result<Self> {
+        let id = new_id();
+        let cancel = CancellationToken::new();
+        let error: Arc<Mutex<Option<String>>> = Arc::default();
+        let (out_tx, out_rx) = mpsc::channel::<BytesMessage>(16);
+        let (local, remote) = tokio::io::duplex(4 * TUNNEL_CHUNK);
+        let (mut remote_read, mut remote_write) = tokio::io::split(remote);
+
+        let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
+        let md = request.metadata_mut();
+        let value = |s: &str| {
+            MetadataValue::try_from(s)
+                .map_err(|_| Error::Session(format!("invalid session metadata value `{s}`")))
+        };
+        md.insert("x-docker-expose-session-uuid", value(&id)?);
+        md.insert("x-docker-expose-session-name", value(&config.name)?);
+        md.insert(
+            "x-docker-expose-session-sharedkey",
+            value(&config.shared_key)?,
+        );
+        for method in METHODS {
+            md.append("x-docker-expose-session-grpc-method", value(method)?);
+        }
+
+        let mut tasks = tokio::task::JoinSet::new();
+
+        // The gRPC call and the daemon → client direction.
+        let mut control = client.control();
+        let c = cancel.clone();
+        let err = error.clone();
+        tasks.spawn(async move {
+            let run = async {
+                let response = control.session(request).await?;
+                let mut inbound = response.into_inner();
+                while let Some(msg) = inbound.message().await? {
+                    if msg.data.is_empty() {
+                        continue;
+                    }
+                    if remote_write.write_all(&msg.data).await.is_err() {
+                        break;
+                    }
+                }
+                Ok::<(), tonic::Status>(())
+            };
+            tokio::select! {
+                () = c.cancelled() => {}
+                result = run => {
+                    if let Err(status) = result {
+                        tracing::debug!(%status, "session stream ended with an error");
+                        *err.lock().expect("session error lock") = Some(status.message().to_owned());
+                    }
+                    let _ = remote_write.shutdown().await;
+                }
+            }
+        });
+
+        // The client → daemon direction.
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            let pump = async {
+                let mut buf = vec![0u8; TUNNEL_CHUNK];
+                loop {
+                    let n = match remote_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if out_tx
+                        .send(BytesMessage {
+                            data: buf[..n].to_vec(),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                () = c.cancelled() => {}
+                () = pump => {}
+            }
+        });
+
+        // The HTTP/2 server the daemon talks to.
+        let routes = tonic::service::Routes::new(HealthServer::new(HealthService))
+            .add_service(FileSyncServer::new(FileSyncService::new(
+                config.dirs,
+                config.stats,
+            )))
+            .add_service(AuthServer::new(AuthService { auth: config.auth }))
+            .add_service(SecretsServer::new(SecretsService {
+                secrets: config.secrets,
+            }))
+            .prepare();
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder.max_frame_size(1 << 20).adaptive_window(true);
+            let conn =
+                builder.serve_connection(TokioIo::new(local), TowerToHyperService::new(routes));
+            tokio::select! {
+                () = c.cancelled() => {}
+                result = conn => {
+                    if let Err(err) = result {
+                        tracing::debug!(%err, "session HTTP/2 server ended");
+                    }
+                }
+            }
+        });
+
+        tracing::debug!(session = %id, "session started");
+        Ok(Self {
+            id,
+            cancel,
+            error,
+            tasks,
+        })
+    }
+
+    /// The last error the tunnel reported, if any.
+    pub(crate) fn error(&self) -> Option<String> {
+        self.error.lock().expect("session error lock").clone()
+    }
+
+    /// Ends the session: stops serving and cancels the `Control.Session` call.
+    pub(crate) async fn close(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        tracing::debug!(session = %self.id, "session closed");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_25_base36_chars() {
+        let a = super::new_id();
+        assert_eq!(a.len(), 25);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+        );
+        assert_ne!(a, super::new_id());
+    }
+}
