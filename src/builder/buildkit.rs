@@ -272,10 +272,14 @@ pub async fn probe(b: &BuildkitPlan) -> Result<String> {
         .collect();
     platforms.sort();
     platforms.dedup();
-    let version = info.map_or_else(
-        || "version unknown".to_owned(),
-        |i| format!("{} {}", i.package, i.version),
-    );
+    // dockerd's embedded BuildKit reports `v0.0.0+unknown` from Info; its workers know better.
+    let worker_version = workers.iter().find_map(|w| w.buildkit_version.clone());
+    let version = match (info, worker_version) {
+        (Some(i), _) if !i.version.starts_with("v0.0.0") => format!("BuildKit {}", i.version),
+        (_, Some(v)) => format!("BuildKit {v}"),
+        (Some(i), None) => format!("BuildKit {}", i.version),
+        (None, None) => "BuildKit (version unknown)".to_owned(),
+    };
     Ok(format!(
         "{version}; {} worker(s); platforms {}",
         workers.len(),

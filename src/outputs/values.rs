@@ -107,11 +107,18 @@ fn scalar(s: &str) -> String {
     const RESERVED: &[&str] = &[
         "", "~", "null", "true", "false", "yes", "no", "on", "off", "y", "n",
     ];
+    // Number-like text (ints, floats, YAML 1.1 sexagesimals such as `1:30`) would not load as a
+    // string; neither would the reserved words. Everything else made of safe characters is plain.
+    let number_like = s
+        .chars()
+        .all(|c| c.is_ascii_digit() || "._:+-eE".contains(c))
+        && s.chars().any(|c| c.is_ascii_digit());
     let plain_ok = s
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "._/@:+-".contains(c))
-        && !s.starts_with(|c: char| "-:@".contains(c) || c.is_ascii_digit())
+        && !s.starts_with(|c: char| "-:@.".contains(c))
         && !s.ends_with(':')
+        && !number_like
         && !RESERVED.contains(&s.to_ascii_lowercase().as_str());
     if plain_ok {
         s.to_owned()
@@ -177,5 +184,9 @@ mod tests {
         assert_eq!(scalar("5000"), "\"5000\"");
         assert_eq!(scalar("a b"), "\"a b\"");
         assert_eq!(scalar("localhost:5000/app"), "localhost:5000/app");
+        assert_eq!(scalar("127.0.0.1:5000/app"), "127.0.0.1:5000/app");
+        assert_eq!(scalar("127.0.0.1:5000"), "\"127.0.0.1:5000\"");
+        assert_eq!(scalar("1:30"), "\"1:30\"");
+        assert_eq!(scalar("1e3"), "\"1e3\"");
     }
 }

@@ -14,6 +14,10 @@ fn copy_tree(from: &Path, to: &Path) {
     for entry in fs_err::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let src = entry.path();
+        // Outputs of earlier runs in the source tree (git-ignored) are not part of the example.
+        if entry.file_name() == "tilt-values" || entry.file_name() == ".fastbuild" {
+            continue;
+        }
         let dst = to.join(entry.file_name());
         if fs_err::metadata(&src).unwrap().is_dir() {
             copy_tree(&src, &dst);

@@ -2,6 +2,7 @@
 mod buildkit;
 mod cli;
 mod common;
+mod doctor;
 mod oci;
 mod testbed;
 mod watch;

@@ -82,6 +82,20 @@ impl Watch {
         out
     }
 
+    /// The first result of each of `services`, in whatever order they finish.
+    fn results_for(&mut self, services: &[&str]) -> Vec<Value> {
+        let mut out: Vec<Option<Value>> = vec![None; services.len()];
+        while out.iter().any(Option::is_none) {
+            let v = self.wait_for("initial results", Duration::from_secs(120), |v| {
+                v["event"] == "result"
+            });
+            if let Some(i) = services.iter().position(|s| v["service"] == *s) {
+                out[i].get_or_insert(v);
+            }
+        }
+        out.into_iter().map(Option::unwrap).collect()
+    }
+
     fn result_for(&mut self, service: &str) -> Value {
         let s = service.to_owned();
         self.wait_for(
@@ -131,8 +145,8 @@ async fn editing_one_file_rebuilds_only_its_service() {
     let bed = require_bed!();
     let dir = example_project();
     let mut w = Watch::start(dir.path(), &[]);
-    let first_api = w.result_for("api");
-    let first_worker = w.result_for("worker");
+    let [first_api, first_worker]: [Value; 2] =
+        w.results_for(&["api", "worker"]).try_into().unwrap();
     let _ = w.drain(Duration::from_millis(500));
 
     fs_err::write(
