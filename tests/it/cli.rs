@@ -432,3 +432,100 @@ pub fn filters() -> Vec<(&'static str, &'static str)> {
         (r"/tmp/\.tmp[A-Za-z0-9]+", "[TMP]"),
     ]
 }
+
+#[tokio::test]
+async fn tilt_expected_ref_is_honoured_and_the_values_still_pin_the_digest() {
+    let bed = require_bed!();
+    let dir = example_project();
+    let expected = format!("{}/tilt-worker:tilt-0123456789abcdef", bed.registry);
+    let ref_out = dir.path().join("ref.txt");
+    let out = run(fastbuild(dir.path())
+        .args(["build", "worker", "--image-ref-out"])
+        .arg(&ref_out)
+        .env("EXPECTED_REF", &expected));
+    assert_ok(&out);
+    // Tilt's outputs_image_ref_to wants repo:tag, never a bare digest reference.
+    assert_eq!(
+        fs_err::read_to_string(&ref_out).unwrap(),
+        format!("{expected}\n")
+    );
+    let values = dir.path().join("tilt-values/worker.values.yaml");
+    let digest = values_digest(&values);
+    assert_eq!(
+        values_graph(&values),
+        format!("{}/tilt-worker", bed.registry)
+    );
+    assert_eq!(
+        served_manifest_digest(&bed.registry, "tilt-worker", "tilt-0123456789abcdef").await,
+        digest
+    );
+}
+
+#[test]
+fn no_push_prints_the_digest_and_writes_nothing() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let out = run(fastbuild(dir.path()).args(["build", "worker", "--no-push"]));
+    assert_ok(&out);
+    assert!(stdout(&out).contains("sha256:"), "{}", stdout(&out));
+    assert!(!dir.path().join("tilt-values").exists());
+}
+
+#[test]
+fn output_oci_layout_matches_the_pushed_digest() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let out = run(fastbuild(dir.path()).args(["build", "worker", "--progress", "quiet"]));
+    assert_ok(&out);
+    let pushed = values_digest(&dir.path().join("tilt-values/worker.values.yaml"));
+    let layout = dir.path().join("layout");
+    let out = run(fastbuild(dir.path())
+        .args(["build", "worker", "--output"])
+        .arg(format!("oci:{}", layout.display())));
+    assert_ok(&out);
+    assert!(stdout(&out).contains(&pushed), "{}", stdout(&out));
+    assert!(layout.join("oci-layout").is_file() && layout.join("index.json").is_file());
+}
+
+#[test]
+fn sigint_during_watch_exits_130_and_writes_nothing_partial() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let dockerfile = dir.path().join("services/api/Dockerfile");
+    let text = fs_err::read_to_string(&dockerfile).unwrap();
+    fs_err::write(
+        &dockerfile,
+        text.replace("RUN chmod", "RUN sleep 30 && chmod"),
+    )
+    .unwrap();
+    let mut child = fastbuild(dir.path())
+        .args(["watch", "api", "--progress", "plain"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    // Wait for the slow step to start (plain progress prints finished steps; COPY precedes it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("COPY src/") || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t0 = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "watch should exit 130 on Ctrl-C");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+    assert!(!dir.path().join("tilt-values/api.values.yaml").exists());
+}
