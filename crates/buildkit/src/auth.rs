@@ -3,12 +3,9 @@
 //! (base64 `auth`, `username`/`password`, `identitytoken`), `credHelpers` and `credsStore`
 //! (`docker-credential-<name> get`). Secrets never reach logs or Debug output.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use base64::Engine as _;
-use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use fastbuild_oci::{Credential, DockerConfig};
 use tonic::{Request, Response, Status};
 
 use crate::proto::moby::filesync::v1::auth_server::Auth;
@@ -43,34 +40,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct ConfigFile {
-    #[serde(default)]
-    auths: BTreeMap<String, AuthEntry>,
-    #[serde(default, rename = "credsStore")]
-    creds_store: Option<String>,
-    #[serde(default, rename = "credHelpers")]
-    cred_helpers: BTreeMap<String, String>,
-}
-
-#[derive(Default, Deserialize)]
-struct AuthEntry {
-    #[serde(default)]
-    auth: Option<String>,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default)]
-    identitytoken: Option<String>,
-}
-
-impl std::fmt::Debug for AuthEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AuthEntry(<redacted>)")
-    }
-}
-
 /// Where Docker credentials come from.
 #[derive(Debug, Clone, Default)]
 pub struct DockerAuth {
@@ -78,160 +47,26 @@ pub struct DockerAuth {
     pub config_dir: Option<PathBuf>,
 }
 
-/// Docker Hub's host as BuildKit asks for it, and the key the Docker config uses for it.
-const DOCKER_HUB_HOST: &str = "registry-1.docker.io";
-const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
-
-/// Reduces an `auths` key (`https://host/v1/`, `host`) to its host.
-fn key_host(key: &str) -> &str {
-    let key = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    key.split('/').next().unwrap_or(key)
-}
-
 impl DockerAuth {
-    fn config_path(&self) -> Option<PathBuf> {
-        let dir = match &self.config_dir {
-            Some(d) => d.clone(),
-            None => match std::env::var_os("DOCKER_CONFIG") {
-                Some(d) if !d.is_empty() => PathBuf::from(d),
-                _ => PathBuf::from(std::env::var_os("HOME")?).join(".docker"),
-            },
-        };
-        Some(dir.join("config.json"))
-    }
-
-    /// Credentials for `host` (empty when none are configured).
+    /// Credentials for `host` (empty when none are configured). The Docker config is read by
+    /// `fastbuild-oci` — one implementation of `auths`, `credsStore` and `credHelpers` for the
+    /// native publisher and for BuildKit's pushes alike (it maps `registry-1.docker.io`, the host
+    /// BuildKit asks for, to Docker Hub's `https://index.docker.io/v1/` key).
     pub async fn credentials(&self, host: &str) -> Result<Credentials, String> {
-        let Some(path) = self.config_path() else {
-            return Ok(Credentials::default());
-        };
-        let config: ConfigFile = match fs_err::tokio::read(&path).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("cannot parse Docker config `{}`: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Credentials::default()),
-            Err(e) => return Err(e.to_string()),
-        };
-        let lookup = if host == DOCKER_HUB_HOST || host == "docker.io" || host == "index.docker.io"
-        {
-            DOCKER_HUB_KEY
-        } else {
-            host
-        };
-        let helper = config
-            .cred_helpers
-            .get(lookup)
-            .or_else(|| config.cred_helpers.get(host))
-            .or(config.creds_store.as_ref())
-            .filter(|h| !h.is_empty());
-        if let Some(helper) = helper {
-            let creds = run_helper(helper, lookup).await?;
-            if creds != Credentials::default() || config.creds_store.is_none() {
-                return Ok(creds);
-            }
-        }
-        let entry = config.auths.get(lookup).or_else(|| {
-            let want = key_host(lookup);
-            config
-                .auths
-                .iter()
-                .find(|(k, _)| key_host(k) == want)
-                .map(|(_, v)| v)
-        });
-        let Some(entry) = entry else {
-            return Ok(Credentials::default());
-        };
-        if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
-            return Ok(Credentials {
+        let config = DockerConfig::load(self.config_dir.as_deref()).map_err(|e| e.to_string())?;
+        Ok(match config.credential_for(host).await.map_err(|e| e.to_string())? {
+            None => Credentials::default(),
+            Some(Credential::Basic { username, password }) => Credentials {
+                username,
+                secret: password,
+            },
+            // An identity token goes in `Secret` with an empty `Username`.
+            Some(Credential::IdentityToken(token)) => Credentials {
                 username: String::new(),
-                secret: token.clone(),
-            });
-        }
-        if let Some(auth) = entry.auth.as_ref().filter(|a| !a.is_empty()) {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(auth.trim())
-                .map_err(|_| {
-                    format!(
-                        "the `auth` entry for `{lookup}` in `{}` is not base64",
-                        path.display()
-                    )
-                })?;
-            let decoded = String::from_utf8(decoded).map_err(|_| {
-                format!(
-                    "the `auth` entry for `{lookup}` in `{}` is not UTF-8",
-                    path.display()
-                )
-            })?;
-            let (user, pass) = decoded.split_once(':').ok_or_else(|| {
-                format!(
-                    "the `auth` entry for `{lookup}` in `{}` is not `user:password`",
-                    path.display()
-                )
-            })?;
-            return Ok(Credentials {
-                username: user.to_owned(),
-                secret: pass.to_owned(),
-            });
-        }
-        Ok(Credentials {
-            username: entry.username.clone().unwrap_or_default(),
-            secret: entry.password.clone().unwrap_or_default(),
+                secret: token,
+            },
         })
     }
-}
-
-/// `docker-credential-<helper> get` with the server URL on stdin.
-async fn run_helper(helper: &str, server: &str) -> Result<Credentials, String> {
-    #[derive(Deserialize)]
-    struct HelperOutput {
-        #[serde(rename = "Username", default)]
-        username: String,
-        #[serde(rename = "Secret", default)]
-        secret: String,
-    }
-    let program = format!("docker-credential-{helper}");
-    let mut child = tokio::process::Command::new(&program)
-        .arg("get")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(server.as_bytes())
-            .await
-            .map_err(|e| format!("cannot write to `{program}`: {e}"))?;
-    }
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|e| format!("`{program}` failed: {e}"))?;
-    if !output.status.success() {
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if stdout.contains("credentials not found") {
-            return Ok(Credentials::default());
-        }
-        return Err(format!(
-            "`{program} get` for `{server}` exited with {}",
-            output.status
-        ));
-    }
-    let parsed: HelperOutput = serde_json::from_slice(&output.stdout)
-        .map_err(|_| format!("`{program} get` printed something that is not credentials JSON"))?;
-    if parsed.username == "<token>" {
-        return Ok(Credentials {
-            username: String::new(),
-            secret: parsed.secret,
-        });
-    }
-    Ok(Credentials {
-        username: parsed.username,
-        secret: parsed.secret,
-    })
 }
 
 /// The session's Auth service.
@@ -289,6 +124,8 @@ impl Auth for AuthService {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
 
     #[tokio::test]
