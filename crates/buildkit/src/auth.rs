@@ -54,18 +54,24 @@ impl DockerAuth {
     /// BuildKit asks for, to Docker Hub's `https://index.docker.io/v1/` key).
     pub async fn credentials(&self, host: &str) -> Result<Credentials, String> {
         let config = DockerConfig::load(self.config_dir.as_deref()).map_err(|e| e.to_string())?;
-        Ok(match config.credential_for(host).await.map_err(|e| e.to_string())? {
-            None => Credentials::default(),
-            Some(Credential::Basic { username, password }) => Credentials {
-                username,
-                secret: password,
+        Ok(
+            match config
+                .credential_for(host)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => Credentials::default(),
+                Some(Credential::Basic { username, password }) => Credentials {
+                    username,
+                    secret: password,
+                },
+                // An identity token goes in `Secret` with an empty `Username`.
+                Some(Credential::IdentityToken(token)) => Credentials {
+                    username: String::new(),
+                    secret: token,
+                },
             },
-            // An identity token goes in `Secret` with an empty `Username`.
-            Some(Credential::IdentityToken(token)) => Credentials {
-                username: String::new(),
-                secret: token,
-            },
-        })
+        )
     }
 }
 
