@@ -335,6 +335,9 @@ pub struct TiltArgs {
     /// The command Tilt runs for fastbuild.
     #[arg(long, default_value = "fastbuild")]
     pub fastbuild_command: String,
+    /// Helm binary whose version picks `--atomic` (Helm 3) or `--rollback-on-failure` (Helm 4).
+    #[arg(long, env = "HELM", default_value = "helm")]
+    pub helm: String,
 }
 
 /// Arguments of `doctor`.

@@ -134,7 +134,7 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
                 }
             } else {
                 let cwd = std::env::current_dir()?;
-                let helm_argv = outputs::helm::argv_relative(&plan, &cwd)?;
+                let helm_argv = outputs::helm::argv_relative(&plan, &cwd, &args.helm)?;
                 printer.raw(&format!(
                     "{}\n",
                     outputs::helm::shell_line(&args.helm, &helm_argv)
@@ -150,7 +150,11 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
                 .iter()
                 .map(|n| project.plan(n, &flags))
                 .collect::<Result<Vec<_>>>()?;
-            printer.raw(&outputs::tilt::render(&plans, &args.fastbuild_command));
+            printer.raw(&outputs::tilt::render(
+                &plans,
+                &args.fastbuild_command,
+                &args.helm,
+            ));
             Ok(())
         }
         Command::Doctor(args) => {

@@ -271,7 +271,8 @@ impl Printer {
             Event::State { service, state } => match state {
                 ServiceState::Idle | ServiceState::Building { .. } => {}
                 ServiceState::Pushed { reference } => eprintln!("[{service}] pushed {reference}"),
-                ServiceState::Failed { error } => eprintln!("[{service}] failed: {error}"),
+                // The error itself is printed once, with its causes, by whoever handles it.
+                ServiceState::Failed { .. } => eprintln!("[{service}] failed"),
                 ServiceState::Deploying => eprintln!("[{service}] deploying"),
             },
             Event::Note { service, message } => self.note(service.as_deref(), message),

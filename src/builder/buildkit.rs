@@ -4,7 +4,8 @@
 //! straight to the registry and reports the manifest digest (`containerimage.digest`); the
 //! session (file sync, credentials, secrets) is served by fastbuild itself. Without an explicit
 //! tag the image is pushed by digest and then tagged `fb-<digest prefix>` (one manifest PUT of
-//! the same bytes), so nothing floats.
+//! the same bytes), so nothing floats. With `--output oci:DIR` the `oci` exporter sends the
+//! image back over the session and it is unpacked into the OCI layout `DIR`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,6 +55,7 @@ pub fn cache_spec(spec: &str) -> Result<CacheSpec> {
 
 /// The build options of a plan.
 pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
+    let mut oci_layout = None;
     let (image_names, push, push_by_digest, insecure) = match &plan.destination {
         Destination::Registry {
             repository,
@@ -65,13 +67,10 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
             None => (vec![repository.clone()], true, true, *insecure),
         },
         Destination::None => (Vec::new(), false, false, false),
+        // BuildKit's `oci` exporter streams the layout back over the session.
         Destination::Layout(dir) => {
-            return Err(UsageError(format!(
-                "`--output oci:{}` is not available with the buildkit builder yet; push to a registry, \
-                 or use the native builder",
-                dir.display()
-            ))
-            .into());
+            oci_layout = Some(dir.clone());
+            (Vec::new(), false, false, false)
         }
     };
     let secrets = b
@@ -114,6 +113,7 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
             .map(|s| cache_spec(s))
             .collect::<Result<_>>()?,
         docker_config_dir: plan.docker_config.clone(),
+        oci_layout,
         ..BuildOptions::default()
     })
 }
@@ -232,7 +232,8 @@ pub async fn build(
                 })?;
             (repository.clone(), Some(tag))
         }
-        _ => (plan.pull_repository.clone(), None),
+        Destination::Layout(dir) => (format!("oci:{}", dir.display()), None),
+        Destination::None => (plan.pull_repository.clone(), None),
     };
     Ok(ImageResult {
         digest: res.digest,

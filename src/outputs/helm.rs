@@ -14,7 +14,7 @@ use crate::settings::{HelmPlan, ServicePlan, is_chart_reference};
 
 /// The argv (without the helm binary) for `plan`, with paths relative to `base` when they lie
 /// under it (for printing), absolute otherwise.
-pub fn argv_relative(plan: &ServicePlan, base: &Path) -> Result<Vec<String>> {
+pub fn argv_relative(plan: &ServicePlan, base: &Path, helm_bin: &str) -> Result<Vec<String>> {
     let mut rel = plan.clone();
     let strip = |p: &Path| {
         p.strip_prefix(base)
@@ -27,22 +27,22 @@ pub fn argv_relative(plan: &ServicePlan, base: &Path) -> Result<Vec<String>> {
         }
     }
     rel.values_file = strip(&plan.values_file);
-    argv(&rel)
+    argv(&rel, helm_bin)
 }
 
 /// The argv (without the helm binary) for `plan`.
-pub fn argv(plan: &ServicePlan) -> Result<Vec<String>> {
+pub fn argv(plan: &ServicePlan, helm_bin: &str) -> Result<Vec<String>> {
     let Some(helm) = &plan.helm else {
         bail!(crate::settings::UsageError(format!(
             "service `{}` has no `helm:` section; add `helm: {{chart: …}}` to fastbuild.yaml or pass `--chart`",
             plan.name
         )));
     };
-    Ok(argv_for(helm, &plan.values_file))
+    Ok(argv_for(helm, &plan.values_file, rollback_flag(helm_bin)))
 }
 
 /// The argv for a Helm plan and the generated values file.
-pub fn argv_for(helm: &HelmPlan, generated: &Path) -> Vec<String> {
+pub fn argv_for(helm: &HelmPlan, generated: &Path, rollback_flag: &str) -> Vec<String> {
     let mut a = vec![
         "upgrade".to_owned(),
         "--install".to_owned(),
@@ -62,11 +62,49 @@ pub fn argv_for(helm: &HelmPlan, generated: &Path) -> Vec<String> {
         a.push(v.display().to_string());
     }
     a.push("--wait".into());
-    a.push("--atomic".into());
+    a.push(rollback_flag.to_owned());
     a.push("--timeout".into());
     a.push(helm.timeout.clone());
     a.extend(helm.flags.iter().cloned());
     a
+}
+
+/// The major version of `helm_bin` (`helm version --short` → `v4.1.4+g…`), cached per binary.
+pub fn helm_major(helm_bin: &str) -> Option<u32> {
+    static CACHE: std::sync::Mutex<Vec<(String, Option<u32>)>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, v)) = cache.iter().find(|(b, _)| b == helm_bin) {
+        return *v;
+    }
+    let major = std::process::Command::new(helm_bin)
+        .args(["version", "--short"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout);
+            text.trim()
+                .strip_prefix('v')?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        });
+    cache.push((helm_bin.to_owned(), major));
+    major
+}
+
+/// `--atomic` as the design note writes it (Helm 3); Helm 4 renamed it `--rollback-on-failure`
+/// and prints a deprecation warning for the old name, so the flag follows the installed helm.
+pub fn rollback_flag(helm_bin: &str) -> &'static str {
+    match helm_major(helm_bin) {
+        Some(m) if m >= 4 => "--rollback-on-failure",
+        _ => "--atomic",
+    }
 }
 
 /// The command line, shell-quoted and copy-pasteable.
@@ -177,7 +215,7 @@ pub enum RunOutcome {
 /// `force`.
 pub async fn run(plan: &ServicePlan, helm_bin: &str, force: bool) -> Result<RunOutcome> {
     check_inputs(plan)?;
-    let argv = argv(plan)?;
+    let argv = argv(plan, helm_bin)?;
     let fp = fingerprint(plan, helm_bin, &argv)?;
     let stamp = stamp_path(plan);
     if !force && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == fp) {

@@ -246,7 +246,10 @@ async fn push_writes_ci_outputs_only_on_success() {
 #[test]
 fn tilt_fragment_is_valid_starlark_and_follows_the_note() {
     let dir = example_project();
-    let out = run(fastbuild(dir.path()).arg("tilt"));
+    // No helm found: the design note's Helm 3 flags (`--atomic`).
+    let out = run(fastbuild(dir.path())
+        .arg("tilt")
+        .env("HELM", "/nonexistent/helm"));
     assert_ok(&out);
     let text = stdout(&out);
     // Starlark is syntactically a subset of Python: python3's parser must accept it.
@@ -267,9 +270,23 @@ fn tilt_fragment_is_valid_starlark_and_follows_the_note() {
 #[test]
 fn helm_print_is_the_notes_invocation() {
     let dir = example_project();
+    // A Helm 3 on PATH (the design note's flags), whatever is installed on this machine.
+    let bin = tempfile::tempdir().unwrap();
+    fs_err::write(bin.path().join("helm"), "#!/bin/sh\necho v3.14.4\n").unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(bin.path().join("helm"))
+        .status()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = run(fastbuild(dir.path())
         .args(["helm", "api", "--print"])
-        .env("HELM", "helm"));
+        .env("HELM", "helm")
+        .env("PATH", path));
     assert_ok(&out);
     insta::assert_snapshot!("helm_print", stdout(&out));
     let argv = shell_words::split(stdout(&out).trim()).unwrap();
@@ -320,7 +337,10 @@ fn helm_run_skips_when_nothing_changed() {
     let fake = dir.path().join("fake-helm");
     fs_err::write(
         &fake,
-        format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = version ]; then echo v3.14.4; exit 0; fi\necho \"$@\" >> {}\n",
+            log.display()
+        ),
     )
     .unwrap();
     Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
@@ -528,4 +548,21 @@ fn sigint_during_watch_exits_130_and_writes_nothing_partial() {
     assert_eq!(status.code(), Some(130), "watch should exit 130 on Ctrl-C");
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
     assert!(!dir.path().join("tilt-values/api.values.yaml").exists());
+}
+
+#[test]
+fn helm_4_gets_rollback_on_failure_instead_of_the_deprecated_atomic() {
+    let bed = require_bed!();
+    let dir = example_project();
+    let out = run(fastbuild(dir.path())
+        .args(["helm", "api", "--print"])
+        .env("HELM", &bed.helm));
+    assert_ok(&out);
+    let line = stdout(&out);
+    assert!(
+        line.contains(" --rollback-on-failure ") && !line.contains("--atomic"),
+        "{line}"
+    );
+    let out = run(fastbuild(dir.path()).arg("tilt").env("HELM", &bed.helm));
+    assert!(stdout(&out).contains("\"--rollback-on-failure\","));
 }

@@ -1,8 +1,11 @@
 //! integration tests
 mod buildkit;
+mod buildkit_oci;
+mod buildkit_scale;
 mod cli;
 mod common;
 mod doctor;
+mod native_cli;
 mod oci;
 mod testbed;
 mod watch;

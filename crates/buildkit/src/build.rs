@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::DockerAuth;
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::filesend::{LayoutError, LayoutTarget};
 use crate::filesync::{DirSyncStats, SyncStats};
 use crate::progress::{ProgressEvent, StatusTracker};
 use crate::proto::moby::buildkit::v1 as control;
@@ -121,6 +122,12 @@ pub struct BuildOptions {
     pub cache_exports: Vec<CacheSpec>,
     /// Docker config directory for registry credentials (`$DOCKER_CONFIG` or `~/.docker` when `None`).
     pub docker_config_dir: Option<PathBuf>,
+    /// Export with the `oci` exporter into this OCI image layout directory instead of the
+    /// `image` exporter (no push). The daemon streams the layout back as a tar over the
+    /// session; it is unpacked here, merged with an existing layout's `index.json`, and the
+    /// image named `fb-<digest prefix>` in it. Needs a daemon with the `oci` exporter
+    /// (standalone buildkitd, or dockerd with the containerd image store).
+    pub oci_layout: Option<PathBuf>,
 }
 
 /// The OCI descriptor of the exported image (`containerimage.descriptor`).
@@ -162,6 +169,26 @@ struct Prepared {
     exporter_attrs: BTreeMap<String, String>,
     cache: control::CacheOptions,
     dockerfile_display: String,
+}
+
+/// The session's shared key: a stable hash of the (canonical) context path, like Docker's
+/// CLI. The daemon files each synced local dir under `NAME:HINT:SHARED_KEY` and, on the next
+/// build with the same key, diffs the files against that copy and asks only for what changed.
+/// An empty or random key would make every context on the machine share (or never find) that
+/// copy, so a rebuild of an unchanged context could resend all of it.
+fn shared_key(context: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"fastbuild-context\0");
+    hasher.update(context.as_os_str().as_encoded_bytes());
+    hasher
+        .finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn bool_attr(v: bool) -> String {
@@ -226,6 +253,12 @@ fn prepare(opts: &BuildOptions) -> Result<Prepared> {
     if !opts.image_names.is_empty() {
         ea.insert("name".to_owned(), opts.image_names.join(","));
     }
+    if opts.push && opts.oci_layout.is_some() {
+        return Err(Error::InvalidOptions(
+            "`push` and `oci_layout` exclude each other: the `oci` exporter does not push"
+                .to_owned(),
+        ));
+    }
     if opts.push {
         if opts.image_names.is_empty() {
             return Err(Error::InvalidOptions(
@@ -282,7 +315,8 @@ fn prepare(opts: &BuildOptions) -> Result<Prepared> {
 
 impl Client {
     /// Builds a Dockerfile with the daemon's Dockerfile frontend and exports it with the
-    /// `image` exporter (pushing when [`BuildOptions::push`]).
+    /// `image` exporter (pushing when [`BuildOptions::push`]), or with the `oci` exporter into
+    /// [`BuildOptions::oci_layout`].
     ///
     /// Progress is sent on `progress` (a closed receiver is fine). Cancelling `cancel`, or
     /// dropping the returned future, cancels the Solve call (the daemon aborts the job) and
@@ -295,22 +329,26 @@ impl Client {
     ) -> Result<BuildResult> {
         let prepared = prepare(&opts)?;
         let stats: SyncStats = Arc::default();
+        // The only exporter is number 0 of the request: the id the daemon sends back with its
+        // file output.
+        let layout = opts.oci_layout.clone().map(|dir| LayoutTarget::new(dir, 0));
         let session = Session::start(
             self,
             SessionConfig {
                 name: "fastbuild".to_owned(),
-                shared_key: String::new(),
+                shared_key: shared_key(&prepared.dirs["context"]),
                 dirs: prepared.dirs.clone(),
                 secrets: opts.secrets.clone(),
                 auth: DockerAuth {
                     config_dir: opts.docker_config_dir.clone(),
                 },
                 stats: stats.clone(),
+                layout: layout.clone(),
             },
         )?;
         let build_ref = new_id();
         let exporter = control::Exporter {
-            r#type: "image".to_owned(),
+            r#type: if layout.is_some() { "oci" } else { "image" }.to_owned(),
             attrs: prepared.exporter_attrs.clone().into_iter().collect(),
         };
         let request = control::SolveRequest {
@@ -348,11 +386,16 @@ impl Client {
         let session_error = session.error();
         session.close().await;
         let sync_stats = stats.lock().expect("stats lock").clone();
+        let layout_outcome = layout.map(|l| (l.dir().to_owned(), l.take_outcome()));
 
         let response = match solved {
             None => return Err(Error::Cancelled),
             Some(Ok(response)) => response.into_inner(),
             Some(Err(solve_error)) => {
+                // A layout that could not be written explains the failure best.
+                if let Some((dir, Some(Err(e)))) = layout_outcome {
+                    return Err(layout_error(dir, e));
+                }
                 if let Some(msg) = &session_error {
                     tracing::debug!("session error during failed build: {msg}");
                 }
@@ -377,6 +420,32 @@ impl Client {
                     .join(", "),
             });
         };
+        if let Some((dir, outcome)) = layout_outcome {
+            match outcome {
+                Some(Ok(written)) if written.digests.contains(&digest) => {
+                    tracing::debug!(dir = %dir.display(), ?written, "OCI layout written");
+                }
+                Some(Ok(written)) => {
+                    return Err(Error::OciLayout {
+                        dir,
+                        reason: format!(
+                            "the exporter reported `{digest}`, but the layout it sent lists {}",
+                            written.digests.join(", ")
+                        ),
+                        source: None,
+                    });
+                }
+                Some(Err(e)) => return Err(layout_error(dir, e)),
+                None => {
+                    return Err(Error::OciLayout {
+                        dir,
+                        reason: "BuildKit finished without sending the image back over the session"
+                            .to_owned(),
+                        source: None,
+                    });
+                }
+            }
+        }
         let descriptor = exporter_response
             .get("containerimage.descriptor")
             .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
@@ -391,6 +460,14 @@ impl Client {
             exporter_response,
             sync_stats,
         })
+    }
+}
+
+fn layout_error(dir: PathBuf, e: LayoutError) -> Error {
+    Error::OciLayout {
+        dir,
+        reason: e.reason,
+        source: e.source,
     }
 }
 
@@ -596,6 +673,15 @@ pub fn validate(opts: &BuildOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_key_is_stable_per_context_path() {
+        let a = shared_key(std::path::Path::new("/src/app"));
+        assert_eq!(a, shared_key(std::path::Path::new("/src/app")));
+        assert_ne!(a, shared_key(std::path::Path::new("/src/other")));
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()), "{a}");
+    }
 
     #[test]
     fn request_attributes() {

@@ -1,4 +1,5 @@
-//! The connection to the daemon and the simple Control calls (`ListWorkers`, `Info`).
+//! The connection to the daemon and the simple Control calls (`ListWorkers`, `Info`,
+//! `ListenBuildHistory` for the builds still running).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,18 @@ use crate::transport::{Dialer, TlsOptions};
 
 /// Largest message accepted from the daemon (like the Go client: 16 MiB).
 pub(crate) const MAX_MESSAGE: usize = 16 << 20;
+
+/// Receive window of each stream from the daemon (`Status`, the `Session` tunnel, …).
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// Receive window of the connection to the daemon. Fixed rather than adaptive: h2 (0.4.16 and
+/// later) closes a connection with GOAWAY `ENHANCE_YOUR_CALM` "too_many_data_frames" when the
+/// small DATA frames it holds unread cost more than a budget of half this window, at ~250
+/// bytes per frame. During a large file sync the daemon sends a stream of tiny `Session` tunnel
+/// messages (its flow-control updates and file requests, 16 bytes and up); with the adaptive
+/// window starting at 64 KiB (a 32 KiB budget, ~130 frames) a 200 MB context failed after a
+/// few seconds. 64 MiB (32 MiB budget) covers full stream windows of such frames on several
+/// streams at once; the stream window above still bounds the memory.
+const CONNECTION_WINDOW: u32 = 64 << 20;
 
 /// A BuildKit client bound to one daemon address. Cheap to clone.
 #[derive(Clone)]
@@ -51,6 +64,19 @@ pub struct ServerInfo {
     pub revision: String,
 }
 
+/// A build the daemon is still running, as `ListenBuildHistory` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveBuild {
+    /// The build reference (the `ref` of its `Solve` call).
+    pub build_ref: String,
+    /// Frontend, e.g. `dockerfile.v0`.
+    pub frontend: String,
+    /// Frontend attributes (`filename`, `build-arg:NAME`, …).
+    pub frontend_attrs: BTreeMap<String, String>,
+    /// When the daemon started the build, when reported.
+    pub created_at: Option<std::time::SystemTime>,
+}
+
 impl Client {
     /// Connects to the daemon at `address` (`unix://`, `tcp://`, `docker-unix://`, `docker://`).
     ///
@@ -63,7 +89,8 @@ impl Client {
                 address: address.to_owned(),
                 reason: e.to_string(),
             })?
-            .http2_adaptive_window(true);
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
         let connector = tower::service_fn(move |_uri: http::Uri| {
             let dialer = dialer.clone();
             async move { dialer.dial().await }
@@ -157,5 +184,44 @@ impl Client {
             version: v.version,
             revision: v.revision,
         })
+    }
+
+    /// The builds the daemon is running right now (`ListenBuildHistory` with `ActiveOnly` and
+    /// `EarlyExit`: one STARTED event per active build, then the stream ends).
+    ///
+    /// A cancelled build leaves this list once the daemon has unwound its solve.
+    pub async fn active_builds(&self) -> Result<Vec<ActiveBuild>> {
+        let mut stream = self
+            .control()
+            .listen_build_history(control::BuildHistoryRequest {
+                active_only: true,
+                early_exit: true,
+                ..control::BuildHistoryRequest::default()
+            })
+            .await
+            .map_err(|s| self.rpc_error("ListenBuildHistory", s))?
+            .into_inner();
+        let mut builds = Vec::new();
+        while let Some(event) = stream
+            .message()
+            .await
+            .map_err(|s| self.rpc_error("ListenBuildHistory", s))?
+        {
+            if event.r#type() != control::BuildHistoryEventType::Started {
+                continue;
+            }
+            let Some(record) = event.record else {
+                continue;
+            };
+            builds.push(ActiveBuild {
+                build_ref: record.r#ref,
+                frontend: record.frontend,
+                frontend_attrs: record.frontend_attrs.into_iter().collect(),
+                created_at: record
+                    .created_at
+                    .and_then(|t| std::time::SystemTime::try_from(t).ok()),
+            });
+        }
+        Ok(builds)
     }
 }

@@ -158,6 +158,18 @@ pub enum Error {
         keys: String,
     },
 
+    /// The image exported with the `oci` exporter could not be written as an OCI layout.
+    #[error("cannot write the OCI image layout `{}` that BuildKit exported: {reason}", dir.display())]
+    OciLayout {
+        /// The layout directory.
+        dir: PathBuf,
+        /// What went wrong.
+        reason: String,
+        /// The I/O error behind it, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+
     /// The build was cancelled by the caller.
     #[error("build cancelled")]
     Cancelled,

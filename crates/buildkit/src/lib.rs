@@ -1,7 +1,8 @@
 //! BuildKit client over gRPC, shaped like BuildKit's Go client: connect to a daemon by address,
-//! run a Dockerfile build with the `dockerfile.v0` frontend and the `image` exporter, serve the
-//! build's session (file sync of the local dirs, registry credentials, secrets) and report
-//! progress from `Control.Status`.
+//! run a Dockerfile build with the `dockerfile.v0` frontend and the `image` exporter (or the
+//! `oci` exporter into a local OCI image layout, [`BuildOptions::oci_layout`]), serve the
+//! build's session (file sync of the local dirs, registry credentials, secrets, the exported
+//! layout coming back) and report progress from `Control.Status`.
 //!
 //! ```no_run
 //! use fastbuild_buildkit::{BuildOptions, Client, ProgressEvent};
@@ -40,6 +41,7 @@ mod auth;
 mod build;
 mod client;
 mod error;
+mod filesend;
 mod filesync;
 pub mod patterns;
 mod progress;
@@ -50,7 +52,7 @@ pub mod transport;
 
 pub use auth::{Credentials, DockerAuth};
 pub use build::{BuildOptions, BuildResult, CacheSpec, Compression, ImageDescriptor, validate};
-pub use client::{Client, ServerInfo, WorkerInfo};
+pub use client::{ActiveBuild, Client, ServerInfo, WorkerInfo};
 pub use error::{Error, Result};
 pub use filesync::DirSyncStats;
 pub use progress::{LogStream, ProgressEvent};

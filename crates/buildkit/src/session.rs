@@ -1,6 +1,7 @@
 //! The client side of a BuildKit session: `Control.Session` is a bidirectional stream of
 //! `BytesMessage`s carrying one raw byte stream, on which the daemon is the HTTP/2 gRPC
-//! **client** and we are the **server** (health, file sync, auth, secrets).
+//! **client** and we are the **server** (health, file sync, auth, secrets,
+//! and the file an exporter sends back).
 //!
 //! The tunnel is bridged to an in-memory duplex pipe; one end is pumped to/from the gRPC stream,
 //! the other is served by a hyper HTTP/2 server with tonic routes.
@@ -20,11 +21,13 @@ use tonic::metadata::MetadataValue;
 use crate::auth::{AuthService, DockerAuth};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::filesend::{FileSendService, LayoutTarget};
 use crate::filesync::{FileSyncService, SyncStats};
 use crate::proto::grpc::health::v1::health_server::HealthServer;
 use crate::proto::moby::buildkit::secrets::v1::secrets_server::SecretsServer;
 use crate::proto::moby::buildkit::v1::BytesMessage;
 use crate::proto::moby::filesync::v1::auth_server::AuthServer;
+use crate::proto::moby::filesync::v1::file_send_server::FileSendServer;
 use crate::proto::moby::filesync::v1::file_sync_server::FileSyncServer;
 use crate::secrets::{HealthService, SecretSource, SecretsService};
 
@@ -41,6 +44,20 @@ const METHODS: &[&str] = &[
 
 /// Bytes per tunnel message (well below Docker's 4 MiB receive limit).
 const TUNNEL_CHUNK: usize = 64 * 1024;
+
+/// Receive window of each stream of the session's HTTP/2 server: bounds what a stream can
+/// have buffered unread (inbound session traffic is small: REQ packets, auth and secret
+/// requests).
+const SESSION_STREAM_WINDOW: u32 = 64 * 1024;
+/// Receive window of the session's HTTP/2 connection. h2 (0.4.16 and later) closes a
+/// connection with GOAWAY `ENHANCE_YOUR_CALM` "too_many_data_frames" when the small DATA frames
+/// it holds unread cost more than a budget of half this window, at ~250 bytes per frame. The
+/// daemon's file sync sends one tiny message (5–10 bytes) per file it wants, in bursts of up to
+/// a full stream window: ~3 MB of budget per stream. The default window (64 KiB, so a 32 KiB
+/// budget, ~130 frames) failed any context with more than a few hundred files; 32 MiB (16 MiB
+/// budget) covers several syncing streams at once, while the stream window above still bounds
+/// the memory.
+const SESSION_CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// A random 25-character `[0-9a-z]` ID, like BuildKit's `identity.NewID()` (never contains `:`).
 pub(crate) fn new_id() -> String {
@@ -62,6 +79,8 @@ pub(crate) struct SessionConfig {
     pub(crate) secrets: BTreeMap<String, SecretSource>,
     pub(crate) auth: DockerAuth,
     pub(crate) stats: SyncStats,
+    /// Where an exporter's file output (an OCI layout tar) goes, if the build has one.
+    pub(crate) layout: Option<Arc<LayoutTarget>>,
 }
 
 /// A running session; [`Session::close`] (or drop) ends it.
@@ -96,6 +115,12 @@ impl Session {
         );
         for method in METHODS {
             md.append("x-docker-expose-session-grpc-method", value(method)?);
+        }
+        if config.layout.is_some() {
+            md.append(
+                "x-docker-expose-session-grpc-method",
+                value(crate::filesend::METHOD)?,
+            );
         }
 
         let mut tasks = tokio::task::JoinSet::new();
@@ -158,7 +183,7 @@ impl Session {
         });
 
         // The HTTP/2 server the daemon talks to.
-        let routes = tonic::service::Routes::new(HealthServer::new(HealthService))
+        let mut routes = tonic::service::Routes::new(HealthServer::new(HealthService))
             .add_service(FileSyncServer::new(FileSyncService::new(
                 config.dirs,
                 config.stats,
@@ -166,12 +191,18 @@ impl Session {
             .add_service(AuthServer::new(AuthService { auth: config.auth }))
             .add_service(SecretsServer::new(SecretsService {
                 secrets: config.secrets,
-            }))
-            .prepare();
+            }));
+        if let Some(target) = config.layout {
+            routes = routes.add_service(FileSendServer::new(FileSendService { target }));
+        }
+        let routes = routes.prepare();
         let c = cancel.clone();
         tasks.spawn(async move {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder.max_frame_size(1 << 20).adaptive_window(true);
+            builder
+                .max_frame_size(1 << 20)
+                .initial_stream_window_size(SESSION_STREAM_WINDOW)
+                .initial_connection_window_size(SESSION_CONNECTION_WINDOW);
             let conn =
                 builder.serve_connection(TokioIo::new(local), TowerToHyperService::new(routes));
             tokio::select! {
