@@ -143,7 +143,11 @@ fn set_up_watcher(
     let mut watcher = if poll {
         AnyWatcher::Poll(notify::PollWatcher::new(
             handler,
-            notify::Config::default().with_poll_interval(Duration::from_millis(250)),
+            // notify's poller compares mtimes in whole seconds: hash contents too, or a
+            // save within the same second as the previous scan would be missed.
+            notify::Config::default()
+                .with_poll_interval(Duration::from_millis(250))
+                .with_compare_contents(true),
         )?)
     } else {
         AnyWatcher::Native(notify::recommended_watcher(handler)?)
@@ -427,4 +431,46 @@ pub async fn run(
     })
     .await;
     Err(anyhow!(crate::Interrupted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exhausted_inotify_names_the_limit_and_the_fallback() {
+        let err = watch_error(
+            Path::new("/src"),
+            notify::Error::new(notify::ErrorKind::MaxFilesWatch),
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("fs.inotify.max_user_watches")
+                && msg.contains("--poll")
+                && msg.contains("/src"),
+            "{msg}"
+        );
+        let enospc = notify::Error::io(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(
+            watch_error(Path::new("/x"), enospc)
+                .to_string()
+                .contains("--poll")
+        );
+    }
+
+    #[test]
+    fn editor_droppings_and_generated_files_are_noise() {
+        let generated: BTreeSet<PathBuf> = [PathBuf::from("/p/tilt-values/a.values.yaml")].into();
+        for p in [
+            "/p/src/.main.rs.swp",
+            "/p/src/main.rs~",
+            "/p/src/4913",
+            "/p/.git/index",
+            "/p/tilt-values/a.values.yaml",
+            "/p/tilt-values/.fastbuild-x1.tmp",
+        ] {
+            assert!(is_noise(Path::new(p), &generated), "{p}");
+        }
+        assert!(!is_noise(Path::new("/p/src/main.rs"), &generated));
+    }
 }

@@ -309,3 +309,105 @@ async fn a_failing_build_then_a_fix_recovers_without_restarting() {
         fixed["digest"].as_str().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_fastbuild_yaml_reloads_and_rebuilds_what_changed() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let mut w = Watch::start(dir.path(), &[]);
+    let [first_api, first_worker]: [Value; 2] =
+        w.results_for(&["api", "worker"]).try_into().unwrap();
+    let _ = w.drain(Duration::from_millis(500));
+    let file = dir.path().join("fastbuild.yaml");
+    let text = fs_err::read_to_string(&file).unwrap();
+    fs_err::write(
+        &file,
+        text.replace("WORKER_MODE: local", "WORKER_MODE: reloaded"),
+    )
+    .unwrap();
+    let r = w.result_for("worker");
+    assert_ne!(r["digest"], first_worker["digest"]);
+    let _ = w.drain(Duration::from_millis(1500));
+    assert_eq!(
+        builds_of(&w.seen, "api"),
+        1,
+        "api did not change: {:#?}",
+        w.seen
+    );
+    assert_eq!(
+        values_digest(dir.path(), "api"),
+        first_api["digest"].as_str().unwrap()
+    );
+    // A broken project file keeps the previous settings and the loop alive.
+    fs_err::write(&file, "services: [not a map\n").unwrap();
+    let _ = w.drain(Duration::from_millis(800));
+    fs_err::write(
+        &file,
+        text.replace("WORKER_MODE: local", "WORKER_MODE: fixed"),
+    )
+    .unwrap();
+    let fixed = w.result_for("worker");
+    assert_ne!(fixed["digest"], r["digest"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poll_mode_sees_changes_too() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let mut w = Watch::start(dir.path(), &["worker", "--poll"]);
+    let first = w.result_for("worker");
+    fs_err::write(
+        dir.path().join("services/worker/dist/worker"),
+        "#!/bin/sh\necho polled\n",
+    )
+    .unwrap();
+    let r = w.result_for("worker");
+    assert_ne!(r["digest"], first["digest"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_runs_helm_on_a_new_digest_only_and_never_concurrently() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    // A fake helm: records each upgrade, takes 1.5 s, and notes any overlap.
+    let log = dir.path().join("helm.log");
+    let fake = dir.path().join("fake-helm");
+    fs_err::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = version ]; then echo v3.14.4; exit 0; fi\n\
+             L={log}\n\
+             if [ -e \"$L.lock\" ]; then echo OVERLAP >> \"$L\"; fi\n\
+             touch \"$L.lock\"; echo \"start $*\" >> \"$L\"; sleep 1.5; echo end >> \"$L\"; rm -f \"$L.lock\"\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .unwrap();
+    let mut w = Watch::start(
+        dir.path(),
+        &["worker", "--deploy", "--helm", fake.to_str().unwrap()],
+    );
+    let first = w.result_for("worker");
+    // Two changes in quick succession while the first deploy is running.
+    std::thread::sleep(Duration::from_millis(300));
+    let file = dir.path().join("services/worker/dist/worker");
+    fs_err::write(&file, "#!/bin/sh\necho one\n").unwrap();
+    let second = w.result_for("worker");
+    assert_ne!(second["digest"], first["digest"]);
+    // Saving the same content again gives the same digest: no deploy.
+    fs_err::write(&file, "#!/bin/sh\necho one\n").unwrap();
+    let _ = w.drain(Duration::from_secs(5));
+    let text = fs_err::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("OVERLAP"), "concurrent deploys:\n{text}");
+    let starts: Vec<&str> = text.lines().filter(|l| l.starts_with("start ")).collect();
+    assert_eq!(starts.len(), 2, "one deploy per new digest:\n{text}");
+    assert!(
+        starts[0].starts_with("start upgrade --install worker "),
+        "{text}"
+    );
+}
