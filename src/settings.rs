@@ -443,8 +443,10 @@ pub fn is_dev_registry(registry_host: &str) -> bool {
     fastbuild_oci::transport::is_dev_registry(registry_host)
 }
 
-/// `SOURCE_DATE_EPOCH` from the environment, else the last commit of the repo at `root`, else 0.
-pub fn source_date_epoch(root: &Path) -> i64 {
+/// `SOURCE_DATE_EPOCH` from the environment, else the time of the last commit that touched one
+/// of `inputs` (so a commit elsewhere in the repository does not change this service's digest),
+/// else 0.
+pub fn source_date_epoch(root: &Path, inputs: &[PathBuf]) -> i64 {
     if let Some(v) = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|v| v.trim().parse::<i64>().ok())
@@ -452,8 +454,10 @@ pub fn source_date_epoch(root: &Path) -> i64 {
         return v;
     }
     std::process::Command::new("git")
-        .args(["log", "-1", "--format=%ct"])
+        .args(["log", "-1", "--format=%ct", "--"])
+        .args(inputs.iter().filter(|p| p.exists()))
         .current_dir(root)
+        .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()
         .ok()
@@ -790,6 +794,7 @@ fn resolve(
 
     watch_paths.sort();
     watch_paths.dedup();
+    let source_date_epoch = source_date_epoch(root, &watch_paths);
 
     Ok(ServicePlan {
         name: name.to_owned(),
@@ -815,7 +820,7 @@ fn resolve(
         values_keys,
         helm,
         watch_paths,
-        source_date_epoch: source_date_epoch(root),
+        source_date_epoch,
     })
 }
 
