@@ -93,7 +93,12 @@ pub async fn build(
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) -> Result<ImageResult> {
-    let spec = image_spec(plan, n)?;
+    let mut spec = image_spec(plan, n)?;
+    // Layer blobs are staged on disk (never in memory) in a per-build work dir named after this
+    // process, so the next run can sweep what a killed run (SIGKILL) left behind.
+    sweep_stale_work_dirs();
+    let work = work_dir()?;
+    spec.cache_dir = Some(work.path().to_path_buf());
     let client =
         RegistryClient::new(registry_options(plan)).context("cannot set up the registry client")?;
     let scratch;
@@ -116,7 +121,7 @@ pub async fn build(
         ),
         Destination::None => {
             // Build without publishing: an OCI layout in a temp dir gives the same digest.
-            scratch = tempfile::tempdir().context("cannot create a temp dir")?;
+            scratch = work_dir()?;
             (
                 Target::Layout(scratch.path().to_path_buf()),
                 plan.pull_repository.clone(),
@@ -198,4 +203,38 @@ pub async fn tag_manifest(
         .with_context(|| format!("bad image reference `{repository}:{tag}`"))?;
     client.tag_manifest(&by_digest, &by_tag).await?;
     Ok(())
+}
+
+const WORK_PREFIX: &str = "fastbuild-work-";
+
+fn work_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{WORK_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .with_context(|| {
+            format!(
+                "cannot create a work dir in `{}`",
+                std::env::temp_dir().display()
+            )
+        })
+}
+
+/// Removes work dirs of fastbuild processes that no longer exist.
+fn sweep_stale_work_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WORK_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::debug!(dir = %entry.path().display(), "removing the work dir of a dead fastbuild process");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }

@@ -364,6 +364,14 @@ async fn push_killed_mid_upload_leaves_no_manifest_and_a_rerun_succeeds() {
         digest
     );
     assert!(bytes_uploaded(&stderr) > 300 * MIB, "{stderr}");
+    // The killed run's staged layer (300 MiB in its work dir) was swept by the rerun.
+    let leftovers: Vec<String> = fs_err::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("fastbuild-work-"))
+        .collect();
+    assert!(leftovers.is_empty(), "work dirs left behind: {leftovers:?}");
     // The killed run's upload session stays in the registry (cancelling it needs the `_state`
     // token only the killed process knew); distribution purges stale uploads after a week.
 }
