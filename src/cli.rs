@@ -237,6 +237,10 @@ pub struct ServiceFlags {
     /// Tag to push (default: content-derived `fb-<digest prefix>`; `$EXPECTED_REF` inside Tilt).
     #[arg(long)]
     pub tag: Option<String>,
+    /// Reproducible images across checkouts (file times in layers clamped to SOURCE_DATE_EPOCH):
+    /// `true` (the default for `push`) or `false` (the default for `build` and `watch`).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub reproducible: Option<bool>,
     /// Layer compression: `auto`, `gzip`, `zstd`, `uncompressed`.
     #[arg(long, value_name = "ALGO")]
     pub compression: Option<String>,

@@ -38,6 +38,10 @@ pub struct ProjectFile {
     pub compression: Option<String>,
     /// How many services build at once.
     pub parallel: Option<usize>,
+    /// Byte-for-byte reproducible images across checkouts (BuildKit `rewrite-timestamp`):
+    /// default on for `push` (CI), off for `build` and `watch` (it costs the daemon a rewrite
+    /// of every layer on every build).
+    pub reproducible: Option<bool>,
     /// The services, by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -92,6 +96,8 @@ pub struct ServiceConfig {
     pub tag: Option<String>,
     /// Layer compression override.
     pub compression: Option<String>,
+    /// Reproducible-image override (see the top-level key).
+    pub reproducible: Option<bool>,
     /// Cache import refs (`type=registry,ref=…`).
     #[serde(default)]
     pub cache_from: Vec<String>,
@@ -335,6 +341,7 @@ const TOP_KEYS: &[&str] = &[
     "docker_config",
     "compression",
     "parallel",
+    "reproducible",
     "services",
 ];
 const SERVICE_KEYS: &[&str] = &[
@@ -352,6 +359,7 @@ const SERVICE_KEYS: &[&str] = &[
     "pull_registry",
     "tag",
     "compression",
+    "reproducible",
     "cache_from",
     "cache_to",
     "values",

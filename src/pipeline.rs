@@ -36,11 +36,16 @@ pub struct ServiceOutcome {
 }
 
 /// Resolves the plans for `args`, applying `--no-push` / `--output`.
-pub fn plans(project: &Project, args: &BuildArgs) -> Result<Vec<ServicePlan>> {
+pub fn plans(project: &Project, args: &BuildArgs, flavor: Flavor) -> Result<Vec<ServicePlan>> {
     let names = project.select(&args.services, &args.service)?;
     let mut plans = Vec::new();
     for name in &names {
         let mut plan = project.plan(name, &args.service)?;
+        // CI pushes are reproducible across checkouts unless told otherwise; the inner loop
+        // favours speed (BuildKit's cache keeps unchanged digests stable there anyway).
+        if flavor == Flavor::Push && plan.reproducible.is_none() {
+            plan.reproducible = Some(true);
+        }
         if let Some(out) = &args.output {
             let dir = out.strip_prefix("oci:").ok_or_else(|| {
                 UsageError(format!("`--output {out}`: only `oci:DIR` is supported"))
@@ -163,7 +168,7 @@ pub async fn run(
     printer: &Printer,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let plans = plans(project, args)?;
+    let plans = plans(project, args, flavor)?;
     let write_values_files = match flavor {
         Flavor::Build => !args.no_values,
         Flavor::Push => args.values,

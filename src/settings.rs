@@ -216,6 +216,8 @@ pub struct ServicePlan {
     pub watch_paths: Vec<PathBuf>,
     /// SOURCE_DATE_EPOCH for reproducible output.
     pub source_date_epoch: i64,
+    /// Clamp file times inside layers too (`None`: the command's default).
+    pub reproducible: Option<bool>,
 }
 
 /// The project: its file (if any) and its resolved services.
@@ -821,6 +823,7 @@ fn resolve(
         helm,
         watch_paths,
         source_date_epoch,
+        reproducible: flags.reproducible.or(svc.reproducible).or(cfg.reproducible),
     })
 }
 

@@ -102,6 +102,7 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
         compression_level: (plan.compression == Compression::ZstdFast).then_some(1),
         oci_mediatypes: Some(true),
         source_date_epoch: Some(plan.source_date_epoch),
+        rewrite_timestamp: plan.reproducible.unwrap_or(false),
         cache_imports: b
             .cache_from
             .iter()

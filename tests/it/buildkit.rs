@@ -400,6 +400,7 @@ async fn same_build_twice_and_fresh_copy_with_other_mtimes_give_same_digest() {
     let repo = unique("bk/repro");
     let opts = |ctx: &Path, tag: &str, no_cache: bool| BuildOptions {
         source_date_epoch: Some(0),
+        rewrite_timestamp: true,
         no_cache,
         ..push_opts(&bed, ctx, &repo, tag)
     };

@@ -17,6 +17,8 @@
 //!     push: true,
 //!     registry_insecure: true,
 //!     source_date_epoch: Some(0),
+//!     rewrite_timestamp: true, // reproducible across checkouts (CI); slower
+
 //!     ..BuildOptions::default()
 //! };
 //! let (tx, mut rx) = tokio::sync::mpsc::channel::<ProgressEvent>(256);
