@@ -538,8 +538,12 @@ fn classify(
         .strip_prefix("failed to solve: ")
         .unwrap_or(&message)
         .to_owned();
-    if matches!(status.code(), tonic::Code::Unavailable) {
-        return Error::Unreachable {
+    // The client connected before the Solve started: a broken transport now is a lost
+    // connection, not an unreachable daemon.
+    if matches!(status.code(), tonic::Code::Unavailable)
+        || (status.code() == tonic::Code::Unknown && status.message().contains("transport"))
+    {
+        return Error::ConnectionLost {
             address: address.to_owned(),
             source: Box::new(status.clone()),
         };

@@ -30,6 +30,20 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The connection broke while a build was running (the daemon was reachable when it
+    /// started).
+    #[error(
+        "lost the connection to BuildKit at `{address}` during the build; run it again, and if it \
+         repeats, look at the daemon's log and run with `-vv`"
+    )]
+    ConnectionLost {
+        /// The daemon address.
+        address: String,
+        /// Why the connection broke.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// TLS settings could not be loaded.
     #[error("invalid TLS settings for `{address}`: {what}")]
     Tls {
