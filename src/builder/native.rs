@@ -99,6 +99,7 @@ pub async fn build(
     sweep_stale_work_dirs();
     let work = work_dir()?;
     spec.cache_dir = Some(work.path().to_path_buf());
+    spec.layer_cache = layer_cache_dir();
     let client =
         RegistryClient::new(registry_options(plan)).context("cannot set up the registry client")?;
     let scratch;
@@ -205,6 +206,25 @@ pub async fn tag_manifest(
     Ok(())
 }
 
+/// The persistent layer cache (unchanged layers are not rebuilt): `$FASTBUILD_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/fastbuild/layers`, else `$HOME/.cache/fastbuild/layers`; none without any.
+fn layer_cache_dir() -> Option<std::path::PathBuf> {
+    layer_cache_dir_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+}
+
+fn layer_cache_dir_from(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(dir) = var("FASTBUILD_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("fastbuild").join("layers"))
+}
+
 const WORK_PREFIX: &str = "fastbuild-work-";
 
 fn work_dir() -> Result<tempfile::TempDir> {
@@ -236,5 +256,31 @@ fn sweep_stale_work_dirs() {
             tracing::debug!(dir = %entry.path().display(), "removing the work dir of a dead fastbuild process");
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(vars: &[(&str, &str)]) -> Option<std::path::PathBuf> {
+        layer_cache_dir_from(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        })
+    }
+
+    #[test]
+    fn layer_cache_dir_follows_the_environment() {
+        let all = [
+            ("FASTBUILD_CACHE_DIR", "/c"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(dir(&all), Some("/c".into()));
+        assert_eq!(dir(&all[1..]), Some("/x/fastbuild/layers".into()));
+        assert_eq!(dir(&all[2..]), Some("/h/.cache/fastbuild/layers".into()));
+        assert_eq!(dir(&[]), None);
     }
 }

@@ -38,6 +38,11 @@ pub fn example_project() -> tempfile::TempDir {
 pub fn fastbuild(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastbuild"));
     cmd.current_dir(dir)
+        // The native layer cache lives under cargo's scratch dir, not the developer's ~/.cache.
+        .env(
+            "FASTBUILD_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/layer-cache"),
+        )
         .env("NO_COLOR", "1")
         .env_remove("EXPECTED_REF")
         .env_remove("FASTBUILD_FILE")

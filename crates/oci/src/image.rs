@@ -238,6 +238,10 @@ pub struct ImageSpec {
     pub labels: BTreeMap<String, String>,
     /// Where layer blobs and downloaded base blobs are kept; `None` = a temp dir per build.
     pub cache_dir: Option<PathBuf>,
+    /// A persistent layer cache shared across builds (see [`crate::layer_cache`]): a layer whose
+    /// sources' metadata is unchanged is taken from it instead of being rebuilt. `None` =
+    /// every layer is built.
+    pub layer_cache: Option<PathBuf>,
 }
 
 impl Default for ImageSpec {
@@ -252,6 +256,7 @@ impl Default for ImageSpec {
             source_date_epoch: 0,
             labels: BTreeMap::new(),
             cache_dir: None,
+            layer_cache: None,
         }
     }
 }
@@ -597,6 +602,7 @@ mod tests {
             size: 4,
             diff_id: Digest::of(b"tar"),
             compression: Compression::Gzip,
+            cache_hit: false,
         };
         let mut spec_with_layer = spec.clone();
         spec_with_layer.layers = vec![LayerSpec::new([("/x", "/app")])];

@@ -7,6 +7,9 @@
 //! the blobs the registry lacks (mounting base layers across repositories), pushes the manifest
 //! last and returns its digest — sha256 of the exact bytes pushed.
 //!
+//! With [`ImageSpec::layer_cache`] set, a layer whose sources are unchanged (judged by their
+//! metadata, like `make`) is taken from a persistent [`LayerCache`] instead of being rebuilt.
+//!
 //! ```no_run
 //! use fastbuild_oci::{
 //!     build_and_push, BaseImage, ConfigOverrides, ImageSpec, LayerSpec, RegistryClient,
@@ -40,6 +43,7 @@ mod digest;
 mod error;
 pub mod image;
 pub mod layer;
+pub mod layer_cache;
 mod publish;
 mod reference;
 pub mod transport;
@@ -49,7 +53,8 @@ pub use client::{FetchedManifest, RegistryClient, RegistryOptions, RetryPolicy, 
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use image::{BaseImage, ConfigOverrides, ImageSpec, MediaTypes, Platform, canonical_json};
-pub use layer::{Compression, Layer, LayerSpec, build_layer};
+pub use layer::{Compression, Layer, LayerSpec, build_layer, build_layer_cached};
+pub use layer_cache::LayerCache;
 pub use oci_spec::image::Descriptor;
 pub use publish::{PushResult, PushStats, Target, build_and_push, default_tag, get_manifest};
 pub use reference::{DOCKER_HUB, Reference};

@@ -14,7 +14,8 @@ use crate::image::{
     Assembled, BaseImage, ImageSpec, Platform, ResolvedBase, assemble, assemble_index,
     config_platform, index_platforms, media,
 };
-use crate::layer::{Compression, Layer, build_layer};
+use crate::layer::{Compression, Layer, build_layer_cached};
+use crate::layer_cache::LayerCache;
 use crate::reference::Reference;
 
 /// Where the image goes.
@@ -164,16 +165,25 @@ async fn build_layers(
     blob_dir: &Path,
 ) -> Result<Vec<Layer>> {
     let mtime = spec.source_date_epoch.max(0) as u64;
+    let cache = spec.layer_cache.as_ref().map(LayerCache::new);
     let mut tasks = Vec::new();
     for layer in &spec.layers {
-        let (layer, dir) = (layer.clone(), blob_dir.to_owned());
+        let (layer, dir, cache) = (layer.clone(), blob_dir.to_owned(), cache.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
-            build_layer(&layer, compression, mtime, &dir)
+            build_layer_cached(&layer, compression, mtime, &dir, cache.as_ref())
         }));
     }
     let mut out = Vec::new();
     for t in tasks {
         out.push(t.await.map_err(|e| Error::Task(e.to_string()))??);
+    }
+    if cache.is_some() {
+        let hits = out.iter().filter(|l| l.cache_hit).count();
+        tracing::debug!(
+            hits,
+            layers = out.len(),
+            "layers taken from the layer cache"
+        );
     }
     Ok(out)
 }
