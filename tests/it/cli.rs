@@ -153,6 +153,13 @@ async fn example_project_builds_both_services_and_helm_renders_the_digest() {
             manifest.contains(&format!("image: \"{graph}@{digest}\"")),
             "helm template did not pin the digest:\n{manifest}"
         );
+        // The generated file itself, with the run-specific parts filtered.
+        insta::with_settings!({ filters => filters() }, {
+            insta::assert_snapshot!(
+                format!("values_{service}"),
+                fs_err::read_to_string(&values).unwrap()
+            );
+        });
     }
 }
 
@@ -404,6 +411,12 @@ fn unknown_service_lists_the_known_ones() {
         "{}",
         stderr(&out)
     );
+    let err = stderr(&out);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -423,6 +436,12 @@ fn missing_chart_is_reported() {
         "{}",
         stderr(&out)
     );
+    let err = stderr(&out);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -438,6 +457,15 @@ fn unwritable_values_dir_fails_clearly_and_writes_nothing() {
         err.contains("values file of `worker`") && err.contains("tilt-values"),
         "{err}"
     );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        dir.path().join("tilt-values").is_file(),
+        "the blocking file was replaced"
+    );
 }
 
 #[test]
@@ -449,7 +477,6 @@ fn no_project_file_and_no_flags_says_what_to_do() {
 }
 
 /// Paths and ports vary per run; snapshots filter them.
-#[allow(dead_code)]
 pub fn filters() -> Vec<(&'static str, &'static str)> {
     vec![
         (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
