@@ -234,23 +234,66 @@ pub async fn run(
 }
 
 fn write_ci_outputs(args: &BuildArgs, image: &ImageResult) -> Result<()> {
+    // Everything is rendered before anything is written, so an output that cannot be produced
+    // (`--image-ref-out` without a pushed tag) leaves none of the others behind.
+    let mut files: Vec<(&std::path::Path, Vec<u8>)> = Vec::new();
     if let Some(p) = &args.metadata_file {
         let text = serde_json::to_string_pretty(&metadata::metadata_json(image))? + "\n";
-        atomic::write(p, text.as_bytes())
-            .with_context(|| format!("failed to write `{}`", p.display()))?;
+        files.push((p, text.into_bytes()));
     }
     if let Some(p) = &args.image_ref_out {
         let line = metadata::image_ref_line(image)
             .ok_or_else(|| anyhow!("`--image-ref-out` needs a pushed tag"))?;
-        atomic::write(p, line.as_bytes())
-            .with_context(|| format!("failed to write `{}`", p.display()))?;
+        files.push((p, line.into_bytes()));
     }
     if let Some(p) = &args.digest_out {
-        atomic::write(
-            p,
-            metadata::digest_line(image, args.digest_format).as_bytes(),
-        )
-        .with_context(|| format!("failed to write `{}`", p.display()))?;
+        let line = metadata::digest_line(image, args.digest_format);
+        files.push((p, line.into_bytes()));
+    }
+    for (p, contents) in files {
+        atomic::write(p, &contents)
+            .with_context(|| format!("failed to write `{}`", p.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(tag: Option<&str>) -> ImageResult {
+        ImageResult {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 2,
+            config_digest: None,
+            descriptor: serde_json::json!({}),
+            repository: "127.0.0.1:5000/app".into(),
+            tag: tag.map(str::to_owned),
+            bytes_uploaded: None,
+        }
+    }
+
+    #[test]
+    fn ci_outputs_are_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = BuildArgs {
+            metadata_file: Some(dir.path().join("meta.json")),
+            image_ref_out: Some(dir.path().join("ref.txt")),
+            digest_out: Some(dir.path().join("digest.txt")),
+            ..BuildArgs::default()
+        };
+        // No tag (not pushed): `--image-ref-out` cannot be written, so nothing is.
+        let err = write_ci_outputs(&args, &image(None)).unwrap_err();
+        assert!(err.to_string().contains("--image-ref-out"), "{err:#}");
+        assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 0);
+
+        write_ci_outputs(&args, &image(Some("fb-aaaaaaaaaaaa"))).unwrap();
+        assert_eq!(
+            fs_err::read_to_string(dir.path().join("ref.txt")).unwrap(),
+            "127.0.0.1:5000/app:fb-aaaaaaaaaaaa\n"
+        );
+        assert!(dir.path().join("meta.json").is_file());
+        assert!(dir.path().join("digest.txt").is_file());
+    }
 }

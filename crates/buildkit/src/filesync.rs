@@ -258,6 +258,11 @@ fn resolve_path(root: &Path, path: &str, resolved: &mut BTreeSet<String>, depth:
         return;
     }
     let mut rest = clean_path(&format!("./{}", path.trim_start_matches('/')));
+    if rest == ".." || rest.starts_with("../") {
+        // Outside the root: nothing there may be read, nor decide what is sent.
+        tracing::debug!(path, "ignoring a followpath outside the directory");
+        return;
+    }
     if rest == "." {
         resolved.insert(rest);
         return;
@@ -779,6 +784,35 @@ mod tests {
         };
         let got = sent(dir.path(), &sync);
         assert_eq!(paths(&got), ["src", "src/passwd"]);
+    }
+
+    #[test]
+    fn followpaths_outside_the_root_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ctx");
+        fs_err::create_dir_all(root.join("src")).unwrap();
+        fs_err::write(root.join("src/main.rs"), "x").unwrap();
+        fs_err::write(root.join("Dockerfile"), "x").unwrap();
+        // Links beside the context, not in it: they must not be read nor followed.
+        std::os::unix::fs::symlink("/src", dir.path().join("outside-link")).unwrap();
+        std::os::unix::fs::symlink("ctx/src", dir.path().join("outside-rel")).unwrap();
+        for follow in [
+            "../outside-link",
+            "../outside-rel",
+            "src/../../outside-link",
+            "../*",
+        ] {
+            assert_eq!(
+                follow_links(&root, &[follow.to_owned(), "Dockerfile".to_owned()]),
+                ["Dockerfile"],
+                "{follow}"
+            );
+            let sync = SyncRequest {
+                follow_paths: vec![follow.to_owned(), "Dockerfile".to_owned()],
+                ..SyncRequest::default()
+            };
+            assert_eq!(paths(&sent(&root, &sync)), ["Dockerfile"], "{follow}");
+        }
     }
 
     #[test]

@@ -131,9 +131,21 @@ impl DockerConfig {
                 });
             }
         };
-        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| Error::DockerConfig {
-            path: path.clone(),
-            source: Box::new(e),
+        // serde_json's messages quote the offending value, which here may be a credential
+        // (`"auths":{"host":"<base64>"}`): say what and where, never the value.
+        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| {
+            let what = match e.classify() {
+                serde_json::error::Category::Io => "cannot be read",
+                serde_json::error::Category::Syntax => "is not valid JSON",
+                serde_json::error::Category::Eof => "ends too early",
+                serde_json::error::Category::Data => {
+                    "has a value of the wrong type (e.g. an `auths` entry that is not an object)"
+                }
+            };
+            Error::DockerConfig {
+                path: path.clone(),
+                source: format!("it {what} at line {} column {}", e.line(), e.column()).into(),
+            }
         })?;
         Ok(Self {
             path: Some(path),
@@ -432,6 +444,22 @@ mod tests {
         let p = write_config(dir.path(), "{not json");
         let err = DockerConfig::load(Some(&p)).unwrap_err().to_string();
         assert!(err.contains(&p.display().to_string()), "{err}");
+        // A value of the wrong type: serde_json would quote it, and it may be a credential.
+        for text in [
+            r#"{"auths":{"x.io":"dXNlcjpzM2NyZXQ="}}"#,
+            r#"{"auths":{"x.io":{"password":1234567}}}"#,
+        ] {
+            write_config(dir.path(), text);
+            let err = DockerConfig::load(Some(dir.path())).unwrap_err();
+            let chain = format!("{err} / {}", std::error::Error::source(&err).unwrap());
+            assert!(
+                chain.contains("wrong type")
+                    && chain.contains("line 1")
+                    && !chain.contains("dXNlcjpzM2NyZXQ")
+                    && !chain.contains("1234567"),
+                "{chain}"
+            );
+        }
         write_config(dir.path(), r#"{"auths":{"x.io":{"auth":"!!"}}}"#);
         let cfg = DockerConfig::load(Some(dir.path())).unwrap();
         let err = cfg.credential_for("x.io").await.unwrap_err();

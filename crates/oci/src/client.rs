@@ -223,18 +223,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// A URL fit for messages: without its query (upload state, pre-signed storage signatures)
+/// and without user info.
 fn shown(url: &Url) -> String {
     let mut u = url.clone();
     u.set_query(None);
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
     u.to_string()
 }
 
 fn transport(method: &Method, url: &Url) -> impl FnOnce(reqwest::Error) -> Error {
     let (method, url) = (method.to_string(), shown(url));
+    // reqwest's own message names the URL it was using, query included: after a redirect to
+    // blob storage that is a pre-signed URL whose query is a credential.
     move |source| Error::Transport {
         method,
         url,
-        source,
+        source: source.without_url(),
     }
 }
 
@@ -1032,6 +1038,28 @@ mod tests {
             r.as_str(),
             "https://storage.example/up?sig=a%2Fb&digest=sha256%3A00"
         );
+    }
+
+    #[tokio::test]
+    async fn transport_errors_do_not_show_queries_or_user_info() {
+        // Port 1 on loopback refuses the connection: a real reqwest error carrying the URL.
+        let url = Url::parse(
+            "http://user:pw-secret@127.0.0.1:1/blob?X-Amz-Signature=sig-secret&X-Amz-Security-Token=tok-secret",
+        )
+        .unwrap();
+        let err = reqwest::Client::new()
+            .get(url.clone())
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("sig-secret"), "{err}");
+        let err = transport(&Method::GET, &url)(err);
+        let chain = error_chain(&err);
+        assert!(chain.contains("127.0.0.1:1/blob"), "{chain}");
+        for secret in ["pw-secret", "sig-secret", "tok-secret"] {
+            assert!(!chain.contains(secret), "{chain}");
+            assert!(!format!("{err:?}").contains(secret), "{err:?}");
+        }
     }
 
     #[test]

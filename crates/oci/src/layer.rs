@@ -291,8 +291,12 @@ fn file_node(path: &Path, meta: &std::fs::Metadata) -> Node {
     }
 }
 
-/// A symlink at `link` (inside `root`) must resolve, lexically, inside `root`.
+/// A symlink at `link` (inside `root`) must resolve inside `root`: its target is walked
+/// component by component, following the symlinks it passes through inside `root` (a chain
+/// such as `up -> ..` then `x -> up/..` leaves the root although each link alone does not).
 fn check_symlink(root: &Path, link: &Path, target: &Path) -> Result<()> {
+    /// Bound on the symlinks followed, as the kernel's `ELOOP`: a loop resolves nowhere.
+    const MAX_LINKS: usize = 40;
     let escape = || Error::SymlinkEscape {
         link: link.to_owned(),
         target: target.to_owned(),
@@ -305,18 +309,48 @@ fn check_symlink(root: &Path, link: &Path, target: &Path) -> Result<()> {
         .parent()
         .and_then(|p| p.strip_prefix(root).ok())
         .unwrap_or(Path::new(""));
-    let mut depth: usize = rel_parent
+    // Where the walk is, as normal components below `root`.
+    let mut at: PathBuf = rel_parent
         .components()
         .filter(|c| matches!(c, Component::Normal(_)))
-        .count();
-    for c in target.components() {
-        match c {
-            Component::ParentDir => {
-                depth = depth.checked_sub(1).ok_or_else(escape)?;
+        .collect();
+    // What is left to walk, front first.
+    let mut rest: std::collections::VecDeque<PathBuf> = target
+        .components()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut followed = 0;
+    while let Some(next) = rest.pop_front() {
+        match next.components().next() {
+            Some(Component::ParentDir) => {
+                if !at.pop() {
+                    return Err(escape());
+                }
             }
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return Err(escape()),
+            Some(Component::Normal(name)) => {
+                at.push(name);
+                let here = root.join(&at);
+                let is_link = fs_err::symlink_metadata(&here).is_ok_and(|m| m.is_symlink());
+                if !is_link || here == link {
+                    continue;
+                }
+                followed += 1;
+                if followed > MAX_LINKS {
+                    return Ok(());
+                }
+                let Ok(inner) = fs_err::read_link(&here) else {
+                    continue;
+                };
+                if inner.is_absolute() {
+                    return Err(escape());
+                }
+                at.pop();
+                for c in inner.components().rev() {
+                    rest.push_front(PathBuf::from(c.as_os_str()));
+                }
+            }
+            Some(Component::RootDir | Component::Prefix(_)) => return Err(escape()),
+            Some(Component::CurDir) | None => {}
         }
     }
     Ok(())
@@ -767,6 +801,27 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", root.join("abs")).unwrap();
         let err = build_layer(&spec(dir.path()), Compression::None, 0, cache.path()).unwrap_err();
         assert!(matches!(err, Error::SymlinkEscape { .. }), "{err}");
+    }
+
+    #[test]
+    fn symlink_chains_leaving_the_root_are_errors() {
+        let dir = fixture();
+        let root = dir.path().join("src");
+        let cache = tempfile::tempdir().unwrap();
+        // Each link is lexically inside the root; together they lead to its parent.
+        std::os::unix::fs::symlink("..", root.join("bin/up")).unwrap();
+        std::os::unix::fs::symlink("bin/up/../single.txt", root.join("chain")).unwrap();
+        let err = build_layer(&spec(dir.path()), Compression::None, 0, cache.path()).unwrap_err();
+        assert!(matches!(err, Error::SymlinkEscape { .. }), "{err}");
+        assert!(err.to_string().contains("chain"), "{err}");
+
+        // Chains that stay inside, dangling links and loops are fine.
+        fs_err::remove_file(root.join("chain")).unwrap();
+        std::os::unix::fs::symlink("bin/up/etc/app.conf", root.join("inside")).unwrap();
+        std::os::unix::fs::symlink("missing/../x", root.join("dangling")).unwrap();
+        std::os::unix::fs::symlink("loop-b", root.join("loop-a")).unwrap();
+        std::os::unix::fs::symlink("loop-a/..", root.join("loop-b")).unwrap();
+        build_layer(&spec(dir.path()), Compression::None, 0, cache.path()).unwrap();
     }
 
     #[test]
