@@ -626,7 +626,16 @@ async fn send_file(
     path: &Path,
     tx: &mpsc::Sender<Result<Packet, Status>>,
 ) -> std::io::Result<u64> {
-    let mut file = fs_err::tokio::File::open(path).await?;
+    // O_NOFOLLOW: the walk saw a regular file here; if it was swapped for a symlink since, fail
+    // instead of sending whatever the link points at (possibly outside the context).
+    let mut file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot open `{}`: {e}", path.display()))
+        })?;
     let mut total = 0u64;
     loop {
         let mut buf = vec![0u8; CHUNK];
@@ -655,6 +664,27 @@ async fn send_file(
         .await
         .map_err(|_| std::io::Error::other("the DiffCopy stream closed"))?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod nofollow_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_swapped_for_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("outside-secret");
+        std::fs::write(&secret, "do not send").unwrap();
+        let swapped = dir.path().join("was-a-file");
+        std::os::unix::fs::symlink(&secret, &swapped).unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let err = send_file(1, &swapped, &tx).await.unwrap_err();
+        assert!(err.to_string().contains("was-a-file"), "{err}");
+        drop(tx);
+        while let Some(p) = rx.recv().await {
+            assert!(p.unwrap().data.is_empty(), "file data was sent");
+        }
+    }
 }
 
 #[cfg(test)]

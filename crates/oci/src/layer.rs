@@ -576,8 +576,9 @@ fn write_layer(
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(if *exec { 0o755 } else { 0o644 });
                 h.set_size(*size);
-                let file = fs_err::File::open(src)
-                    .map_err(|e| Error::io("open a layer source file", e))?;
+                let file = open_no_follow(src).map_err(|e| {
+                    Error::io(format!("open the layer source file `{}`", src.display()), e)
+                })?;
                 let mut reader = CountingReader {
                     inner: file.take(*size),
                     count: 0,
@@ -626,10 +627,29 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+/// Opens a file the walk saw as regular, refusing a symlink swapped in since (O_NOFOLLOW), so a
+/// layer never picks up what a link points at outside its source root.
+fn open_no_follow(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn opening_a_source_refuses_a_symlink_swapped_in() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("real"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        assert!(open_no_follow(&dir.path().join("real")).is_ok());
+        assert!(open_no_follow(&dir.path().join("link")).is_err());
+    }
 
     fn fixture() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
