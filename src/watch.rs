@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
+use fastbuild_buildkit::patterns::PatternMatcher;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -87,8 +88,9 @@ fn is_noise(path: &Path, generated: &BTreeSet<PathBuf>) -> bool {
     })
 }
 
-/// Whether a change at `path` concerns `plan`.
-pub fn affects(plan: &ServicePlan, path: &Path) -> bool {
+/// Whether a change at `path` concerns `plan`; `excluder` is the plan's ignore-file matcher
+/// (see [`builder::buildkit::excluder`]), read once per batch of changes.
+pub fn affects(plan: &ServicePlan, excluder: Option<&PatternMatcher>, path: &Path) -> bool {
     if !plan.watch_paths.iter().any(|w| path.starts_with(w)) {
         return false;
     }
@@ -100,7 +102,7 @@ pub fn affects(plan: &ServicePlan, path: &Path) -> bool {
         // The ignore file itself and the Dockerfile always matter.
         let is_ignore_file = path == b.context.join(".dockerignore")
             || path.to_string_lossy().ends_with(".dockerignore");
-        if !is_ignore_file && builder::buildkit::is_excluded(b, rel) {
+        if !is_ignore_file && excluder.is_some_and(|m| m.matches(&rel.to_string_lossy())) {
             return false;
         }
     }
@@ -346,7 +348,15 @@ pub async fn run(
                     }
                 }
                 for slot in slots.values_mut() {
-                    let why: Vec<PathBuf> = changed.iter().filter(|p| affects(&slot.plan, p)).cloned().collect();
+                    let excluder = match &slot.plan.builder {
+                        BuilderPlan::Buildkit(b) => builder::buildkit::excluder(b),
+                        BuilderPlan::Native(_) => None,
+                    };
+                    let why: Vec<PathBuf> = changed
+                        .iter()
+                        .filter(|p| affects(&slot.plan, excluder.as_ref(), p))
+                        .cloned()
+                        .collect();
                     if !why.is_empty() {
                         start_build(slot, why);
                     }

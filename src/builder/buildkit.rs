@@ -8,7 +8,7 @@
 //! image back over the session and it is unpacked into the OCI layout `DIR`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use fastbuild_buildkit::patterns::{PatternMatcher, parse_dockerignore};
@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ImageResult, content_tag};
-use crate::outputs::tilt::ignore_file_for;
 use crate::printer::Event;
 use crate::settings::{
     BuildkitPlan, Compression, Destination, SecretSpec, ServicePlan, UsageError,
@@ -248,19 +247,34 @@ pub async fn build(
     })
 }
 
-/// Whether `rel` (relative to the context) is excluded by the service's ignore file, as the
-/// Dockerfile frontend would exclude it from the build context.
-pub fn is_excluded(b: &BuildkitPlan, rel: &Path) -> bool {
-    let Some(file) = ignore_file_for(&b.context, &b.dockerfile) else {
-        return false;
-    };
-    let Ok(text) = std::fs::read_to_string(&file) else {
-        return false;
-    };
-    let Ok(m) = PatternMatcher::new(parse_dockerignore(&text)) else {
-        return false;
-    };
-    m.matches(&rel.to_string_lossy())
+/// The `.dockerignore` that applies to a Dockerfile build: `<Dockerfile>.dockerignore` first,
+/// then `<context>/.dockerignore`.
+pub fn ignore_file_for(context: &Path, dockerfile: &Path) -> Option<PathBuf> {
+    let specific = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
+    if specific.is_file() {
+        return Some(specific);
+    }
+    let general = context.join(".dockerignore");
+    general.is_file().then_some(general)
+}
+
+/// The ignore patterns of a build, parsed as the Dockerfile frontend parses them (empty when
+/// there is no ignore file).
+pub fn ignore_patterns(b: &BuildkitPlan) -> Vec<String> {
+    ignore_file_for(&b.context, &b.dockerfile)
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|text| parse_dockerignore(&text))
+        .unwrap_or_default()
+}
+
+/// A matcher for the paths (relative to the context) that the ignore file keeps out of the
+/// build context; `None` when nothing is excluded.
+pub fn excluder(b: &BuildkitPlan) -> Option<PatternMatcher> {
+    let patterns = ignore_patterns(b);
+    if patterns.is_empty() {
+        return None;
+    }
+    PatternMatcher::new(patterns).ok()
 }
 
 /// Connects and describes the daemon: version, workers and their platforms.

@@ -6,7 +6,7 @@
 //! expected to live.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::settings::{BuilderPlan, ServicePlan};
 
@@ -28,36 +28,6 @@ fn rel(root: &Path, p: &Path) -> String {
     if s.is_empty() { ".".into() } else { s }
 }
 
-/// Reads a `.dockerignore` the way the Dockerfile frontend does: BOM stripped, `#` comments
-/// skipped, lines trimmed, a leading `/` dropped, `!` kept.
-pub fn read_dockerignore(path: &Path) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (neg, body) = l.strip_prefix('!').map_or((false, l), |b| (true, b.trim()));
-            let body = body.trim_start_matches('/');
-            format!("{}{}", if neg { "!" } else { "" }, body)
-        })
-        .filter(|l| l != "!" && !l.is_empty())
-        .collect()
-}
-
-/// The `.dockerignore` that applies to a Dockerfile build: `<Dockerfile>.dockerignore` first,
-/// then `<context>/.dockerignore`.
-pub fn ignore_file_for(context: &Path, dockerfile: &Path) -> Option<PathBuf> {
-    let specific = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
-    if specific.is_file() {
-        return Some(specific);
-    }
-    let general = context.join(".dockerignore");
-    general.is_file().then_some(general)
-}
-
 /// The fragment for `plans`; `fastbuild` is the command Tilt runs.
 pub fn render(plans: &[ServicePlan], fastbuild: &str, helm_bin: &str) -> String {
     let mut out = String::new();
@@ -74,11 +44,9 @@ pub fn render(plans: &[ServicePlan], fastbuild: &str, helm_bin: &str) -> String 
         let values = rel(root, &plan.values_file);
         let mut deps: Vec<String> = plan.watch_paths.iter().map(|p| rel(root, p)).collect();
         let mut ignore: Vec<String> = Vec::new();
-        if let BuilderPlan::Buildkit(b) = &plan.builder
-            && let Some(f) = ignore_file_for(&b.context, &b.dockerfile)
-        {
+        if let BuilderPlan::Buildkit(b) = &plan.builder {
             let prefix = rel(root, &b.context);
-            for pat in read_dockerignore(&f) {
+            for pat in crate::builder::buildkit::ignore_patterns(b) {
                 let (neg, body) = pat
                     .strip_prefix('!')
                     .map_or(("", pat.as_str()), |b| ("!", b));
