@@ -428,10 +428,7 @@ fn parse_compression(s: &str, host: Option<&str>) -> Result<Compression> {
 /// The host part of `host[:port][/prefix]`, without the port.
 pub fn host_only(registry_host: &str) -> &str {
     let h = registry_host.split('/').next().unwrap_or(registry_host);
-    if let Some(rest) = h.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    h.rsplit_once(':').map_or(h, |(a, _)| a)
+    fastbuild_oci::transport::host_only(h)
 }
 
 /// Loopback registries: plain HTTP is allowed without being asked.

@@ -102,6 +102,34 @@ fn values_graph(path: &Path) -> String {
         .to_owned()
 }
 
+/// Exactly one `error: …` block on stderr (its causes follow as `Caused by:` lines).
+fn assert_one_error(out: &Output) {
+    let err = stderr(out);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+}
+
+/// An executable `helm` stand-in at `path`: answers `version` as Helm 3.14.4 (so fastbuild
+/// picks the design note's `--atomic`) and runs `body` for any other command.
+pub fn fake_helm(path: &Path, body: &str) {
+    fs_err::write(
+        path,
+        format!("#!/bin/sh\nif [ \"$1\" = version ]; then echo v3.14.4; exit 0; fi\n{body}"),
+    )
+    .unwrap();
+    assert!(
+        Command::new("chmod")
+            .arg("+x")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -284,12 +312,7 @@ fn helm_print_is_the_notes_invocation() {
     let dir = example_project();
     // A Helm 3 on PATH (the design note's flags), whatever is installed on this machine.
     let bin = tempfile::tempdir().unwrap();
-    fs_err::write(bin.path().join("helm"), "#!/bin/sh\necho v3.14.4\n").unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(bin.path().join("helm"))
-        .status()
-        .unwrap();
+    fake_helm(&bin.path().join("helm"), "");
     let path = format!(
         "{}:{}",
         bin.path().display(),
@@ -347,15 +370,7 @@ fn helm_run_skips_when_nothing_changed() {
     // A fake helm that records its argv (the real one needs a cluster for `upgrade`).
     let log = dir.path().join("helm.log");
     let fake = dir.path().join("fake-helm");
-    fs_err::write(
-        &fake,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = version ]; then echo v3.14.4; exit 0; fi\necho \"$@\" >> {}\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+    fake_helm(&fake, &format!("echo \"$@\" >> {}\n", log.display()));
     let helm_run = |dir: &Path| {
         run(fastbuild(dir)
             .args(["helm", "api", "--run", "--helm"])
@@ -393,11 +408,7 @@ fn bad_project_file_is_one_clear_error() {
         err.contains("fastbuild.yaml:3:5: unknown key `contxt`; did you mean `context`?"),
         "{err}"
     );
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error:")).count(),
-        1,
-        "{err}"
-    );
+    assert_one_error(&out);
 }
 
 #[test]
@@ -411,12 +422,7 @@ fn unknown_service_lists_the_known_ones() {
         "{}",
         stderr(&out)
     );
-    let err = stderr(&out);
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error:")).count(),
-        1,
-        "{err}"
-    );
+    assert_one_error(&out);
 }
 
 #[test]
@@ -436,12 +442,7 @@ fn missing_chart_is_reported() {
         "{}",
         stderr(&out)
     );
-    let err = stderr(&out);
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error:")).count(),
-        1,
-        "{err}"
-    );
+    assert_one_error(&out);
 }
 
 #[test]
@@ -457,11 +458,7 @@ fn unwritable_values_dir_fails_clearly_and_writes_nothing() {
         err.contains("values file of `worker`") && err.contains("tilt-values"),
         "{err}"
     );
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error:")).count(),
-        1,
-        "{err}"
-    );
+    assert_one_error(&out);
     assert!(
         dir.path().join("tilt-values").is_file(),
         "the blocking file was replaced"

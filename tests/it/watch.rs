@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cli::{example_project, fastbuild, served_manifest_digest};
+use crate::cli::{example_project, fake_helm, fastbuild, served_manifest_digest};
 use crate::common::require_bed;
 
 /// A running `fastbuild watch --progress json`, its JSON events read on a thread.
@@ -372,22 +372,15 @@ async fn deploy_runs_helm_on_a_new_digest_only_and_never_concurrently() {
     // A fake helm: records each upgrade, takes 1.5 s, and notes any overlap.
     let log = dir.path().join("helm.log");
     let fake = dir.path().join("fake-helm");
-    fs_err::write(
+    fake_helm(
         &fake,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = version ]; then echo v3.14.4; exit 0; fi\n\
-             L={log}\n\
+        &format!(
+            "L={log}\n\
              if [ -e \"$L.lock\" ]; then echo OVERLAP >> \"$L\"; fi\n\
              touch \"$L.lock\"; echo \"start $*\" >> \"$L\"; sleep 1.5; echo end >> \"$L\"; rm -f \"$L.lock\"\n",
             log = log.display()
         ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&fake)
-        .status()
-        .unwrap();
+    );
     let mut w = Watch::start(
         dir.path(),
         &["worker", "--deploy", "--helm", fake.to_str().unwrap()],

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 /// `host[:port]` or `[v6]:port` → the host part.
-pub(crate) fn host_only(host: &str) -> &str {
+pub fn host_only(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
