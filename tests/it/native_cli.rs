@@ -527,6 +527,28 @@ async fn no_credential_appears_in_trace_logs_of_a_tls_push() {
     );
 }
 
+/// The same command run as `nobody` (uid/gid 65534), from a copy of the binary inside `dir`
+/// (traversable by that user): the checkout holding `target/` may not be (CI clones into a
+/// private directory).
+fn as_nobody(cmd: &Command, dir: &Path) -> Command {
+    let copy = dir.join("fastbuild-as-nobody");
+    fs_err::copy(env!("CARGO_BIN_EXE_fastbuild"), &copy).unwrap();
+    set_mode(&copy, 0o755);
+    let mut nobody = Command::new(&copy);
+    nobody.args(cmd.get_args());
+    if let Some(cwd) = cmd.get_current_dir() {
+        nobody.current_dir(cwd);
+    }
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => nobody.env(key, v),
+            None => nobody.env_remove(key),
+        };
+    }
+    nobody.uid(65534).gid(65534);
+    nobody
+}
+
 /// Runs a failing build and checks the one-error contract: exit `code`, nothing on stdout, a
 /// single `error:` block, no panic; returns that block.
 fn expect_error(cmd: &mut Command, code: i32) -> String {
@@ -641,7 +663,7 @@ async fn bad_input_through_the_cli_is_one_clear_error_with_its_exit_code() {
         &repo,
     );
     if std::fs::File::open(&locked).is_ok() {
-        cmd.uid(65534).gid(65534);
+        cmd = as_nobody(&cmd, dir.path());
     }
     let e = expect_error(&mut cmd, 1);
     assert!(
