@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{TestBed, require_bed};
+use crate::common::{Daemon, TestBed, on_both_daemons, require_bed};
 
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, \
 application/vnd.oci.image.index.v1+json, \
@@ -40,8 +40,8 @@ fn write(dir: &Path, rel: &str, content: &str) {
     fs_err::write(path, content).unwrap();
 }
 
-async fn client(bed: &TestBed) -> Client {
-    Client::connect(&bed.buildkit_host, None)
+async fn client(bed: &TestBed, daemon: Daemon) -> Client {
+    Client::connect(bed.buildkit(daemon), None)
         .await
         .expect("connect to the bed's BuildKit")
 }
@@ -109,10 +109,8 @@ fn fresh_opts(bed: &TestBed, context: &Path, repo: &str, tag: &str) -> BuildOpti
     }
 }
 
-#[tokio::test]
-async fn list_workers_and_info_over_docker_transport() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn list_workers_and_info(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let workers = client.list_workers().await.unwrap();
     assert!(!workers.is_empty(), "no workers");
     assert!(
@@ -139,10 +137,8 @@ async fn unreachable_daemon_names_the_address_and_how_to_set_it() {
     );
 }
 
-#[tokio::test]
-async fn pushed_build_digest_is_the_manifest_the_registry_serves() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn pushed_build_digest_is_the_manifest_the_registry_serves(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     write(
         ctx.path(),
@@ -382,10 +378,11 @@ async fn list_workers_over_tcp_with_mutual_tls() {
 // ---------------------------------------------------------------------------------------------
 // Builds
 
-#[tokio::test]
-async fn same_build_twice_and_fresh_copy_with_other_mtimes_give_same_digest() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn same_build_twice_and_fresh_copy_with_other_mtimes_give_same_digest(
+    bed: TestBed,
+    daemon: Daemon,
+) {
+    let client = client(&bed, daemon).await;
     let make = |dir: &Path| {
         write(
             dir,
@@ -434,10 +431,8 @@ async fn same_build_twice_and_fresh_copy_with_other_mtimes_give_same_digest() {
     assert_eq!(sha256(&manifest), c.digest);
 }
 
-#[tokio::test]
-async fn dockerignored_file_is_never_sent_and_cannot_be_copied() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn dockerignored_file_is_never_sent_and_cannot_be_copied(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     write(
         ctx.path(),
@@ -492,10 +487,11 @@ async fn dockerignored_file_is_never_sent_and_cannot_be_copied() {
     assert!(err.to_string().contains("secret.txt"), "{err}");
 }
 
-#[tokio::test]
-async fn symlink_pointing_outside_the_context_does_not_leak_its_target() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn symlink_pointing_outside_the_context_does_not_leak_its_target(
+    bed: TestBed,
+    daemon: Daemon,
+) {
+    let client = client(&bed, daemon).await;
     let outside = tempfile::tempdir().unwrap();
     let marker = format!("OUTSIDE-{}", uuid_like());
     write(outside.path(), "private.txt", &format!("{marker}\n"));
@@ -549,10 +545,8 @@ async fn symlink_pointing_outside_the_context_does_not_leak_its_target() {
     }
 }
 
-#[tokio::test]
-async fn build_args_target_and_dockerfile_outside_the_context() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn build_args_target_and_dockerfile_outside_the_context(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let root = tempfile::tempdir().unwrap();
     write(root.path(), "ctx/input.txt", "input\n");
     write(
@@ -611,10 +605,8 @@ async fn build_args_target_and_dockerfile_outside_the_context() {
     assert_eq!(config["config"]["Labels"]["org.example.test"], "yes");
 }
 
-#[tokio::test]
-async fn secrets_are_visible_to_run_and_absent_from_layers() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn secrets_are_visible_to_run_and_absent_from_layers(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     let secret_value = format!("s3cr3t-{}", uuid_like());
     let secret_dir = tempfile::tempdir().unwrap();
@@ -684,10 +676,8 @@ async fn secrets_are_visible_to_run_and_absent_from_layers() {
     assert!(err.to_string().contains("absent"), "{err}");
 }
 
-#[tokio::test]
-async fn no_cache_reruns_steps_that_are_otherwise_cached() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn no_cache_reruns_steps_that_are_otherwise_cached(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     let token = uuid_like();
     write(
@@ -719,10 +709,8 @@ async fn no_cache_reruns_steps_that_are_otherwise_cached() {
 // ---------------------------------------------------------------------------------------------
 // Errors and cancellation
 
-#[tokio::test]
-async fn dockerfile_syntax_error_names_file_and_line() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn dockerfile_syntax_error_names_file_and_line(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     write(
         ctx.path(),
@@ -748,10 +736,8 @@ async fn dockerfile_syntax_error_names_file_and_line() {
     }
 }
 
-#[tokio::test]
-async fn failed_run_reports_step_exit_code_and_log_tail() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn failed_run_reports_step_exit_code_and_log_tail(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     write(
         ctx.path(),
@@ -790,10 +776,8 @@ async fn failed_run_reports_step_exit_code_and_log_tail() {
     }
 }
 
-#[tokio::test]
-async fn missing_base_image_is_reported_as_such() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn missing_base_image_is_reported_as_such(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     let image = format!("{}/does/not-exist:{}", bed.registry, uuid_like());
     write(
@@ -814,10 +798,11 @@ async fn missing_base_image_is_reported_as_such() {
     }
 }
 
-#[tokio::test]
-async fn push_to_authenticated_registry_uses_docker_config_credentials() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn push_to_authenticated_registry_uses_docker_config_credentials(
+    bed: TestBed,
+    daemon: Daemon,
+) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     write(
         ctx.path(),
@@ -831,8 +816,9 @@ async fn push_to_authenticated_registry_uses_docker_config_credentials() {
         context: ctx.path().to_owned(),
         image_names: vec![name.clone()],
         push: true,
-        // The bed's CA is not installed in dockerd: `registry.insecure` skips verification.
-        registry_insecure: true,
+        // The bed's CA is not installed in dockerd: `registry.insecure` skips verification
+        // there. The standalone buildkitd is configured with the CA and verifies the TLS.
+        registry_insecure: daemon == Daemon::Dockerd,
         build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
         docker_config_dir: Some(config.to_owned()),
         ..BuildOptions::default()
@@ -861,10 +847,11 @@ async fn push_to_authenticated_registry_uses_docker_config_credentials() {
     assert!(result.digest.starts_with("sha256:"));
 }
 
-#[tokio::test]
-async fn cancelling_a_build_returns_promptly_and_the_daemon_stays_usable() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn cancelling_a_build_returns_promptly_and_the_daemon_stays_usable(
+    bed: TestBed,
+    daemon: Daemon,
+) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     write(
         ctx.path(),
@@ -910,9 +897,10 @@ fn non_loopback_ip() -> Option<std::net::IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
-#[tokio::test]
-async fn push_to_plain_http_registry_without_insecure_suggests_registry_insecure() {
-    let bed = require_bed!();
+async fn push_to_plain_http_registry_without_insecure_suggests_registry_insecure(
+    bed: TestBed,
+    daemon: Daemon,
+) {
     let Some(ip) = non_loopback_ip() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -934,7 +922,7 @@ async fn push_to_plain_http_registry_without_insecure_suggests_registry_insecure
             });
         }
     });
-    let client = client(&bed).await;
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     write(
         ctx.path(),
@@ -959,10 +947,8 @@ async fn push_to_plain_http_registry_without_insecure_suggests_registry_insecure
     assert_eq!(sha256(&manifest), result.digest);
 }
 
-#[tokio::test]
-async fn registry_cache_export_is_pushed_and_importable() {
-    let bed = require_bed!();
-    let client = client(&bed).await;
+async fn registry_cache_export_is_pushed_and_importable(bed: TestBed, daemon: Daemon) {
+    let client = client(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     write(
         ctx.path(),
@@ -1007,4 +993,80 @@ async fn registry_cache_export_is_pushed_and_importable() {
         ),
         "{events:#?}"
     );
+}
+
+on_both_daemons!(
+    list_workers_and_info,
+    pushed_build_digest_is_the_manifest_the_registry_serves,
+    same_build_twice_and_fresh_copy_with_other_mtimes_give_same_digest,
+    dockerignored_file_is_never_sent_and_cannot_be_copied,
+    symlink_pointing_outside_the_context_does_not_leak_its_target,
+    build_args_target_and_dockerfile_outside_the_context,
+    secrets_are_visible_to_run_and_absent_from_layers,
+    no_cache_reruns_steps_that_are_otherwise_cached,
+    dockerfile_syntax_error_names_file_and_line,
+    failed_run_reports_step_exit_code_and_log_tail,
+    missing_base_image_is_reported_as_such,
+    push_to_authenticated_registry_uses_docker_config_credentials,
+    cancelling_a_build_returns_promptly_and_the_daemon_stays_usable,
+    push_to_plain_http_registry_without_insecure_suggests_registry_insecure,
+    registry_cache_export_is_pushed_and_importable,
+);
+
+// ---------------------------------------------------------------------------------------------
+// The standalone buildkitd's own tcp listener with mutual TLS (certificates made by the bed).
+
+fn buildkitd_tls(bed: &TestBed) -> TlsOptions {
+    let [ca, cert, key] = bed.buildkitd_tls.clone();
+    TlsOptions {
+        ca_cert: Some(ca),
+        cert: Some(cert),
+        key: Some(key),
+        server_name: Some("localhost".to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn standalone_buildkitd_over_tcp_with_mutual_tls_builds_and_pushes() {
+    let bed = require_bed!();
+    let client = Client::connect(&bed.buildkitd_tcp, Some(buildkitd_tls(&bed)))
+        .await
+        .unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "ARG BASE\nFROM ${BASE}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n",
+    );
+    write(
+        ctx.path(),
+        "hello.txt",
+        &format!("hello over mTLS {}\n", uuid_like()),
+    );
+    let repo = unique("bk/mtls");
+    let (result, _) = build(&client, fresh_opts(&bed, ctx.path(), &repo, "v1")).await;
+    let result = result.unwrap();
+    let (manifest, _) = registry_manifest(&bed, &repo, "v1").await;
+    assert_eq!(result.digest, sha256(&manifest));
+}
+
+#[tokio::test]
+async fn standalone_buildkitd_refuses_a_client_without_certificate() {
+    let bed = require_bed!();
+    let no_cert = TlsOptions {
+        cert: None,
+        key: None,
+        ..buildkitd_tls(&bed)
+    };
+    let err = match Client::connect(&bed.buildkitd_tcp, Some(no_cert)).await {
+        Ok(c) => c.list_workers().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains(&bed.buildkitd_tcp), "{err}");
+    // Plain TCP against the TLS listener fails too, naming the address.
+    let err = match Client::connect(&bed.buildkitd_tcp, None).await {
+        Ok(c) => c.list_workers().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains(&bed.buildkitd_tcp), "{err}");
 }

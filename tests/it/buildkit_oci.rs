@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use sha2::Digest as _;
 
 use crate::cli::{assert_ok, fastbuild, run};
-use crate::common::{TestBed, require_bed};
+use crate::common::{Daemon, TestBed, on_both_daemons, require_bed};
 
 /// A context with a Dockerfile that copies `hello.txt` onto the bed's base image.
 fn context(text: &str) -> tempfile::TempDir {
@@ -21,9 +21,9 @@ fn context(text: &str) -> tempfile::TempDir {
     dir
 }
 
-fn build_to_layout(bed: &TestBed, context: &Path, layout: &Path) -> Command {
+fn build_to_layout(bed: &TestBed, daemon: Daemon, context: &Path, layout: &Path) -> Command {
     let mut cmd = fastbuild(context);
-    cmd.env("BUILDKIT_HOST", &bed.buildkit_host)
+    cmd.env("BUILDKIT_HOST", bed.buildkit(daemon))
         .args([
             "build",
             "--builder",
@@ -142,14 +142,15 @@ fn skopeo_digest(layout: &Path, reference: Option<&str>) -> String {
     json["Digest"].as_str().unwrap().to_owned()
 }
 
-#[test]
-fn buildkit_output_oci_writes_a_layout_with_the_reported_digest() {
-    let bed = require_bed!();
+async fn buildkit_output_oci_writes_a_layout_with_the_reported_digest(
+    bed: TestBed,
+    daemon: Daemon,
+) {
     let ctx = context("first\n");
     let out_dir = tempfile::tempdir().unwrap();
     let layout = out_dir.path().join("layout");
 
-    let out = run(&mut build_to_layout(&bed, ctx.path(), &layout));
+    let out = run(&mut build_to_layout(&bed, daemon, ctx.path(), &layout));
     assert_ok(&out);
     let first = printed_digest(&out, &layout);
     assert_eq!(
@@ -169,7 +170,7 @@ fn buildkit_output_oci_writes_a_layout_with_the_reported_digest() {
 
     // A second image goes into the same layout next to the first.
     fs_err::write(ctx.path().join("hello.txt"), "second\n").unwrap();
-    let out = run(&mut build_to_layout(&bed, ctx.path(), &layout));
+    let out = run(&mut build_to_layout(&bed, daemon, ctx.path(), &layout));
     assert_ok(&out);
     let second = printed_digest(&out, &layout);
     assert_ne!(first, second);
@@ -197,15 +198,18 @@ fn buildkit_output_oci_writes_a_layout_with_the_reported_digest() {
     }
 }
 
+on_both_daemons!(buildkit_output_oci_writes_a_layout_with_the_reported_digest);
+
 #[test]
 fn buildkit_output_oci_into_a_file_fails_naming_the_layout() {
     let bed = require_bed!();
+    let daemon = Daemon::Dockerd;
     let ctx = context("x\n");
     let out_dir = tempfile::tempdir().unwrap();
     let layout = out_dir.path().join("not-a-dir");
     fs_err::write(&layout, "occupied").unwrap();
 
-    let out = run(&mut build_to_layout(&bed, ctx.path(), &layout));
+    let out = run(&mut build_to_layout(&bed, daemon, ctx.path(), &layout));
     assert!(!out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -18,7 +18,7 @@ use fastbuild_buildkit::{BuildOptions, BuildResult, Client, ProgressEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{TestBed, require_bed};
+use crate::common::{Daemon, TestBed, note, on_both_daemons};
 
 /// Small files of the generated context, spread over 20 × 10 directories.
 const SMALL_FILES: usize = 20_000;
@@ -30,12 +30,6 @@ const LARGE_SIZE: usize = 40 << 20;
 const MAX_RSS_KIB: u64 = 100 * 1024;
 /// Build argument carried into the `RUN` steps' environment, unique per test run.
 const MARKER_ARG: &str = "FASTBUILD_SCALE_MARKER";
-
-/// Measurements for the developer running the tests (`--nocapture`), on purpose on stderr.
-#[allow(clippy::print_stderr)]
-fn note(message: &str) {
-    eprintln!("{message}");
-}
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -158,9 +152,15 @@ fn wait4(pid: libc::pid_t) -> (libc::c_int, libc::rusage) {
 
 /// `fastbuild build` of `context` with flags only (no project file), pushing to the bed's
 /// plain registry with plain progress on stderr.
-fn fastbuild_build(bed: &TestBed, context: &Path, repository: &str, marker: &str) -> Command {
+fn fastbuild_build(
+    bed: &TestBed,
+    daemon: Daemon,
+    context: &Path,
+    repository: &str,
+    marker: &str,
+) -> Command {
     let mut cmd = crate::cli::fastbuild(context);
-    cmd.env("BUILDKIT_HOST", &bed.buildkit_host).args([
+    cmd.env("BUILDKIT_HOST", bed.buildkit(daemon)).args([
         "build",
         "--builder",
         "buildkit",
@@ -194,9 +194,10 @@ async fn library_build(client: &Client, opts: BuildOptions) -> BuildResult {
     result
 }
 
-#[tokio::test]
-async fn large_context_syncs_with_bounded_rss_and_unchanged_rebuild_sends_no_file_data() {
-    let bed = require_bed!();
+async fn large_context_syncs_with_bounded_rss_and_unchanged_rebuild_sends_no_file_data(
+    bed: TestBed,
+    daemon: Daemon,
+) {
     let ctx = tempfile::tempdir().unwrap();
     let marker = unique("scale");
     // The bind mount reads the whole context without copying it into a layer: the sync is
@@ -213,7 +214,7 @@ async fn large_context_syncs_with_bounded_rss_and_unchanged_rebuild_sends_no_fil
 
     // 1. The CLI syncs all of it (a fresh path: nothing to diff against) with bounded memory.
     let started = Instant::now();
-    let mut cmd = fastbuild_build(&bed, ctx.path(), &repository, &marker);
+    let mut cmd = fastbuild_build(&bed, daemon, ctx.path(), &repository, &marker);
     let run = tokio::task::spawn_blocking(move || run_measuring_peak_rss(&mut cmd))
         .await
         .unwrap();
@@ -245,7 +246,7 @@ async fn large_context_syncs_with_bounded_rss_and_unchanged_rebuild_sends_no_fil
 
     // 2. Library builds of the same directory reuse the daemon's copy (same shared key): one
     //    changed file is all that is sent, then nothing at all.
-    let client = Client::connect(&bed.buildkit_host, None)
+    let client = Client::connect(bed.buildkit(daemon), None)
         .await
         .expect("connect to the bed's BuildKit");
     let opts = |tag: &str| BuildOptions {
@@ -348,10 +349,8 @@ fn interrupt(pid: u32) {
     assert!(status.success(), "kill -INT {pid}: {status}");
 }
 
-#[tokio::test]
-async fn ctrl_c_mid_build_exits_130_and_leaves_no_running_solve() {
-    let bed = require_bed!();
-    let client = Client::connect(&bed.buildkit_host, None)
+async fn ctrl_c_mid_build_exits_130_and_leaves_no_running_solve(bed: TestBed, daemon: Daemon) {
+    let client = Client::connect(bed.buildkit(daemon), None)
         .await
         .expect("connect to the bed's BuildKit");
     let ctx = tempfile::tempdir().unwrap();
@@ -366,6 +365,7 @@ async fn ctrl_c_mid_build_exits_130_and_leaves_no_running_solve() {
     let marker = unique("ctrlc");
     let mut child = tokio::process::Command::from(fastbuild_build(
         &bed,
+        daemon,
         ctx.path(),
         &unique("scale/ctrlc"),
         &marker,
@@ -453,3 +453,8 @@ async fn ctrl_c_mid_build_exits_130_and_leaves_no_running_solve() {
     // The daemon is still usable.
     assert!(!client.list_workers().await.unwrap().is_empty());
 }
+
+on_both_daemons!(
+    large_context_syncs_with_bounded_rss_and_unchanged_rebuild_sends_no_file_data,
+    ctrl_c_mid_build_exits_130_and_leaves_no_running_solve,
+);

@@ -32,10 +32,31 @@ pub struct TestBed {
     pub base_image: String,
     /// Path of the helm v4 binary (`HELM`).
     pub helm: PathBuf,
+    /// `unix:///…/buildkitd.sock`: the upstream standalone buildkitd (`FASTBUILD_TEST_BUILDKITD`).
+    pub buildkitd: String,
+    /// `tcp://127.0.0.1:PORT` of the same buildkitd, mutual TLS (`FASTBUILD_TEST_BUILDKITD_TCP`).
+    pub buildkitd_tcp: String,
+    /// CA, client certificate and key for [`Self::buildkitd_tcp`]
+    /// (`FASTBUILD_TEST_BUILDKITD_TLS_{CA,CERT,KEY}`).
+    pub buildkitd_tls: [PathBuf; 3],
+    /// Upstream `buildctl` of the same version as buildkitd (`BUILDCTL`).
+    pub buildctl: PathBuf,
+    /// Upstream `crane` (`CRANE`).
+    pub crane: PathBuf,
+}
+
+/// The two BuildKit daemons of the bed; the BuildKit tests run against each.
+#[allow(dead_code)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    /// BuildKit v0.13 embedded in dockerd 26.1, reached by the `/grpc` upgrade.
+    Dockerd,
+    /// Upstream standalone buildkitd v0.32 (oci worker), on its unix socket.
+    Buildkitd,
 }
 
 /// The variables `scripts/testbed start` exports that every test may rely on.
-pub const VARS: [&str; 9] = [
+pub const VARS: [&str; 16] = [
     "FASTBUILD_TEST_REGISTRY",
     "FASTBUILD_TEST_REGISTRY_TLS",
     "FASTBUILD_TEST_REGISTRY_TLS_CA",
@@ -45,6 +66,13 @@ pub const VARS: [&str; 9] = [
     "DOCKER_HOST",
     "FASTBUILD_TEST_BASE_IMAGE",
     "HELM",
+    "FASTBUILD_TEST_BUILDKITD",
+    "FASTBUILD_TEST_BUILDKITD_TCP",
+    "FASTBUILD_TEST_BUILDKITD_TLS_CA",
+    "FASTBUILD_TEST_BUILDKITD_TLS_CERT",
+    "FASTBUILD_TEST_BUILDKITD_TLS_KEY",
+    "BUILDCTL",
+    "CRANE",
 ];
 
 fn var(name: &str) -> Option<String> {
@@ -65,6 +93,15 @@ impl TestBed {
             docker_host: var("DOCKER_HOST")?,
             base_image: var("FASTBUILD_TEST_BASE_IMAGE")?,
             helm: var("HELM")?.into(),
+            buildkitd: var("FASTBUILD_TEST_BUILDKITD")?,
+            buildkitd_tcp: var("FASTBUILD_TEST_BUILDKITD_TCP")?,
+            buildkitd_tls: [
+                var("FASTBUILD_TEST_BUILDKITD_TLS_CA")?.into(),
+                var("FASTBUILD_TEST_BUILDKITD_TLS_CERT")?.into(),
+                var("FASTBUILD_TEST_BUILDKITD_TLS_KEY")?.into(),
+            ],
+            buildctl: var("BUILDCTL")?.into(),
+            crane: var("CRANE")?.into(),
         })
     }
 
@@ -92,6 +129,14 @@ impl TestBed {
         );
         eprintln!("{test}: skipped: test bed not running (scripts/testbed start)");
         None
+    }
+
+    /// The `BUILDKIT_HOST`-style address of `daemon`.
+    pub fn buildkit(&self, daemon: Daemon) -> &str {
+        match daemon {
+            Daemon::Dockerd => &self.buildkit_host,
+            Daemon::Buildkitd => &self.buildkitd,
+        }
     }
 
     /// The Docker API socket path, from `DOCKER_HOST=unix://PATH`.
@@ -131,8 +176,20 @@ impl fmt::Debug for TestBed {
             .field("docker_host", &self.docker_host)
             .field("base_image", &self.base_image)
             .field("helm", &self.helm)
+            .field("buildkitd", &self.buildkitd)
+            .field("buildkitd_tcp", &self.buildkitd_tcp)
+            .field("buildkitd_tls", &self.buildkitd_tls)
+            .field("buildctl", &self.buildctl)
+            .field("crane", &self.crane)
             .finish()
     }
+}
+
+/// Measurements and results for the developer running the tests (`--nocapture`, or shown by
+/// the runner with a failure), on purpose on stderr.
+#[allow(clippy::print_stderr, dead_code)]
+pub fn note(message: &str) {
+    eprintln!("{message}");
 }
 
 /// The repository root (where `testdata/` lives).
@@ -157,3 +214,27 @@ macro_rules! require_bed {
 }
 #[allow(unused_imports)]
 pub(crate) use require_bed;
+
+/// `on_both_daemons!(NAME, …)`: each `async fn NAME(bed: TestBed, daemon: Daemon)` of the
+/// calling module runs against both BuildKit daemons of the bed, as the tests `NAME::dockerd`
+/// and `NAME::buildkitd` (one parametrised suite, not a copy). Each needs the bed (see
+/// [`require_bed!`]).
+macro_rules! on_both_daemons {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn dockerd() {
+                let bed = $crate::common::require_bed!();
+                super::$name(bed, $crate::common::Daemon::Dockerd).await;
+            }
+
+            #[tokio::test]
+            async fn buildkitd() {
+                let bed = $crate::common::require_bed!();
+                super::$name(bed, $crate::common::Daemon::Buildkitd).await;
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_daemons;

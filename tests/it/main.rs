@@ -4,6 +4,7 @@ mod buildkit_oci;
 mod buildkit_scale;
 mod cli;
 mod common;
+mod conformance;
 mod doctor;
 mod native_cli;
 mod oci;

@@ -1,6 +1,8 @@
 //! First proofs that the test bed is what the other tests take it for: a plain registry, a TLS
 //! registry that enforces its htpasswd user and its own CA, the base image, dockerd's API socket
-//! with the `/grpc` upgrade `BuildKit` clients use, and helm v4 rendering the digest-first chart.
+//! with the `/grpc` upgrade `BuildKit` clients use, the standalone buildkitd (unix socket, tcp
+//! with mutual TLS) with the pinned upstream `buildctl` and `crane`, and helm v4 rendering the
+//! digest-first chart.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -258,6 +260,70 @@ async fn dockerd_pings_and_upgrades_grpc_to_h2c() {
     assert!(
         upgrade.to_ascii_lowercase().contains("upgrade: h2c"),
         "{upgrade}"
+    );
+}
+
+/// Runs a reference tool of the bed and returns its stdout; fails with its output otherwise.
+fn tool_output(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn reference_tools_are_the_pinned_upstream_versions() {
+    let bed = require_bed!();
+    let buildctl = tool_output(std::process::Command::new(&bed.buildctl).arg("--version"));
+    assert!(
+        buildctl.contains(" v0.32.2"),
+        "buildctl --version: {buildctl}"
+    );
+    let crane = tool_output(std::process::Command::new(&bed.crane).arg("version"));
+    assert_eq!(crane.trim(), "v0.22.1");
+}
+
+#[test]
+fn standalone_buildkitd_has_an_oci_worker_on_its_unix_socket() {
+    let bed = require_bed!();
+    assert!(bed.buildkitd.starts_with("unix://"), "{}", bed.buildkitd);
+    let workers = tool_output(
+        std::process::Command::new(&bed.buildctl)
+            .args(["--addr", &bed.buildkitd, "debug", "workers", "--format"])
+            .arg("{{range .}}{{.Labels}}{{end}}"),
+    );
+    assert!(
+        workers.contains("org.mobyproject.buildkit.worker.executor:oci")
+            && workers.contains("org.mobyproject.buildkit.worker.snapshotter:overlayfs"),
+        "{workers}"
+    );
+}
+
+#[test]
+fn standalone_buildkitd_tcp_listener_requires_a_client_certificate() {
+    let bed = require_bed!();
+    let [ca, cert, key] = &bed.buildkitd_tls;
+    let with_cert = tool_output(
+        std::process::Command::new(&bed.buildctl)
+            .args(["--addr", &bed.buildkitd_tcp, "--tlsservername", "localhost"])
+            .arg("--tlscacert")
+            .arg(ca)
+            .arg("--tlscert")
+            .arg(cert)
+            .arg("--tlskey")
+            .arg(key)
+            .args(["debug", "workers"]),
+    );
+    assert!(with_cert.contains("linux/amd64"), "{with_cert}");
+    let without = std::process::Command::new(&bed.buildctl)
+        .args(["--addr", &bed.buildkitd_tcp, "--tlsservername", "localhost"])
+        .arg("--tlscacert")
+        .arg(ca)
+        .args(["--timeout", "5", "debug", "workers"])
+        .output()
+        .unwrap();
+    assert!(
+        !without.status.success(),
+        "accepted without a client certificate: {without:?}"
     );
 }
 

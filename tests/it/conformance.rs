@@ -1,0 +1,755 @@
+//! Conformance with upstream `buildctl`: each case is a build context built cold
+//! (`--no-cache`) by the upstream client **and** by fastbuild, with the same frontend and
+//! exporter options, on the bed's standalone buildkitd; the pushed manifest digests must be
+//! equal. A digest covers every layer byte, so equal digests mean the same files, names, modes,
+//! owners, times, link targets and hard links reached the daemon.
+//!
+//! Reproducible inputs on both sides: `SOURCE_DATE_EPOCH=0` (image config and history times)
+//! and `rewrite-timestamp=true`: the daemon stamps the directories it receives, and those COPY
+//! or a step creates, with the time of the build (verified with buildctl alone), so without the
+//! rewrite no two builds of one context agree. The rewrite would also hide the file times that
+//! were synced: every case that copies its context to `/ctx` therefore runs a probe step that
+//! writes each entry's path, mode, owner, size and link target, and the mtime of every entry
+//! but directories, into `/probe.txt` ([`PROBE`]), so that metadata still shows in the digest.
+//!
+//! On a mismatch the test fails with the differing layer entries of the two images.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Read as _;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use fastbuild_buildkit::{BuildOptions, Client, ProgressEvent, SecretSource};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{TestBed, note, require_bed};
+
+/// Writes the metadata of each entry under `/ctx` into `/probe.txt` (busybox `find`/`stat` of
+/// the bed's base): directories without their mtime (the receive time, see the module doc).
+const PROBE: &str = "RUN cd /ctx && { find . -type d -print0 | sort -z | xargs -r0 stat -c '%n|%f|%u:%g'; \
+                     find . ! -type d -print0 | sort -z | xargs -r0 stat -c '%n|%f|%u:%g|%Y|%s|%N'; } > /probe.txt\n";
+
+/// What a case asks of both clients besides the context.
+#[derive(Default)]
+struct Spec {
+    /// Dockerfile directory relative to the case dir (the `dockerfile` local); the context
+    /// when `None`.
+    dockerfile_dir: Option<&'static str>,
+    /// Dockerfile name (`filename`), `Dockerfile` when `None`.
+    filename: Option<&'static str>,
+    /// Context directory relative to the case dir; the case dir itself when `None`.
+    context_dir: Option<&'static str>,
+    target: Option<&'static str>,
+    build_args: Vec<(&'static str, &'static str)>,
+    labels: Vec<(&'static str, &'static str)>,
+    platform: Option<&'static str>,
+    /// `(id, file relative to the case dir)`.
+    secrets: Vec<(&'static str, &'static str)>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// context helpers
+
+fn write(dir: &Path, rel: &str, content: impl AsRef<[u8]>) {
+    let path = dir.join(rel);
+    fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+    fs_err::write(path, content).unwrap();
+}
+
+fn chmod(dir: &Path, rel: &str, mode: u32) {
+    fs_err::set_permissions(dir.join(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn set_mtime(dir: &Path, rel: &str, secs: u64) {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    let f = std::fs::File::options()
+        .read(true)
+        .open(dir.join(rel))
+        .or_else(|_| std::fs::File::open(dir.join(rel)))
+        .unwrap();
+    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+fn symlink(dir: &Path, rel: &str, target: &str) {
+    let path = dir.join(rel);
+    fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, path).unwrap();
+}
+
+fn hard_link(dir: &Path, existing: &str, new: &str) {
+    let path = dir.join(new);
+    fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+    fs_err::hard_link(dir.join(existing), path).unwrap();
+}
+
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {out:?}");
+}
+
+/// A `COPY . /ctx/` image of the bed's base plus the metadata probe: the whole context lands
+/// in one layer.
+fn copy_all(dir: &Path) {
+    write(
+        dir,
+        "Dockerfile",
+        format!("ARG BASE\nFROM $BASE\nCOPY . /ctx/\n{PROBE}"),
+    );
+}
+
+fn tree(dir: &Path) {
+    write(dir, "src/main.go", "package main\n");
+    write(dir, "src/util/strings.go", "package util\n");
+    write(dir, "README.md", "# readme\n");
+    write(dir, "docs/guide.md", "guide\n");
+    write(dir, "docs/img/logo.svg", "<svg/>\n");
+    write(dir, "tmp/cache.bin", "cache\n");
+    write(dir, "build/out/app", "binary\n");
+    write(dir, "build/keep/notes.txt", "keep\n");
+    write(dir, "app.log", "log\n");
+    write(dir, "nested/deep/app.log", "log\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// the corpus
+
+macro_rules! cases {
+    ($($name:ident => $setup:expr;)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let bed = require_bed!();
+                run_case(&bed, stringify!($name), $setup).await;
+            }
+        )*
+        /// Every case name, for the corpus size check.
+        const CASES: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+cases! {
+    dockerignore_double_star => |d: &Path| {
+        tree(d);
+        copy_all(d);
+        write(d, ".dockerignore", "**/*.log\n**/tmp\n**/img/**\n");
+        Spec::default()
+    };
+    dockerignore_reinclude_inside_excluded_dir => |d: &Path| {
+        tree(d);
+        copy_all(d);
+        write(d, ".dockerignore", "build\n!build/keep\n!build/out/app\ndocs/\n!docs/**/*.svg\n");
+        Spec::default()
+    };
+    dockerignore_question_mark_and_classes => |d: &Path| {
+        for n in ["file1.txt", "file2.txt", "file10.txt", "data-a.bin", "data-b.bin", "data-d.bin", "x[1].txt"] {
+            write(d, n, n);
+        }
+        copy_all(d);
+        write(d, ".dockerignore", "file?.txt\ndata-[a-c].bin\n");
+        Spec::default()
+    };
+    dockerignore_anchored_trailing_slash_and_inner_star => |d: &Path| {
+        tree(d);
+        write(d, "only-root.txt", "root\n");
+        write(d, "sub/only-root.txt", "sub\n");
+        write(d, "pkg/a/gen/x.go", "x\n");
+        write(d, "pkg/b/gen/y.go", "y\n");
+        write(d, "pkg/b/keep.go", "k\n");
+        copy_all(d);
+        write(d, ".dockerignore", "/only-root.txt\ntmp/\n./build/out/\npkg/*/gen\n");
+        Spec::default()
+    };
+    dockerignore_comments_blank_lines_and_spaces => |d: &Path| {
+        tree(d);
+        write(d, "#notacomment.txt", "hash\n");
+        copy_all(d);
+        write(d, ".dockerignore", "\u{feff}# a comment\n\n   README.md   \n# docs\n\\#notacomment.txt\n\t\nnested\n");
+        Spec::default()
+    };
+    dockerignore_lists_the_dockerfile_and_itself => |d: &Path| {
+        tree(d);
+        copy_all(d);
+        write(d, ".dockerignore", "Dockerfile\n.dockerignore\n*.md\n");
+        Spec::default()
+    };
+    dockerignore_beside_a_custom_named_dockerfile => |d: &Path| {
+        tree(d);
+        write(d, "ci/app.Dockerfile", format!("ARG BASE\nFROM $BASE\nCOPY . /ctx/\n{PROBE}"));
+        write(d, "ci/app.Dockerfile.dockerignore", "docs\n*.log\n");
+        // The context's own .dockerignore loses to the Dockerfile's.
+        write(d, ".dockerignore", "src\n");
+        Spec { dockerfile_dir: Some("ci"), filename: Some("app.Dockerfile"), ..Spec::default() }
+    };
+    dockerignore_escaped_brackets_like_nextjs_routes => |d: &Path| {
+        write(d, "app/[slug]/page.tsx", "slug\n");
+        write(d, "app/[id]/page.tsx", "id\n");
+        write(d, "app/s/page.tsx", "s\n");
+        write(d, "[keep]/x.txt", "keep\n");
+        copy_all(d);
+        write(d, ".dockerignore", "app/\\[slug\\]\n\\[keep\\]\n!\\[keep\\]\n");
+        Spec::default()
+    };
+    dockerignore_exception_names_a_parent_directory => |d: &Path| {
+        tree(d);
+        copy_all(d);
+        write(d, ".dockerignore", "**/*.md\n!docs\n");
+        Spec::default()
+    };
+    dockerignore_excludes_everything_but_some => |d: &Path| {
+        tree(d);
+        copy_all(d);
+        write(d, ".dockerignore", "*\n!src\n!Dockerfile\n!docs/*.md\n");
+        Spec::default()
+    };
+    symlinks_relative_absolute_and_dangling => |d: &Path| {
+        write(d, "data/real.txt", "real\n");
+        symlink(d, "rel", "data/real.txt");
+        symlink(d, "data/up", "../rel");
+        symlink(d, "abs", "/etc/passwd");
+        symlink(d, "dangling", "does/not/exist");
+        symlink(d, "outside", "../../../../etc/hostname");
+        copy_all(d);
+        Spec::default()
+    };
+    symlink_to_a_directory_and_loops => |d: &Path| {
+        write(d, "dir/inner/file.txt", "inner\n");
+        symlink(d, "linkdir", "dir");
+        symlink(d, "self", "self");
+        symlink(d, "a", "b");
+        symlink(d, "b", "a");
+        write(
+            d,
+            "Dockerfile",
+            format!("ARG BASE\nFROM $BASE\nCOPY . /ctx/\nCOPY linkdir/inner /via-link/\n{PROBE}"),
+        );
+        Spec::default()
+    };
+    hard_links => |d: &Path| {
+        write(d, "a/original.txt", "shared content\n");
+        hard_link(d, "a/original.txt", "b/link1.txt");
+        hard_link(d, "a/original.txt", "c/link2.txt");
+        write(d, "solo.txt", "solo\n");
+        copy_all(d);
+        Spec::default()
+    };
+    hard_link_whose_first_path_is_ignored => |d: &Path| {
+        write(d, "a-ignored/original.txt", "shared content\n");
+        hard_link(d, "a-ignored/original.txt", "b/link1.txt");
+        hard_link(d, "a-ignored/original.txt", "c/link2.txt");
+        copy_all(d);
+        write(d, ".dockerignore", "a-ignored\n");
+        Spec::default()
+    };
+    modes_setuid_setgid_sticky_and_private => |d: &Path| {
+        for (f, m) in [("suid", 0o4755), ("sgid", 0o2755), ("exec", 0o755), ("private", 0o600), ("ro", 0o444)] {
+            write(d, f, f);
+            chmod(d, f, m);
+        }
+        fs_err::create_dir_all(d.join("sticky")).unwrap();
+        write(d, "sticky/f", "f");
+        chmod(d, "sticky", 0o1777);
+        fs_err::create_dir_all(d.join("closed")).unwrap();
+        write(d, "closed/f", "f");
+        chmod(d, "closed", 0o700);
+        copy_all(d);
+        Spec::default()
+    };
+    empty_dirs_and_empty_files => |d: &Path| {
+        for e in ["empty", "a/b/c/empty", "only-dirs/x/y"] {
+            fs_err::create_dir_all(d.join(e)).unwrap();
+        }
+        write(d, "zero", "");
+        write(d, "a/zero", "");
+        copy_all(d);
+        Spec::default()
+    };
+    fifos => |d: &Path| {
+        write(d, "regular.txt", "r\n");
+        sh(d, "mkfifo pipe && mkdir -p sub && mkfifo -m 0600 sub/private-pipe");
+        copy_all(d);
+        Spec::default()
+    };
+    xattrs => |d: &Path| {
+        write(d, "tagged.txt", "tagged\n");
+        write(d, "plain.txt", "plain\n");
+        sh(d, "python3 -c \"import os; os.setxattr('tagged.txt', 'user.fastbuild', b'conformance')\"");
+        copy_all(d);
+        Spec::default()
+    };
+    mtimes_in_1970_and_2100 => |d: &Path| {
+        write(d, "epoch.txt", "1970\n");
+        write(d, "old/one-second.txt", "1970\n");
+        write(d, "future.txt", "2100\n");
+        set_mtime(d, "epoch.txt", 0);
+        set_mtime(d, "old/one-second.txt", 1);
+        set_mtime(d, "future.txt", 4_102_444_800);
+        copy_all(d);
+        Spec::default()
+    };
+    spaces_and_unicode_names => |d: &Path| {
+        for n in ["with space.txt", "dir with spaces/inner file", "ünïcödé.txt", "日本語/ファイル.txt", "emoji-🚀.txt", "tab\tname", "quote'\"name", "percent%20+plus"] {
+            write(d, n, n);
+        }
+        copy_all(d);
+        Spec::default()
+    };
+    non_utf8_names => |d: &Path| {
+        let name = OsStr::from_bytes(b"caf\xe9.txt");
+        fs_err::write(d.join(name), "latin-1 name\n").unwrap();
+        fs_err::create_dir_all(d.join(OsStr::from_bytes(b"dir-\xff\xfe"))).unwrap();
+        fs_err::write(d.join(OsStr::from_bytes(b"dir-\xff\xfe/inner")), "inner\n").unwrap();
+        write(d, "ascii.txt", "ascii\n");
+        copy_all(d);
+        Spec::default()
+    };
+    non_utf8_name_excluded_by_dockerignore => |d: &Path| {
+        fs_err::write(d.join(OsStr::from_bytes(b"junk-\xe9.tmp")), "junk\n").unwrap();
+        fs_err::write(d.join(OsStr::from_bytes(b"keep-\xe9.txt")), "keep\n").unwrap();
+        write(d, "ascii.txt", "ascii\n");
+        copy_all(d);
+        write(d, ".dockerignore", "*.tmp\n");
+        Spec::default()
+    };
+    twenty_thousand_files => |d: &Path| {
+        for i in 0..20_000 {
+            write(d, &format!("f/{:03}/{i:05}.txt", i % 100), format!("{i}\n"));
+        }
+        copy_all(d);
+        Spec::default()
+    };
+    hundred_megabyte_file => |d: &Path| {
+        // Incompressible-ish, deterministic content.
+        let mut data = vec![0u8; 100 * 1024 * 1024];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for chunk in data.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        write(d, "big.bin", data);
+        copy_all(d);
+        Spec::default()
+    };
+    add_local_tar_gz => |d: &Path| {
+        write(d, "payload/a.txt", "a\n");
+        write(d, "payload/sub/b.txt", "b\n");
+        sh(d, "tar --sort=name --mtime=@1000000 --owner=0 --group=0 --numeric-owner -czf archive.tar.gz payload && rm -r payload");
+        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nADD archive.tar.gz /extracted/\nADD archive.tar.gz /again\n");
+        Spec::default()
+    };
+    copy_chown_chmod_and_link => |d: &Path| {
+        write(d, "app/config.yaml", "k: v\n");
+        write(d, "app/run.sh", "#!/bin/sh\n");
+        write(d, "static/index.html", "<html/>\n");
+        write(
+            d,
+            "Dockerfile",
+            "ARG BASE\nFROM $BASE\nCOPY --chown=1000:1000 app/ /app/\nCOPY --chmod=0750 app/run.sh /usr/local/bin/run\nCOPY --link static/ /srv/\nCOPY --link --chown=65534:65534 --chmod=0640 app/config.yaml /etc/app.yaml\n",
+        );
+        Spec::default()
+    };
+    copy_wildcards => |d: &Path| {
+        for n in ["a1.txt", "a2.txt", "b1.txt", "src/x.go", "src/y.go", "src/y_test.go", "cfg/one.json", "cfg/two.yaml"] {
+            write(d, n, n);
+        }
+        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nCOPY a?.txt /one/\nCOPY src/*.go /two/\nCOPY cfg/*.[jy]* /three/\nCOPY [ab]1.txt /four/\n");
+        Spec::default()
+    };
+    heredocs => |d: &Path| {
+        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nCOPY <<EOF /etc/greeting\nhello from a heredoc\nEOF\nRUN <<EOT sh\nset -e\necho step one > /one\necho step two > /two\nEOT\nCOPY --chmod=0755 <<-'SCRIPT' /usr/local/bin/hi\n\t#!/bin/sh\n\techo hi $USER\nSCRIPT\n");
+        Spec::default()
+    };
+    multi_stage_copy_from_and_target => |d: &Path| {
+        write(d, "src/app.txt", "app\n");
+        write(d, "Dockerfile", "ARG BASE\nFROM $BASE AS build\nCOPY src/ /src/\nRUN cat /src/app.txt > /artifact && echo built >> /artifact\n\nFROM $BASE AS runtime\nCOPY --from=build /artifact /app/artifact\n\nFROM runtime AS debug\nRUN echo debug > /debug\n\nFROM $BASE AS unused\nRUN exit 1\n");
+        Spec { target: Some("runtime"), ..Spec::default() }
+    };
+    arg_before_from_and_build_args => |d: &Path| {
+        write(d, "Dockerfile", "ARG BASE\nARG VERSION=1.0\nFROM $BASE\nARG VERSION\nARG MODE=dev\nENV APP_VERSION=$VERSION APP_MODE=$MODE\nLABEL version=$VERSION\nRUN echo \"$VERSION $MODE\" > /version\n");
+        Spec { build_args: vec![("VERSION", "2.5"), ("MODE", "prod")], ..Spec::default() }
+    };
+    secrets_mount => |d: &Path| {
+        write(d, "secrets/token", "s3cr3t-value\n");
+        write(d, "app.txt", "app\n");
+        write(d, ".dockerignore", "secrets\n");
+        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nCOPY app.txt /app.txt\nRUN --mount=type=secret,id=token wc -c < /run/secrets/token > /token-size\n");
+        Spec { secrets: vec![("token", "secrets/token")], ..Spec::default() }
+    };
+    labels_and_build_args_with_unicode => |d: &Path| {
+        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nARG GREETING\nENV GREETING=$GREETING\nLABEL inline=\"ünï\"\n");
+        Spec {
+            build_args: vec![("GREETING", "grüß dich — こんにちは")],
+            labels: vec![("org.example.title", "Büro ☕ app"), ("org.example.empty", "")],
+            ..Spec::default()
+        }
+    };
+    platform_linux_amd64 => |d: &Path| {
+        write(d, "app.txt", "app\n");
+        write(d, "Dockerfile", "ARG BASE\nFROM --platform=$TARGETPLATFORM $BASE\nARG TARGETPLATFORM\nARG BUILDPLATFORM\nCOPY app.txt /app.txt\nRUN echo \"$TARGETPLATFORM from $BUILDPLATFORM\" > /platform\n");
+        Spec { platform: Some("linux/amd64"), ..Spec::default() }
+    };
+    no_cache_reruns_steps_on_both => |d: &Path| {
+        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nRUN echo fixed > /fixed && mkdir -p /var/lib/app\n");
+        Spec::default()
+    };
+    dockerfile_outside_the_context => |d: &Path| {
+        write(d, "ctx/app/main.sh", "#!/bin/sh\n");
+        write(d, "ctx/.dockerignore", "*.md\n");
+        write(d, "ctx/README.md", "readme\n");
+        write(d, "docker/Dockerfile", format!("ARG BASE\nFROM $BASE\nCOPY . /ctx/\n{PROBE}"));
+        Spec { context_dir: Some("ctx"), dockerfile_dir: Some("docker"), ..Spec::default() }
+    };
+    probe_of_a_tricky_tree => |d: &Path| {
+        tree(d);
+        symlink(d, "link", "src/main.go");
+        write(d, "exec.sh", "#!/bin/sh\n");
+        chmod(d, "exec.sh", 0o755);
+        set_mtime(d, "README.md", 1_234_567_890);
+        write(d, ".dockerignore", "tmp\n*.log\n");
+        copy_all(d);
+        Spec::default()
+    };
+    copy_selected_paths_and_dirs => |d: &Path| {
+        tree(d);
+        write(d, "Dockerfile", format!("ARG BASE\nFROM $BASE\nCOPY src/util /util/\nCOPY docs /docs\nCOPY README.md build/keep/ /misc/\nCOPY . /ctx/\n{PROBE}"));
+        write(d, ".dockerignore", "build/out\n");
+        Spec::default()
+    };
+}
+
+#[test]
+fn the_corpus_has_at_least_30_cases() {
+    assert!(CASES.len() >= 30, "only {} cases", CASES.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// running a case
+
+fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos:x}", name.replace('_', "-"))
+}
+
+async fn run_case(bed: &TestBed, name: &str, setup: impl FnOnce(&Path) -> Spec) {
+    let root = tempfile::tempdir().unwrap();
+    let case_dir = root.path().join("case");
+    fs_err::create_dir_all(&case_dir).unwrap();
+    let spec = setup(&case_dir);
+    let context = spec
+        .context_dir
+        .map_or_else(|| case_dir.clone(), |c| case_dir.join(c));
+    let dockerfile_dir = spec
+        .dockerfile_dir
+        .map_or_else(|| context.clone(), |c| case_dir.join(c));
+    let repo = format!("conformance/{}", unique(name));
+
+    let reference = buildctl_build(
+        bed,
+        &spec,
+        &case_dir,
+        &context,
+        &dockerfile_dir,
+        &repo,
+        root.path(),
+    );
+    let ours = fastbuild_build(bed, &spec, &case_dir, &context, &dockerfile_dir, &repo).await;
+    note(&format!(
+        "conformance {name}: buildctl {reference} fastbuild {ours} {}",
+        if reference == ours {
+            "equal"
+        } else {
+            "DIFFERENT"
+        }
+    ));
+    if reference != ours {
+        let diff = describe_difference(bed, &repo).await;
+        panic!(
+            "case `{name}`: fastbuild's digest differs from buildctl's\n  buildctl:  {reference}\n  fastbuild: {ours}\n{diff}"
+        );
+    }
+}
+
+/// The reference build with upstream `buildctl`; returns `containerimage.digest`.
+fn buildctl_build(
+    bed: &TestBed,
+    spec: &Spec,
+    case_dir: &Path,
+    context: &Path,
+    dockerfile_dir: &Path,
+    repo: &str,
+    scratch: &Path,
+) -> String {
+    let metadata = scratch.join("buildctl-metadata.json");
+    let mut cmd = Command::new(&bed.buildctl);
+    cmd.args([
+        "--addr",
+        &bed.buildkitd,
+        "build",
+        "--frontend",
+        "dockerfile.v0",
+    ])
+    .arg("--local")
+    .arg(format!("context={}", context.display()))
+    .arg("--local")
+    .arg(format!("dockerfile={}", dockerfile_dir.display()))
+    .args(["--no-cache", "--progress", "plain"])
+    .arg("--metadata-file")
+    .arg(&metadata);
+    let mut opts: Vec<String> = vec![
+        format!("build-arg:BASE={}", bed.base_image),
+        "build-arg:SOURCE_DATE_EPOCH=0".to_owned(),
+    ];
+    if let Some(f) = spec.filename {
+        opts.push(format!("filename={f}"));
+    }
+    if let Some(t) = spec.target {
+        opts.push(format!("target={t}"));
+    }
+    if let Some(p) = spec.platform {
+        opts.push(format!("platform={p}"));
+    }
+    opts.extend(
+        spec.build_args
+            .iter()
+            .map(|(k, v)| format!("build-arg:{k}={v}")),
+    );
+    opts.extend(spec.labels.iter().map(|(k, v)| format!("label:{k}={v}")));
+    for o in opts {
+        cmd.arg("--opt").arg(o);
+    }
+    for (id, src) in &spec.secrets {
+        cmd.arg("--secret")
+            .arg(format!("id={id},src={}", case_dir.join(src).display()));
+    }
+    cmd.arg("--output").arg(format!(
+        "type=image,name={}/{repo}:buildctl,push=true,registry.insecure=true,\
+         source-date-epoch=0,rewrite-timestamp=true",
+        bed.registry
+    ));
+    let out = cmd.output().expect("run buildctl");
+    assert!(
+        out.status.success(),
+        "buildctl failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(&metadata).unwrap()).unwrap();
+    let digest = meta["containerimage.digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no containerimage.digest in {meta}"))
+        .to_owned();
+    // The upstream registry client agrees on what was pushed.
+    let crane = Command::new(&bed.crane)
+        .args(["digest", "--insecure"])
+        .arg(format!("{}/{repo}:buildctl", bed.registry))
+        .output()
+        .expect("run crane");
+    assert!(crane.status.success(), "crane digest: {crane:?}");
+    assert_eq!(String::from_utf8_lossy(&crane.stdout).trim(), digest);
+    digest
+}
+
+/// The same build through fastbuild's BuildKit client on the same daemon.
+async fn fastbuild_build(
+    bed: &TestBed,
+    spec: &Spec,
+    case_dir: &Path,
+    context: &Path,
+    dockerfile_dir: &Path,
+    repo: &str,
+) -> String {
+    let client = Client::connect(&bed.buildkitd, None)
+        .await
+        .expect("connect to the standalone buildkitd");
+    let mut build_args: BTreeMap<String, String> = spec
+        .build_args
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    build_args.insert("BASE".to_owned(), bed.base_image.clone());
+    let opts = BuildOptions {
+        context: context.to_owned(),
+        dockerfile: Some(dockerfile_dir.join(spec.filename.unwrap_or("Dockerfile"))),
+        target: spec.target.map(str::to_owned),
+        build_args,
+        labels: spec
+            .labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        platforms: spec.platform.map(str::to_owned).into_iter().collect(),
+        no_cache: true,
+        secrets: spec
+            .secrets
+            .iter()
+            .map(|(id, src)| ((*id).to_owned(), SecretSource::File(case_dir.join(src))))
+            .collect(),
+        image_names: vec![format!("{}/{repo}:fastbuild", bed.registry)],
+        push: true,
+        registry_insecure: true,
+        source_date_epoch: Some(0),
+        rewrite_timestamp: true,
+        ..BuildOptions::default()
+    };
+    let (tx, mut rx) = mpsc::channel::<ProgressEvent>(1024);
+    let drain = tokio::spawn(async move {
+        let mut logs = String::new();
+        while let Some(e) = rx.recv().await {
+            if let ProgressEvent::Log { data, .. } = e {
+                logs.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        logs
+    });
+    let result = client.build(opts, tx, CancellationToken::new()).await;
+    let logs = drain.await.unwrap();
+    match result {
+        Ok(r) => r.digest,
+        Err(e) => panic!("fastbuild build failed: {e}\n{logs}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// explaining a mismatch
+
+async fn get(bed: &TestBed, repo: &str, what: &str) -> Vec<u8> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/v2/{repo}/{what}", bed.registry))
+        .header(
+            "Accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "GET {what}: {}", resp.status());
+    resp.bytes().await.unwrap().to_vec()
+}
+
+/// One line per tar entry of a (gzip) layer: path, type, mode, owner, mtime, size, link.
+fn layer_entries(blob: &[u8]) -> Vec<String> {
+    let reader: Box<dyn std::io::Read> = if blob.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(blob))
+    } else {
+        Box::new(blob)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut out = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let h = entry.header().clone();
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let link = entry
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
+            .unwrap_or_default();
+        let mut hash = sha2::Sha256::default();
+        let mut buf = Vec::new();
+        entry.read_to_end(&mut buf).unwrap();
+        sha2::Digest::update(&mut hash, &buf);
+        let pax: Vec<String> = entry
+            .pax_extensions()
+            .ok()
+            .flatten()
+            .map(|exts| {
+                exts.filter_map(Result::ok)
+                    .map(|e| {
+                        format!(
+                            "{}={}",
+                            e.key().unwrap_or("?"),
+                            String::from_utf8_lossy(e.value_bytes())
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(format!(
+            "{path} type={:?} mode={:o} uid={} gid={} mtime={} size={} link={link} sha={} pax={pax:?}",
+            h.entry_type(),
+            h.mode().unwrap_or(0),
+            h.uid().unwrap_or(0),
+            h.gid().unwrap_or(0),
+            h.mtime().unwrap_or(0),
+            h.size().unwrap_or(0),
+            &hex::encode(sha2::Digest::finalize(hash))[..12],
+        ));
+    }
+    out
+}
+
+async fn describe_difference(bed: &TestBed, repo: &str) -> String {
+    use std::fmt::Write as _;
+    let mut report = String::new();
+    let [a, b] = manifests(bed, repo).await;
+    let layers = |m: &serde_json::Value| -> Vec<String> {
+        m["layers"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| l["digest"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if a["config"] != b["config"] {
+        let mut configs = Vec::new();
+        for m in [&a, &b] {
+            let digest = m["config"]["digest"].as_str().unwrap_or_default();
+            let bytes = get(bed, repo, &format!("blobs/{digest}")).await;
+            configs.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        let _ = writeln!(
+            report,
+            "config differs:\n  buildctl:  {}\n  fastbuild: {}",
+            configs[0], configs[1]
+        );
+    }
+    let (la, lb) = (layers(&a), layers(&b));
+    if la.len() != lb.len() {
+        let _ = writeln!(report, "layer count differs: {} vs {}", la.len(), lb.len());
+    }
+    for (i, (x, y)) in la.iter().zip(&lb).enumerate() {
+        if x == y {
+            continue;
+        }
+        let ea = layer_entries(&get(bed, repo, &format!("blobs/{x}")).await);
+        let eb = layer_entries(&get(bed, repo, &format!("blobs/{y}")).await);
+        let _ = writeln!(report, "layer {i} differs ({x} vs {y}):");
+        for line in ea.iter().filter(|l| !eb.contains(l)).take(16) {
+            let _ = writeln!(report, "  buildctl only:  {line}");
+        }
+        for line in eb.iter().filter(|l| !ea.contains(l)).take(16) {
+            let _ = writeln!(report, "  fastbuild only: {line}");
+        }
+    }
+    if report.is_empty() {
+        let _ = writeln!(report, "manifests:\n  buildctl:  {a}\n  fastbuild: {b}");
+    }
+    report
+}
+
+/// The manifests of both builds: buildctl's, then fastbuild's.
+async fn manifests(bed: &TestBed, repo: &str) -> [serde_json::Value; 2] {
+    let mut out = Vec::new();
+    for tag in ["buildctl", "fastbuild"] {
+        let bytes = get(bed, repo, &format!("manifests/{tag}")).await;
+        out.push(serde_json::from_slice(&bytes).unwrap());
+    }
+    out.try_into().unwrap()
+}
