@@ -435,6 +435,164 @@ fn the_corpus_has_at_least_30_cases() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The `.dockerignore` walk differential: pattern lists over one tree of awkward names, sent by
+// both clients; what reaches the daemon must be the same set of files (the digests cover the
+// names, the probe their metadata). fsutil's walk decides, not patternmatcher's table semantics:
+// the walker reuses each directory's match results for its children.
+
+/// Names that exercise classes, escapes, dots, `#`, markdown under docs, deep nesting.
+const WALK_TREE: &[&str] = &[
+    "Dockerfile.keep",
+    "README.md",
+    "a.txt",
+    "ab.txt",
+    "b.md",
+    "#hash.txt",
+    "[x].txt",
+    "x].txt",
+    "*star.txt",
+    "app/[slug]/page.tsx",
+    "app/[id]/page.tsx",
+    "app/x/page.tsx",
+    "app/x/y/z.md",
+    "docs/a.md",
+    "docs/b.txt",
+    "docs/deep/c.md",
+    "docs/deep/er/d.txt",
+    "dist/out.js",
+    "dist/keep/k.js",
+    "dist/a/b/c.js",
+    "node_modules/p/index.js",
+    "node_modules/p/README.md",
+    "src/a/a.go",
+    "src/b/b_test.go",
+    "src/ab/x.go",
+    ".git/config",
+    ".env",
+    "sub/.env",
+    "a/b/a/b.txt",
+];
+
+fn walk_tree(d: &Path, patterns: &str) -> Spec {
+    for f in WALK_TREE {
+        write(d, f, *f);
+    }
+    copy_all(d);
+    write(d, ".dockerignore", patterns);
+    Spec::default()
+}
+
+macro_rules! walk_cases {
+    ($($name:ident => $patterns:expr;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let bed = require_bed!();
+            run_case(&bed, stringify!($name), |d: &Path| walk_tree(d, $patterns)).await;
+        }
+    )*};
+}
+
+walk_cases! {
+    walk_exception_of_a_parent_directory => "**/*.md\n!docs\n";
+    walk_exception_of_a_parent_with_star => "**/*.md\n!docs/**\n";
+    walk_escaped_brackets => "app/\\[slug\\]\n\\[x\\].txt\n";
+    walk_bare_closing_bracket => "x].txt\n";
+    walk_escaped_star_and_hash => "\\*star.txt\n\\#hash.txt\n";
+    walk_everything_then_reinclude => "*\n!src\n!docs/deep\n!Dockerfile.keep\n";
+    walk_double_star_reinclude_inside_excluded => "dist\n!dist/keep/**\n!**/c.js\n";
+    walk_classes_and_negated_classes => "[ab].txt\n[!a]*.md\nsrc/[a-b]/*\n";
+    walk_question_marks => "?.txt\n??.txt\nsrc/?/*.go\n";
+    walk_anchored_and_dot_slash => "/a.txt\n./docs/b.txt\n/src/../README.md\n";
+    walk_trailing_slashes_and_double_star_suffix => "dist/\nnode_modules/**\ndocs/deep/**\n";
+    walk_double_star_in_the_middle => "app/**/page.tsx\n!app/x/**\n**/er/**\n";
+    walk_reinclude_then_exclude_again => "docs\n!docs/deep\ndocs/deep/er\n";
+    walk_dotfiles => ".*\n**/.env\n!.git\n";
+    walk_nested_same_names => "a/b\n!a/b/a\n";
+    walk_exception_without_wildcard_under_star => "*/\n!src/a\n";
+}
+
+/// A small deterministic generator (xorshift) for random pattern lists over [`WALK_TREE`].
+fn random_patterns(seed: u64) -> String {
+    const PARTS: &[&str] = &[
+        "*",
+        "**",
+        "?",
+        "a*",
+        "*.md",
+        "*.txt",
+        "[ab]*",
+        "[!a]*",
+        "docs",
+        "src",
+        "dist",
+        "app",
+        "deep",
+        "x",
+        "\\[slug\\]",
+        "[a-c]?",
+        "*.js",
+        "keep",
+        "er",
+        ".env",
+    ];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let mut lines = Vec::new();
+    for _ in 0..2 + next(4) {
+        let segments = 1 + next(2);
+        let mut pattern: Vec<&str> = (0..segments).map(|_| PARTS[next(PARTS.len())]).collect();
+        pattern.dedup();
+        let mut line = pattern.join("/");
+        if next(3) == 0 {
+            line.insert(0, '!');
+        } else if next(6) == 0 {
+            line.insert(0, '/');
+        }
+        if next(6) == 0 {
+            line.push('/');
+        }
+        lines.push(line);
+    }
+    lines.join("\n") + "\n"
+}
+
+macro_rules! random_walk_cases {
+    ($($name:ident => $seed:expr;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let bed = require_bed!();
+            let patterns = random_patterns($seed);
+            note(&format!("{}: .dockerignore = {patterns:?}", stringify!($name)));
+            run_case(&bed, stringify!($name), |d: &Path| walk_tree(d, &patterns)).await;
+        }
+    )*};
+}
+
+random_walk_cases! {
+    walk_random_01 => 1;
+    walk_random_02 => 2;
+    walk_random_03 => 3;
+    walk_random_04 => 4;
+    walk_random_05 => 5;
+    walk_random_06 => 6;
+    walk_random_07 => 7;
+    walk_random_08 => 8;
+    walk_random_09 => 9;
+    walk_random_10 => 10;
+    walk_random_11 => 11;
+    walk_random_12 => 12;
+    walk_random_13 => 13;
+    walk_random_14 => 14;
+    walk_random_15 => 15;
+    walk_random_16 => 16;
+}
+
+// ---------------------------------------------------------------------------------------------
 // running a case
 
 fn unique(name: &str) -> String {
