@@ -164,6 +164,18 @@ pub enum Error {
         /// Start of the response body (registry error JSON).
         body: String,
     },
+    /// A registry sent fastbuild (an upload `Location`, a redirect) somewhere it will not go.
+    #[error("registry `{registry}` answered with {kind} `{location}`, which is refused: {reason}")]
+    LocationRefused {
+        /// The registry (or server) that sent it, `host[:port]`.
+        registry: String,
+        /// `an upload location` or `a redirect to`.
+        kind: String,
+        /// Where to (without query or user info: they may hold credentials).
+        location: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// Authentication was refused or impossible.
     #[error(
         "not authorized to {action} on `{registry}`: {reason}; check the credentials for `{registry}` in the Docker config (`docker login {registry}`)"
