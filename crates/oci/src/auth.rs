@@ -1,5 +1,10 @@
 //! Registry credentials (Docker `config.json`, credential helpers) and `WWW-Authenticate`
 //! challenges. Secrets never appear in `Debug` output, logs or errors.
+//!
+//! A credential helper name (`credsStore`, `credHelpers`) must be a plain name
+//! (`^[A-Za-z0-9._-]+$`); `docker-credential-<name>` is run only from an absolute PATH
+//! directory — the Docker config may come from the project (`docker_config`), and a name or
+//! PATH entry that resolves against the working directory would run a project file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -168,6 +173,7 @@ impl DockerConfig {
         } else {
             registry.to_owned()
         };
+        // Like Docker: the registry's `credHelpers` entry, else `credsStore`; empty = none.
         let helper = self
             .file
             .cred_helpers
@@ -176,12 +182,30 @@ impl DockerConfig {
                 let k = normalize_key(k);
                 k == registry || (hub && is_docker_hub(k))
             })
-            .map(|(_, v)| v)
-            .or(self.file.creds_store.as_ref());
-        if let Some(helper) = helper
-            && let Some(cred) = run_helper(helper, &server, self.helper_path.as_deref()).await?
-        {
-            return Ok(Some(cred));
+            .map(|(k, v)| (format!("credHelpers[{k:?}]"), v))
+            .or_else(|| {
+                self.file
+                    .creds_store
+                    .as_ref()
+                    .map(|v| ("credsStore".to_owned(), v))
+            })
+            .filter(|(_, v)| !v.is_empty());
+        if let Some((key, helper)) = helper {
+            let config = self.path.clone().unwrap_or_default();
+            if let Err(reason) = check_helper_name(helper) {
+                return Err(Error::InvalidCredentialHelper {
+                    path: config,
+                    key,
+                    name: helper.escape_debug().to_string(),
+                    reason: reason.to_owned(),
+                });
+            }
+            let origin = HelperOrigin { config, key };
+            if let Some(cred) =
+                run_helper(helper, &server, self.helper_path.as_deref(), &origin).await?
+            {
+                return Ok(Some(cred));
+            }
         }
         let entry = self.file.auths.iter().find(|(k, _)| {
             let k = normalize_key(k);
@@ -230,11 +254,88 @@ struct HelperOutput {
     secret: String,
 }
 
-/// Runs `docker-credential-<helper> get` with `server` on stdin.
+/// Why `name` cannot name a credential helper (`docker-credential-<name>`), if it cannot: it
+/// must be a plain file name — `^[A-Za-z0-9._-]+$`, not `.` or `..` — so it can only ever be
+/// looked up on PATH, never be a path (`x/../pwn.sh` would run `./pwn.sh`).
+fn check_helper_name(name: &str) -> std::result::Result<(), &'static str> {
+    if name == "." || name == ".." {
+        return Err("`.` and `..` are not helper names");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(
+            "a helper name may only hold ASCII letters, digits, `.`, `_` and `-` \
+             (a `/` would make it a path)",
+        );
+    }
+    Ok(())
+}
+
+/// Where a helper name came from, for messages.
+struct HelperOrigin {
+    /// The Docker config file.
+    config: PathBuf,
+    /// `credsStore` or `credHelpers["host"]`.
+    key: String,
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    let Ok(meta) = fs_err::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
+/// Finds `program` in the directories of `path` (`None` = this process's `PATH`), like Go's
+/// `exec.LookPath` since Go 1.19: a match through an empty or relative entry (`.`, `bin`) is an
+/// error, not a program to run — it would be a file of the working directory.
+fn find_on_path(
+    program: &str,
+    path: Option<&std::ffi::OsStr>,
+) -> std::result::Result<PathBuf, String> {
+    let path = path
+        .map(std::ffi::OsStr::to_owned)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if !is_executable_file(&candidate) {
+            continue;
+        }
+        if !dir.is_absolute() {
+            let entry = if dir.as_os_str().is_empty() {
+                "an empty PATH entry (the working directory)".to_owned()
+            } else {
+                format!("the relative PATH entry `{}`", dir.display())
+            };
+            return Err(format!(
+                "it was found only through {entry}, which is not used because it resolves \
+                 against the working directory; put the helper in an absolute PATH directory \
+                 (and remove relative entries from PATH)"
+            ));
+        }
+        return Ok(candidate);
+    }
+    Err("it is not an executable file in any (absolute) PATH directory".to_owned())
+}
+
+/// Runs `docker-credential-<helper> get` with `server` on stdin; `helper` has passed
+/// [`check_helper_name`], and the program is looked up on PATH only ([`find_on_path`]).
 async fn run_helper(
     helper: &str,
     server: &str,
     path: Option<&std::ffi::OsStr>,
+    origin: &HelperOrigin,
 ) -> Result<Option<Credential>> {
     use tokio::io::AsyncWriteExt as _;
     let program = format!("docker-credential-{helper}");
@@ -243,7 +344,14 @@ async fn run_helper(
         registry: server.to_owned(),
         reason,
     };
-    let mut command = tokio::process::Command::new(&program);
+    let resolved = find_on_path(&program, path).map_err(|why| {
+        fail(format!(
+            "{why}; install `{program}` on PATH, or change `{}` in `{}`",
+            origin.key,
+            origin.config.display()
+        ))
+    })?;
+    let mut command = tokio::process::Command::new(&resolved);
     if let Some(path) = path {
         command.env("PATH", path);
     }
@@ -254,7 +362,7 @@ async fn run_helper(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| fail(format!("could not run `{program}` ({e}); is it on PATH?")))?;
+        .map_err(|e| fail(format!("could not run `{}` ({e})", resolved.display())))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(server.as_bytes())

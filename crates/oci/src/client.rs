@@ -1,6 +1,10 @@
 //! A thin OCI distribution client on reqwest: scheme detection (TLS, or plain HTTP for loopback
 //! and insecure hosts), Basic and Bearer auth with a token cache, retries, blob and manifest
 //! transfer. Every upload is verified against the digest computed locally.
+//!
+//! Credentials go only to the registry's own origin: an upload `Location` or a redirect to
+//! another host is followed without them, and neither may lead to plain HTTP unless the hosts
+//! involved are allowed plain HTTP.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -233,14 +237,150 @@ fn shown(url: &Url) -> String {
     u.to_string()
 }
 
+/// `host[:port]` of `url`, as registries and `insecure_hosts` are written.
+fn host_port(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
+/// Whether `host` (`host[:port]`) may be spoken to in plain HTTP: loopback, or listed in
+/// `insecure`.
+fn plain_http_allowed(insecure: &[String], host: &str) -> bool {
+    is_loopback(host) || insecure.iter().any(|h| h == host)
+}
+
+/// Whether `url` may be used in plain HTTP: its host (with or without the port) is allowed.
+fn plain_http_allowed_for(insecure: &[String], url: &Url) -> bool {
+    let with_port = format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or(80)
+    );
+    plain_http_allowed(insecure, &host_port(url)) || plain_http_allowed(insecure, &with_port)
+}
+
+/// Whether a registry at `from` (its URL, the scheme it is spoken to in) may send fastbuild to
+/// `to` (an upload `Location` or a redirect): only `http`/`https`, and plain HTTP only when both
+/// hosts are allowed plain HTTP — an HTTPS registry's uploads are never downgraded otherwise.
+/// `Err` says why not and what to do.
+fn check_target(insecure: &[String], from: &Url, to: &Url) -> std::result::Result<(), String> {
+    match to.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let target = host_port(to);
+            if !plain_http_allowed_for(insecure, to) {
+                return Err(format!(
+                    "plain HTTP to `{target}` is not allowed (only loopback and insecure hosts are \
+                     used without TLS); fix the registry's upload/redirect configuration, or mark \
+                     `{target}` insecure (RegistryOptions::insecure_hosts, e.g. \
+                     `--insecure-registry {target}`) if it is meant to be used over plain HTTP"
+                ));
+            }
+            if from.scheme() == "https" && !plain_http_allowed_for(insecure, from) {
+                let registry = host_port(from);
+                return Err(format!(
+                    "`{registry}` is spoken to over HTTPS and is not allowed plain HTTP, so it \
+                     cannot downgrade a request to plain HTTP; fix the registry's \
+                     upload/redirect configuration, or mark `{registry}` insecure \
+                     (RegistryOptions::insecure_hosts, e.g. `--insecure-registry {registry}`) if \
+                     plain HTTP is intended"
+                ));
+            }
+            Ok(())
+        }
+        other => Err(format!(
+            "only http and https URLs are followed, not `{other}:`"
+        )),
+    }
+}
+
+/// The most redirects followed for one request (reqwest's default).
+const MAX_REDIRECTS: usize = 10;
+
+/// A redirect refused by [`redirect_policy`]; turned into [`Error::LocationRefused`].
+#[derive(Debug)]
+struct RedirectRefused {
+    /// Who redirected (`host[:port]`).
+    from: String,
+    /// Where to (no query, no user info).
+    location: String,
+    reason: String,
+}
+
+impl fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` redirected to `{}`, which is refused: {}",
+            self.from, self.location, self.reason
+        )
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// reqwest's redirect handling, narrowed. reqwest drops `Authorization` when a redirect
+/// changes the host or the port, but keeps it when only the scheme changes and follows
+/// HTTPS → HTTP downgrades. Here every hop must pass [`check_target`] (judged against the
+/// URL first requested) and a hop that changes only the scheme is refused, so credentials
+/// never reach another origin and never go out in plain HTTP to a host not allowed it.
+fn redirect_policy(insecure: Vec<String>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let (Some(first), Some(previous)) = (
+            attempt.previous().first().cloned(),
+            attempt.previous().last().cloned(),
+        ) else {
+            return attempt.follow();
+        };
+        let next = attempt.url().clone();
+        let refuse = |reason: String| RedirectRefused {
+            from: host_port(&previous),
+            location: shown(&next),
+            reason,
+        };
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(refuse(format!("more than {MAX_REDIRECTS} redirects")));
+        }
+        if let Err(reason) = check_target(&insecure, &first, &next) {
+            return attempt.error(refuse(reason));
+        }
+        if next.scheme() != previous.scheme()
+            && next.host_str() == previous.host_str()
+            && next.port_or_known_default() == previous.port_or_known_default()
+        {
+            return attempt.error(refuse(
+                "it changes only the scheme, and the request's credentials would follow it \
+                 to that other origin; fix the registry's redirect configuration"
+                    .to_owned(),
+            ));
+        }
+        attempt.follow()
+    })
+}
+
 fn transport(method: &Method, url: &Url) -> impl FnOnce(reqwest::Error) -> Error {
     let (method, url) = (method.to_string(), shown(url));
     // reqwest's own message names the URL it was using, query included: after a redirect to
     // blob storage that is a pre-signed URL whose query is a credential.
-    move |source| Error::Transport {
-        method,
-        url,
-        source: source.without_url(),
+    move |source| {
+        let refused =
+            std::error::Error::source(&source).and_then(|e| e.downcast_ref::<RedirectRefused>());
+        if let Some(r) = refused {
+            return Error::LocationRefused {
+                registry: r.from.clone(),
+                kind: "a redirect to".to_owned(),
+                location: r.location.clone(),
+                reason: r.reason.clone(),
+            };
+        }
+        Error::Transport {
+            method,
+            url,
+            source: source.without_url(),
+        }
     }
 }
 
@@ -269,7 +409,9 @@ pub fn resolve_location(base: &Url, location: &str) -> Result<Url> {
     })
 }
 
-fn location_of(resp: &Response, base: &Url) -> Result<Url> {
+/// The upload `Location` of `resp` (to a request to `base`), resolved; refused unless
+/// [`check_target`] allows a registry at `registry` (its own URL) to send fastbuild there.
+fn location_of(resp: &Response, base: &Url, registry: &Url, insecure: &[String]) -> Result<Url> {
     let loc = resp
         .headers()
         .get(LOCATION)
@@ -280,7 +422,14 @@ fn location_of(resp: &Response, base: &Url) -> Result<Url> {
             status: resp.status().as_u16(),
             body: "response has no Location header".to_owned(),
         })?;
-    resolve_location(base, loc)
+    let url = resolve_location(base, loc)?;
+    check_target(insecure, registry, &url).map_err(|reason| Error::LocationRefused {
+        registry: host_port(registry),
+        kind: "an upload location".to_owned(),
+        location: shown(&url),
+        reason,
+    })?;
+    Ok(url)
 }
 
 fn check_digest_header(resp: &Response, expected: &Digest, what: &str) -> Result<()> {
@@ -305,7 +454,8 @@ impl RegistryClient {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(options.connect_timeout)
-            .user_agent(options.user_agent.clone());
+            .user_agent(options.user_agent.clone())
+            .redirect(redirect_policy(options.insecure_hosts.clone()));
         for path in &options.ca_files {
             let pem = fs_err::read(path).map_err(|e| Error::CaFile {
                 path: path.clone(),
@@ -343,7 +493,7 @@ impl RegistryClient {
     }
 
     fn allows_http(&self, host: &str) -> bool {
-        is_loopback(host) || self.inner.options.insecure_hosts.iter().any(|h| h == host)
+        plain_http_allowed(&self.inner.options.insecure_hosts, host)
     }
 
     async fn probe(&self, url: &str) -> std::result::Result<StatusCode, reqwest::Error> {
@@ -403,6 +553,21 @@ impl RegistryClient {
             value: format!("{}/{}", repo.host, repo.name),
             reason: "it does not form a valid URL".to_owned(),
         })
+    }
+
+    /// The registry's own origin: `scheme://host[:port]/`.
+    async fn registry_url(&self, repo: &Repo) -> Result<Url> {
+        let scheme = self.scheme(&repo.host).await?;
+        Url::parse(&format!("{scheme}://{}/", repo.host)).map_err(|_| Error::InvalidReference {
+            value: repo.host.clone(),
+            reason: "it does not form a valid URL".to_owned(),
+        })
+    }
+
+    /// The checked upload `Location` of `resp`, a response to `base`.
+    async fn location(&self, repo: &Repo, resp: &Response, base: &Url) -> Result<Url> {
+        let registry = self.registry_url(repo).await?;
+        location_of(resp, base, &registry, &self.inner.options.insecure_hosts)
     }
 
     async fn credential(&self, host: &str) -> Result<Option<Credential>> {
@@ -555,6 +720,10 @@ impl RegistryClient {
 
     /// Sends a request built by `build`, adding auth; on a 401 learns the challenge and
     /// retries once. A second 401 is an [`Error::Unauthorized`].
+    ///
+    /// Credentials go only to the registry's own origin (scheme, host and port): a `url` on
+    /// another origin (an upload `Location` on blob storage) is sent without them, as
+    /// containerd and go-containerregistry do, and its 401 is not taken as the registry's.
     async fn send(
         &self,
         repo: &Repo,
@@ -562,9 +731,14 @@ impl RegistryClient {
         url: &Url,
         build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
     ) -> Result<Response> {
+        let same_origin = url.origin() == self.registry_url(repo).await?.origin();
         for attempt in 0..2 {
             let mut rb = build(self.inner.http.request(method.clone(), url.clone()))?;
-            let auth = self.auth_header(repo).await?;
+            let auth = if same_origin {
+                self.auth_header(repo).await?
+            } else {
+                None
+            };
             let sent_auth = auth.is_some();
             if let Some(h) = &auth {
                 rb = rb.header(AUTHORIZATION, h);
@@ -572,6 +746,17 @@ impl RegistryClient {
             let resp = rb.send().await.map_err(transport(&method, url))?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
+            }
+            if !same_origin {
+                return Err(Error::Unauthorized {
+                    action: format!("{method} `{}`", repo.name),
+                    registry: repo.host.clone(),
+                    reason: format!(
+                        "`{}`, where the registry sent the upload, asked for credentials, and \
+                         they are only ever sent to the registry itself",
+                        host_port(url)
+                    ),
+                });
             }
             let challenge = resp
                 .headers()
@@ -688,7 +873,7 @@ impl RegistryClient {
                     )?;
                     Ok(None)
                 }
-                202 => Ok(Some(location_of(&resp, &url)?)),
+                202 => Ok(Some(self.location(repo, &resp, &url).await?)),
                 _ => Err(status_error(&Method::POST, &url, resp).await),
             }
         })
@@ -705,7 +890,7 @@ impl RegistryClient {
         if resp.status().as_u16() != 202 {
             return Err(status_error(&Method::POST, &url, resp).await);
         }
-        location_of(&resp, &url)
+        self.location(repo, &resp, &url).await
     }
 
     /// Uploads a blob (monolithic up to `chunk_size`, chunked above), restarting the upload
@@ -750,7 +935,7 @@ impl RegistryClient {
                         if resp.status().as_u16() != 202 {
                             return Err(status_error(&Method::PATCH, &url, resp).await);
                         }
-                        location = location_of(&resp, &url)?;
+                        location = self.location(repo, &resp, &url).await?;
                         offset += len;
                     }
                 }
@@ -1060,6 +1245,42 @@ mod tests {
             assert!(!chain.contains(secret), "{chain}");
             assert!(!format!("{err:?}").contains(secret), "{err:?}");
         }
+    }
+
+    #[test]
+    fn plain_http_targets_need_both_hosts_allowed_plain_http() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let none: &[String] = &[];
+        let remote = u("https://registry.example/v2/a/blobs/uploads/");
+        // HTTPS anywhere is fine (credentials are kept to the registry's origin by `send`).
+        assert!(check_target(none, &remote, &u("https://storage.example/up?sig=1")).is_ok());
+        // An HTTPS registry not allowed plain HTTP cannot downgrade, even to loopback.
+        let err = check_target(none, &remote, &u("http://127.0.0.1:5001/up")).unwrap_err();
+        assert!(
+            err.contains("`registry.example` is spoken to over HTTPS")
+                && err.contains("--insecure-registry registry.example"),
+            "{err}"
+        );
+        // ... nor to a host not allowed plain HTTP.
+        let err = check_target(none, &remote, &u("http://storage.example/up")).unwrap_err();
+        assert!(
+            err.contains("plain HTTP to `storage.example` is not allowed"),
+            "{err}"
+        );
+        // Marked insecure (with or without the default port): allowed.
+        let insecure = [
+            "registry.example".to_owned(),
+            "storage.example:80".to_owned(),
+        ];
+        assert!(check_target(&insecure, &remote, &u("http://storage.example/up")).is_ok());
+        assert!(check_target(&insecure, &remote, &u("http://127.0.0.1:5001/up")).is_ok());
+        // A loopback registry (over TLS or not) may use plain HTTP to loopback.
+        for from in ["https://127.0.0.1:5000/", "http://localhost:5000/"] {
+            assert!(check_target(none, &u(from), &u("http://127.0.0.1:5001/up")).is_ok());
+            assert!(check_target(none, &u(from), &u("http://10.1.2.3:5001/up")).is_err());
+        }
+        let err = check_target(none, &remote, &u("ftp://storage.example/up")).unwrap_err();
+        assert!(err.contains("only http and https"), "{err}");
     }
 
     #[test]

@@ -101,6 +101,20 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A Docker config names a credential helper that is not a plain program name.
+    #[error(
+        "Docker config `{path}`: `{key}` names the credential helper `{name}`, which is refused: {reason}; fastbuild only runs `docker-credential-<name>` from a PATH directory, so fix or remove `{key}` (or use another Docker config: DOCKER_CONFIG, `--docker-config`, `docker_config`)"
+    )]
+    InvalidCredentialHelper {
+        /// The Docker config file.
+        path: PathBuf,
+        /// `credsStore` or `credHelpers["host"]`.
+        key: String,
+        /// The name as written (escaped).
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A credential helper failed.
     #[error("credential helper `docker-credential-{helper}` failed for `{registry}`: {reason}")]
     CredentialHelper {
@@ -163,6 +177,18 @@ pub enum Error {
         status: u16,
         /// Start of the response body (registry error JSON).
         body: String,
+    },
+    /// A registry sent fastbuild (an upload `Location`, a redirect) somewhere it will not go.
+    #[error("registry `{registry}` answered with {kind} `{location}`, which is refused: {reason}")]
+    LocationRefused {
+        /// The registry (or server) that sent it, `host[:port]`.
+        registry: String,
+        /// `an upload location` or `a redirect to`.
+        kind: String,
+        /// Where to (without query or user info: they may hold credentials).
+        location: String,
+        /// Why, and what to do.
+        reason: String,
     },
     /// Authentication was refused or impossible.
     #[error(

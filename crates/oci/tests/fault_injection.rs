@@ -1,6 +1,8 @@
 //! Fault injection: a small in-process registry (hand-rolled HTTP/1.1 on a tokio listener) that
 //! answers 503, resets connections mid-upload, hands out relative `Location`s or lies about
 //! `Docker-Content-Digest`. Pushes must survive the first three and fail clearly on the last.
+//! It can also send uploads and blob downloads to another server (blob storage): credentials
+//! must stay with the registry, and plain HTTP is only used where it is allowed.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -29,6 +31,14 @@ struct Faults {
     lie_digest: bool,
     /// Require a Bearer token from `/token`, which wants these Basic credentials.
     bearer: Option<(String, String)>,
+    /// Require these Basic credentials on every request.
+    basic: Option<(String, String)>,
+    /// Answer upload POSTs with an absolute `Location` on this base URL (`scheme://host:port`).
+    upload_base: Option<String>,
+    /// The server whose state holds those uploads (another `serve`), if not this one.
+    upload_state: Option<Shared>,
+    /// Answer blob GET/HEADs with a 307 to this base URL (with a signature in the query).
+    blob_redirect_base: Option<String>,
 }
 
 #[derive(Default)]
@@ -41,6 +51,8 @@ struct State {
     log: Vec<String>,
     /// `scope` parameters of each token request.
     token_requests: Vec<Vec<String>>,
+    /// `METHOD path` of each request that carried an `Authorization` header.
+    authorized: Vec<String>,
     addr: String,
 }
 
@@ -176,6 +188,14 @@ async fn connection(stream: TcpStream, state: Shared) {
     }
 }
 
+/// Opens an upload session in `s`; returns its id.
+fn new_upload(s: &mut State) -> String {
+    s.next_id += 1;
+    let id = format!("u{}", s.next_id);
+    s.uploads.insert(id.clone(), Vec::new());
+    id
+}
+
 fn route(
     state: &Shared,
     method: &str,
@@ -186,7 +206,17 @@ fn route(
     let mut s = state.lock().unwrap();
     let path = url.path().to_owned();
     s.log.push(format!("{method} {path}"));
+    if headers.contains_key("authorization") {
+        s.authorized.push(format!("{method} {path}"));
+    }
     let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    if let Some((user, pass)) = s.faults.basic.clone() {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        if headers.get("authorization") != Some(&format!("Basic {basic}")) {
+            return reply(401).header("WWW-Authenticate", r#"Basic realm="fake""#);
+        }
+    }
     if let Some((user, pass)) = s.faults.bearer.clone() {
         use base64::Engine as _;
         let auth = headers.get("authorization").cloned().unwrap_or_default();
@@ -233,11 +263,19 @@ fn route(
                     s.faults.post_503 -= 1;
                     return reply(503).body(b"{\"errors\":[{\"code\":\"UNAVAILABLE\"}]}".to_vec());
                 }
-                s.next_id += 1;
-                let id = format!("u{}", s.next_id);
-                s.uploads.insert(id.clone(), Vec::new());
+                let id = if let Some(other) = s.faults.upload_state.clone() {
+                    new_upload(&mut other.lock().unwrap())
+                } else {
+                    new_upload(&mut s)
+                };
+                if let Some(base) = &s.faults.upload_base {
+                    return reply(202).header(
+                        "Location",
+                        format!("{base}/v2/{name}/blobs/uploads/{id}?_state=secret-{id}"),
+                    );
+                }
                 // Relative to the request path, with a query to keep.
-                return reply(202).header("Location", format!("{id}?_state=s{}", s.next_id));
+                return reply(202).header("Location", format!("{id}?_state=s-{id}"));
             }
             "PATCH" => {
                 if !query.contains_key("_state") {
@@ -284,7 +322,13 @@ fn route(
             _ => return reply(405),
         }
     }
-    if let Some((_, digest)) = rest.split_once("/blobs/") {
+    if let Some((name, digest)) = rest.split_once("/blobs/") {
+        if let Some(base) = &s.faults.blob_redirect_base {
+            return reply(307).header(
+                "Location",
+                format!("{base}/v2/{name}/blobs/{digest}?X-Amz-Signature=sig-secret"),
+            );
+        }
         return match s.blobs.get(digest) {
             Some(b) => reply(200)
                 .header("Content-Length", b.len().to_string())
@@ -373,7 +417,7 @@ async fn push_survives_503s_resets_and_relative_locations() {
             reset_body: 2,
             manifest_500: 1,
             lie_digest: false,
-            bearer: None,
+            ..Faults::default()
         },
     )
     .await;
@@ -575,4 +619,192 @@ async fn bearer_token_flow_with_docker_config_credentials_and_token_cache() {
         msg.contains(&addr.to_string()) && msg.contains("refused") && !msg.contains("wrong"),
         "{msg}"
     );
+}
+
+/// A Docker config in `dir` with `user:password` for `registry`; options reading it.
+fn options_with_login(dir: &Path, registry: &str, user: &str, password: &str) -> RegistryOptions {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    fs_err::write(
+        dir.join("config.json"),
+        format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let mut opts = options(dir);
+    opts.docker_config = Some(dir.to_owned());
+    opts
+}
+
+#[tokio::test]
+async fn credentials_stay_with_the_registry_when_uploads_and_blobs_live_on_another_host() {
+    for bearer in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        // Blob storage: another listener (another port, so another origin), no auth of its own.
+        let (storage_addr, storage) = serve("127.0.0.1:0", Faults::default()).await;
+        let login = Some(("alice".to_owned(), "pw-secret".to_owned()));
+        let (addr, registry) = serve(
+            "127.0.0.1:0",
+            Faults {
+                basic: if bearer { None } else { login.clone() },
+                bearer: if bearer { login } else { None },
+                upload_base: Some(format!("http://{storage_addr}")),
+                upload_state: Some(storage.clone()),
+                blob_redirect_base: Some(format!("http://{storage_addr}")),
+                ..Faults::default()
+            },
+        )
+        .await;
+        let opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
+        let client = RegistryClient::new(opts).unwrap();
+        let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+        let pushed = build_and_push(
+            &spec(tmp.path()),
+            &Target::Registry(target.clone()),
+            &client,
+        )
+        .await
+        .unwrap();
+        // The blobs went to storage (PATCH + PUT there), fetched back through a redirect.
+        let config: fastbuild_oci::Digest = {
+            let r = registry.lock().unwrap();
+            let m: serde_json::Value = serde_json::from_slice(&r.manifests["v1"].1).unwrap();
+            assert_eq!(sha256(&r.manifests["v1"].1), pushed.digest.to_string());
+            m["config"]["digest"].as_str().unwrap().parse().unwrap()
+        };
+        let blob = client.get_blob(&target, &config).await.unwrap();
+        assert_eq!(sha256(&blob), config.to_string());
+
+        let r = registry.lock().unwrap();
+        let st = storage.lock().unwrap();
+        assert_eq!(st.blobs.len(), 3, "uploads went to storage: {:?}", st.log);
+        for m in ["PATCH", "PUT", "HEAD", "GET"] {
+            assert!(
+                st.log.iter().any(|l| l.starts_with(m)),
+                "{m} at storage: {:?}",
+                st.log
+            );
+        }
+        // The registry itself got the credentials (bearer: the token endpoint got Basic)...
+        assert!(
+            r.authorized.iter().any(|l| l.starts_with("POST /v2/")),
+            "bearer={bearer}: {:?}",
+            r.authorized
+        );
+        // ...storage never did: not on the upload Location, not after a redirect.
+        assert!(
+            st.authorized.is_empty(),
+            "bearer={bearer}: credentials sent to another host: {:?}",
+            st.authorized
+        );
+    }
+}
+
+#[tokio::test]
+#[allow(clippy::print_stderr)]
+async fn plain_http_upload_location_on_a_host_not_allowed_plain_http_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve(
+        "127.0.0.1:0",
+        Faults {
+            upload_base: Some("http://fastbuild-test.invalid:9".to_owned()),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::LocationRefused { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "registry `{addr}` answered with an upload location `http://fastbuild-test.invalid:9/v2/team/app/blobs/uploads/u1`, which is refused"
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("`http://fastbuild-test.invalid:9/v2/team/app/blobs/uploads/u")
+            && msg.contains("plain HTTP to `fastbuild-test.invalid:9` is not allowed")
+            && msg.contains("--insecure-registry fastbuild-test.invalid:9")
+            && !msg.contains("secret"),
+        "{msg}"
+    );
+    assert!(state.lock().unwrap().manifests.is_empty());
+
+    // The same rule with a real listener: refused until its host is marked insecure.
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped the insecure-host half: no non-loopback address on this machine");
+        return;
+    };
+    let (storage_addr, storage) = serve(&format!("{ip}:0"), Faults::default()).await;
+    let (addr, _state) = serve(
+        "127.0.0.1:0",
+        Faults {
+            upload_base: Some(format!("http://{storage_addr}")),
+            upload_state: Some(storage.clone()),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let err = build_and_push(
+        &spec(tmp.path()),
+        &Target::Registry(target.clone()),
+        &client,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::LocationRefused { .. }), "{err}");
+    assert!(storage.lock().unwrap().log.is_empty(), "nothing was sent");
+    let mut opts = options(tmp.path());
+    opts.insecure_hosts = vec![storage_addr.to_string()];
+    let client = RegistryClient::new(opts).unwrap();
+    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap();
+    assert_eq!(storage.lock().unwrap().blobs.len(), 3);
+}
+
+#[tokio::test]
+async fn redirects_to_plain_http_or_to_another_scheme_of_the_same_origin_are_refused() {
+    let digest: fastbuild_oci::Digest = sha256(b"x").parse().unwrap();
+    for (base, reason) in [
+        (
+            "http://fastbuild-test.invalid:9".to_owned(),
+            "plain HTTP to `fastbuild-test.invalid:9` is not allowed",
+        ),
+        // Same host and port, another scheme: reqwest would keep `Authorization` on it.
+        (String::new(), "changes only the scheme"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (addr, state) = serve(
+            "127.0.0.1:0",
+            Faults {
+                basic: Some(("alice".to_owned(), "pw-secret".to_owned())),
+                ..Faults::default()
+            },
+        )
+        .await;
+        let base = if base.is_empty() {
+            format!("https://{addr}")
+        } else {
+            base
+        };
+        state.lock().unwrap().faults.blob_redirect_base = Some(base.clone());
+        let opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
+        let client = RegistryClient::new(opts).unwrap();
+        let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+        let err = client.get_blob(&target, &digest).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::LocationRefused { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "registry `{addr}` answered with a redirect to `{base}/v2/team/app/blobs/{digest}`"
+            )) && msg.contains(reason)
+                && !msg.contains("secret"),
+            "{msg}"
+        );
+    }
 }
