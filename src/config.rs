@@ -37,10 +37,12 @@ pub struct ProjectFile {
     /// `gzip`, `zstd` or `uncompressed`.
     pub compression: Option<String>,
     /// How many services build at once.
+    #[serde(default, deserialize_with = "scalar_or_env")]
     pub parallel: Option<usize>,
     /// Byte-for-byte reproducible images across checkouts (BuildKit `rewrite-timestamp`):
     /// default on for `push` (CI), off for `build` and `watch` (it costs the daemon a rewrite
     /// of every layer on every build).
+    #[serde(default, deserialize_with = "scalar_or_env")]
     pub reproducible: Option<bool>,
     /// The services, by name.
     #[serde(default)]
@@ -97,6 +99,7 @@ pub struct ServiceConfig {
     /// Layer compression override.
     pub compression: Option<String>,
     /// Reproducible-image override (see the top-level key).
+    #[serde(default, deserialize_with = "scalar_or_env")]
     pub reproducible: Option<bool>,
     /// Cache import refs (`type=registry,ref=…`).
     #[serde(default)]
@@ -225,6 +228,16 @@ pub enum ConfigError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// A `${VAR}` reference in a value could not be expanded.
+    #[error("{path}: `{key}`: {message}")]
+    Env {
+        /// The file.
+        path: PathBuf,
+        /// Where the value is, e.g. `services.api.build_args.MODE`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
 }
 
 /// Finds the project file in `start` or its parents.
@@ -251,13 +264,25 @@ pub fn load(path: &Path) -> Result<ProjectFile, ConfigError> {
     parse(path, &text)
 }
 
-/// Parses project file text; `path` is only used in error messages.
+/// Parses project file text; `path` is only used in error messages. `${VAR}` and
+/// `${VAR:-default}` are expanded from the process environment inside the parsed scalar values
+/// only, as Compose does: a value can never add keys or structure, quoting is kept, and
+/// comments are never expanded.
 pub fn parse(path: &Path, text: &str) -> Result<ProjectFile, ConfigError> {
+    parse_with(path, text, &|k| std::env::var(k).ok())
+}
+
+/// [`parse`] with the string values expanded from `lookup` (the typed scalars `parallel` and
+/// `reproducible` always expand from the process environment, while they are read).
+pub fn parse_with(
+    path: &Path,
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<ProjectFile, ConfigError> {
     if text.trim().is_empty() {
         return Ok(ProjectFile::default());
     }
-    let text = expand_env(path, text, |k| std::env::var(k).ok())?;
-    serde_saphyr::from_str::<ProjectFile>(&text).map_err(|err| {
+    let mut project = serde_saphyr::from_str::<ProjectFile>(text).map_err(|err| {
         let (line, column) = err
             .location()
             .map_or((0, 0), |loc| (loc.line(), loc.column()));
@@ -267,68 +292,205 @@ pub fn parse(path: &Path, text: &str) -> Result<ProjectFile, ConfigError> {
             column,
             message: explain(&err.to_string()),
         }
-    })
+    })?;
+    let mut expand = |key: &str, value: &mut String| {
+        if value.contains('$') {
+            *value = expand_value(value, lookup).map_err(|message| ConfigError::Env {
+                path: path.to_owned(),
+                key: key.to_owned(),
+                message,
+            })?;
+        }
+        Ok(())
+    };
+    expand_project(&mut project, &mut expand)?;
+    Ok(project)
 }
 
-/// Expands `${VAR}` and `${VAR:-default}` (`$$` is a literal `$`); an unset variable without
-/// a default is an error naming its line.
-pub fn expand_env(
-    path: &Path,
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(text.len());
-    for (lineno, line) in text.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i + 1..];
-            if let Some(stripped) = after.strip_prefix('$') {
-                out.push('$');
-                rest = stripped;
-                continue;
-            }
-            let Some(body_and_rest) = after.strip_prefix('{') else {
-                out.push('$');
-                rest = after;
-                continue;
-            };
-            let Some(end) = body_and_rest.find('}') else {
-                return Err(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    line: lineno as u64 + 1,
-                    column: (line.len() - rest.len() + i) as u64 + 1,
-                    message:
-                        "unclosed `${`; write `${VAR}`, `${VAR:-default}` or `$$` for a literal `$`"
-                            .into(),
-                });
-            };
-            let body = &body_and_rest[..end];
-            let (name, default) = match body.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (body, None),
-            };
-            match lookup(name)
-                .filter(|v| !v.is_empty())
-                .or_else(|| default.map(str::to_owned))
-            {
-                Some(v) => out.push_str(&v),
-                None => {
-                    return Err(ConfigError::Invalid {
-                        path: path.to_owned(),
-                        line: lineno as u64 + 1,
-                        column: (line.len() - rest.len() + i) as u64 + 1,
-                        message: format!(
-                            "environment variable `{name}` is not set; set it or write `${{{name}:-default}}`"
-                        ),
-                    });
-                }
-            }
-            rest = &body_and_rest[end + 1..];
+/// Expands `${VAR}` and `${VAR:-default}` in one value (`$$` is a literal `$`, a `$` before
+/// anything else stays as it is); an unset variable without a default is an error.
+pub fn expand_value(
+    value: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+            continue;
         }
-        out.push_str(rest);
+        let Some(body_and_rest) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let Some(end) = body_and_rest.find('}') else {
+            return Err(
+                "unclosed `${`; write `${VAR}`, `${VAR:-default}` or `$$` for a literal `$`".into(),
+            );
+        };
+        let body = &body_and_rest[..end];
+        let (name, default) = match body.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (body, None),
+        };
+        match lookup(name)
+            .filter(|v| !v.is_empty())
+            .or_else(|| default.map(str::to_owned))
+        {
+            Some(v) => out.push_str(&v),
+            None => {
+                return Err(format!(
+                    "environment variable `{name}` is not set; set it or write `${{{name}:-default}}`"
+                ));
+            }
+        }
+        rest = &body_and_rest[end + 1..];
     }
+    out.push_str(rest);
     Ok(out)
+}
+
+/// A typed scalar written as itself (`parallel: 4`) or as a string to expand
+/// (`parallel: ${JOBS:-4}`).
+fn scalar_or_env<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        Value(T),
+        Text(String),
+    }
+    match Option::<Raw<T>>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Raw::Value(v)) => Ok(Some(v)),
+        Some(Raw::Text(text)) => {
+            let expanded =
+                expand_value(&text, &|k| std::env::var(k).ok()).map_err(D::Error::custom)?;
+            expanded
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| D::Error::custom(format!("`{expanded}` (from `{text}`): {e}")))
+        }
+    }
+}
+
+type Expand<'a> = dyn FnMut(&str, &mut String) -> Result<(), ConfigError> + 'a;
+
+fn expand_opt(key: &str, value: &mut Option<String>, ex: &mut Expand) -> Result<(), ConfigError> {
+    value.as_mut().map_or(Ok(()), |v| ex(key, v))
+}
+
+fn expand_path(key: &str, value: &mut PathBuf, ex: &mut Expand) -> Result<(), ConfigError> {
+    if let Some(text) = value.to_str() {
+        let mut text = text.to_owned();
+        ex(key, &mut text)?;
+        *value = PathBuf::from(text);
+    }
+    Ok(())
+}
+
+fn expand_opt_path(
+    key: &str,
+    value: &mut Option<PathBuf>,
+    ex: &mut Expand,
+) -> Result<(), ConfigError> {
+    value.as_mut().map_or(Ok(()), |v| expand_path(key, v, ex))
+}
+
+fn expand_list(key: &str, values: &mut [String], ex: &mut Expand) -> Result<(), ConfigError> {
+    for (i, v) in values.iter_mut().enumerate() {
+        ex(&format!("{key}[{i}]"), v)?;
+    }
+    Ok(())
+}
+
+fn expand_paths(key: &str, values: &mut [PathBuf], ex: &mut Expand) -> Result<(), ConfigError> {
+    for (i, v) in values.iter_mut().enumerate() {
+        expand_path(&format!("{key}[{i}]"), v, ex)?;
+    }
+    Ok(())
+}
+
+fn expand_map(
+    key: &str,
+    values: &mut BTreeMap<String, String>,
+    ex: &mut Expand,
+) -> Result<(), ConfigError> {
+    for (k, v) in values.iter_mut() {
+        ex(&format!("{key}.{k}"), v)?;
+    }
+    Ok(())
+}
+
+/// Every string value of the project file (keys are never expanded).
+fn expand_project(p: &mut ProjectFile, ex: &mut Expand) -> Result<(), ConfigError> {
+    expand_opt("registry", &mut p.registry, ex)?;
+    expand_opt("pull_registry", &mut p.pull_registry, ex)?;
+    expand_opt("buildkit", &mut p.buildkit, ex)?;
+    expand_opt_path("values_dir", &mut p.values_dir, ex)?;
+    expand_list("insecure_registries", &mut p.insecure_registries, ex)?;
+    expand_paths("registry_ca", &mut p.registry_ca, ex)?;
+    expand_opt_path("docker_config", &mut p.docker_config, ex)?;
+    expand_opt("compression", &mut p.compression, ex)?;
+    for (name, s) in &mut p.services {
+        let at = |k: &str| format!("services.{name}.{k}");
+        expand_opt_path(&at("context"), &mut s.context, ex)?;
+        expand_opt_path(&at("dockerfile"), &mut s.dockerfile, ex)?;
+        expand_opt(&at("target"), &mut s.target, ex)?;
+        expand_map(&at("build_args"), &mut s.build_args, ex)?;
+        expand_map(&at("labels"), &mut s.labels, ex)?;
+        expand_list(&at("platforms"), &mut s.platforms, ex)?;
+        expand_list(&at("secrets"), &mut s.secrets, ex)?;
+        expand_paths(&at("watch"), &mut s.watch, ex)?;
+        expand_opt(&at("repository"), &mut s.repository, ex)?;
+        expand_opt(&at("registry"), &mut s.registry, ex)?;
+        expand_opt(&at("pull_registry"), &mut s.pull_registry, ex)?;
+        expand_opt(&at("tag"), &mut s.tag, ex)?;
+        expand_opt(&at("compression"), &mut s.compression, ex)?;
+        expand_list(&at("cache_from"), &mut s.cache_from, ex)?;
+        expand_list(&at("cache_to"), &mut s.cache_to, ex)?;
+        let v = &mut s.values;
+        expand_opt_path(&at("values.file"), &mut v.file, ex)?;
+        expand_opt(&at("values.repository_key"), &mut v.repository_key, ex)?;
+        expand_opt(&at("values.digest_key"), &mut v.digest_key, ex)?;
+        expand_opt(&at("values.registry_key"), &mut v.registry_key, ex)?;
+        expand_opt(&at("values.tag_key"), &mut v.tag_key, ex)?;
+        if let Some(h) = &mut s.helm {
+            expand_opt(&at("helm.release"), &mut h.release, ex)?;
+            ex(&at("helm.chart"), &mut h.chart)?;
+            expand_opt(&at("helm.namespace"), &mut h.namespace, ex)?;
+            expand_paths(&at("helm.values"), &mut h.values, ex)?;
+            expand_list(&at("helm.flags"), &mut h.flags, ex)?;
+            expand_opt(&at("helm.timeout"), &mut h.timeout, ex)?;
+        }
+        expand_opt(&at("base"), &mut s.base, ex)?;
+        for (i, layer) in s.layers.iter_mut().enumerate() {
+            expand_path(&at(&format!("layers[{i}].src")), &mut layer.src, ex)?;
+            ex(&at(&format!("layers[{i}].dest")), &mut layer.dest)?;
+        }
+        if let Some(e) = &mut s.entrypoint {
+            expand_list(&at("entrypoint"), e, ex)?;
+        }
+        if let Some(c) = &mut s.cmd {
+            expand_list(&at("cmd"), c, ex)?;
+        }
+        expand_map(&at("env"), &mut s.env, ex)?;
+        expand_opt(&at("workdir"), &mut s.workdir, ex)?;
+        expand_opt(&at("user"), &mut s.user, ex)?;
+        expand_list(&at("ports"), &mut s.ports, ex)?;
+    }
+    Ok(())
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -486,24 +648,63 @@ services:
     }
 
     #[test]
-    fn env_expansion() {
+    fn env_expansion_in_values() {
         let look = |k: &str| (k == "REG").then(|| "localhost:5000".to_owned());
-        let p = Path::new("p.yaml");
-        assert_eq!(
-            expand_env(p, "registry: ${REG}\n", look).unwrap(),
-            "registry: localhost:5000\n"
-        );
-        assert_eq!(
-            expand_env(p, "a: ${NOPE:-x}/$$y $z\n", look).unwrap(),
-            "a: x/$y $z\n"
-        );
-        let err = expand_env(p, "a: 1\nb: ${NOPE}\n", look)
-            .unwrap_err()
-            .to_string();
+        assert_eq!(expand_value("${REG}/x", &look).unwrap(), "localhost:5000/x");
+        assert_eq!(expand_value("${NOPE:-x}/$$y $z", &look).unwrap(), "x/$y $z");
+        let err = expand_value("${NOPE}", &look).unwrap_err();
         assert!(
-            err.starts_with("p.yaml:2:4: environment variable `NOPE` is not set"),
+            err.starts_with("environment variable `NOPE` is not set"),
             "{err}"
         );
+        let text = "registry: ${REG}\nservices:\n  api:\n    build_args: {A: \"${NOPE:-d}\"}\n";
+        let p = parse_with(Path::new("p.yaml"), text, &look).unwrap();
+        assert_eq!(p.registry.as_deref(), Some("localhost:5000"));
+        assert_eq!(p.services["api"].build_args["A"], "d");
+        let err = parse_with(
+            Path::new("p.yaml"),
+            "services:\n  api:\n    target: ${NOPE}\n",
+            &look,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "p.yaml: `services.api.target`: environment variable `NOPE` is not set; set it or \
+             write `${NOPE:-default}`"
+        );
+    }
+
+    /// L2 of the hardening issue: substitution happened in the raw text, so a value could
+    /// inject YAML structure, lose the part after a `#`, and a `${VAR}` in a comment failed.
+    #[test]
+    fn env_values_never_change_the_yaml_structure() {
+        let evil = |k: &str| match k {
+            "TAG" => Some("v1\nbase: evil.example/pwn".to_owned()),
+            "NOTE" => Some("v1 # x".to_owned()),
+            _ => None,
+        };
+        let text = "# uses ${UNSET_IN_A_COMMENT}\nservices:\n  api:\n    tag: ${TAG}\n    labels:\n      note: ${NOTE}\n";
+        let p = parse_with(Path::new("p.yaml"), text, &evil).unwrap();
+        let api = &p.services["api"];
+        assert_eq!(api.tag.as_deref(), Some("v1\nbase: evil.example/pwn"));
+        assert_eq!(api.base, None, "a value injected a key");
+        assert_eq!(api.labels["note"], "v1 # x");
+    }
+
+    #[test]
+    fn typed_scalars_accept_env_references() {
+        // A variable no environment sets: the defaults apply.
+        let text = "parallel: ${FASTBUILD_CONFIG_TEST_UNSET:-3}\nreproducible: \"${FASTBUILD_CONFIG_TEST_UNSET:-true}\"\n";
+        let p = parse(Path::new("p.yaml"), text).unwrap();
+        assert_eq!(p.parallel, Some(3));
+        assert_eq!(p.reproducible, Some(true));
+        let p = parse(Path::new("p.yaml"), "parallel: 2\nreproducible: false\n").unwrap();
+        assert_eq!((p.parallel, p.reproducible), (Some(2), Some(false)));
+        let err = parse(Path::new("p.yaml"), "parallel: many\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.yaml:1:") && err.contains("`many`"), "{err}");
     }
 
     #[test]
