@@ -317,6 +317,69 @@ impl Project {
     }
 }
 
+/// Service names become file names (values files), default repositories, Helm releases and
+/// Tilt resource names: letters, digits, `.`, `_`, `-`, starting with a letter or digit, at
+/// most 63 characters. Anything else (`../x`, `--flag`, spaces) is refused before use.
+pub fn check_service_name(name: &str) -> Result<(), UsageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(UsageError(format!(
+            "invalid service name `{}`: use letters, digits, `.`, `_` and `-`, starting with a \
+             letter or digit (at most 63 characters); rename it in fastbuild.yaml",
+            name.escape_debug()
+        )))
+    }
+}
+
+/// A Helm release name as Helm itself accepts it (lowercase DNS labels joined by dots, at most
+/// 53 characters) — never something Helm would read as a flag.
+fn check_release(service: &str, release: &str) -> Result<(), UsageError> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if release.len() <= 53 && release.split('.').all(label) {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "service `{service}`: invalid Helm release name `{}`: lowercase letters, digits, `-` and \
+         `.` (each part starting and ending with a letter or digit), at most 53 characters; set \
+         `helm.release` in fastbuild.yaml or pass `--release`",
+        release.escape_debug()
+    )))
+}
+
+/// A Kubernetes namespace: one lowercase DNS label of at most 63 characters.
+fn check_namespace(service: &str, namespace: &str) -> Result<(), UsageError> {
+    let ok = !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && namespace.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "service `{service}`: invalid namespace `{}`: lowercase letters, digits and `-`, starting \
+         and ending with a letter or digit, at most 63 characters; fix `helm.namespace` in \
+         fastbuild.yaml or `--namespace`",
+        namespace.escape_debug()
+    )))
+}
+
 fn sanitize_name(s: &str) -> String {
     let s: String = s
         .chars()
@@ -479,6 +542,7 @@ fn resolve(
     svc: &ServiceConfig,
     flags: &ServiceFlags,
 ) -> Result<ServicePlan> {
+    check_service_name(name)?;
     let root = &project.root;
     let cfg = &project.config;
     let abs = |p: &Path| absolutize(root, p);
@@ -790,6 +854,12 @@ fn resolve(
                 .unwrap_or_else(|| DEFAULT_HELM_TIMEOUT.into()),
         }
     });
+    if let Some(h) = &helm {
+        check_release(name, &h.release)?;
+        if let Some(ns) = &h.namespace {
+            check_namespace(name, ns)?;
+        }
+    }
 
     watch_paths.sort();
     watch_paths.dedup();

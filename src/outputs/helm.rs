@@ -41,14 +41,10 @@ pub fn argv(plan: &ServicePlan, helm_bin: &str) -> Result<Vec<String>> {
     Ok(argv_for(helm, &plan.values_file, rollback_flag(helm_bin)))
 }
 
-/// The argv for a Helm plan and the generated values file.
+/// The argv for a Helm plan and the generated values file. The release and chart come last,
+/// after `--`, so that neither can ever be read as a flag.
 pub fn argv_for(helm: &HelmPlan, generated: &Path, rollback_flag: &str) -> Vec<String> {
-    let mut a = vec![
-        "upgrade".to_owned(),
-        "--install".to_owned(),
-        helm.release.clone(),
-        helm.chart.clone(),
-    ];
+    let mut a = vec!["upgrade".to_owned(), "--install".to_owned()];
     if let Some(ns) = &helm.namespace {
         a.push("--namespace".into());
         a.push(ns.clone());
@@ -66,6 +62,9 @@ pub fn argv_for(helm: &HelmPlan, generated: &Path, rollback_flag: &str) -> Vec<S
     a.push("--timeout".into());
     a.push(helm.timeout.clone());
     a.extend(helm.flags.iter().cloned());
+    a.push("--".into());
+    a.push(helm.release.clone());
+    a.push(helm.chart.clone());
     a
 }
 

@@ -68,7 +68,11 @@ pub fn render(plans: &[ServicePlan], fastbuild: &str, helm_bin: &str) -> String 
             "\n# --- {name} ---\n\
              local_resource(\n    {},\n    cmd={},\n    deps={},\n    ignore={},\n    labels=[{}],\n)\n",
             q(&format!("{name}-build")),
-            q(&format!("{fastbuild} build {name} --progress plain")),
+            q(&format!(
+                "{} build {} --progress plain",
+                shell_words::quote(fastbuild),
+                shell_words::quote(name)
+            )),
             list(&deps),
             list(&ignore),
             q(&format!("build.{name}")),

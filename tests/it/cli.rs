@@ -325,10 +325,9 @@ fn helm_print_is_the_notes_invocation() {
     assert_ok(&out);
     insta::assert_snapshot!("helm_print", stdout(&out));
     let argv = shell_words::split(stdout(&out).trim()).unwrap();
-    assert_eq!(
-        &argv[..5],
-        ["helm", "upgrade", "--install", "api", "charts/app"]
-    );
+    assert_eq!(&argv[..3], ["helm", "upgrade", "--install"]);
+    // The release and chart come after `--`: never read as flags.
+    assert_eq!(&argv[argv.len() - 3..], ["--", "api", "charts/app"]);
     let values: Vec<&str> = argv
         .windows(2)
         .filter(|w| w[0] == "--values")
@@ -390,7 +389,8 @@ fn helm_run_skips_when_nothing_changed() {
     assert_ok(&helm_run(dir.path()));
     assert_eq!(fs_err::read_to_string(&log).unwrap().lines().count(), 2);
     let argv = fs_err::read_to_string(&log).unwrap();
-    assert!(argv.starts_with("upgrade --install api "), "{argv}");
+    assert!(argv.starts_with("upgrade --install "), "{argv}");
+    assert!(argv.contains(" -- api "), "{argv}");
 }
 
 #[test]
@@ -409,6 +409,65 @@ fn bad_project_file_is_one_clear_error() {
         "{err}"
     );
     assert_one_error(&out);
+}
+
+/// Hardening L3: a service named `../../ESCAPED` wrote its values file outside the project,
+/// and a release named `--post-renderer=./x` reached helm as a flag.
+#[test]
+fn hostile_service_release_and_namespace_names_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("project");
+    fs_err::create_dir_all(dir.join("charts/app")).unwrap();
+    fs_err::write(
+        dir.join("charts/app/Chart.yaml"),
+        "apiVersion: v2\nname: app\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    let cases = [
+        (
+            "../../ESCAPED",
+            "services:\n  ../../ESCAPED:\n    builder: native\n    base: scratch\n",
+            "invalid service name `../../ESCAPED`",
+        ),
+        (
+            "--help",
+            "services:\n  \"--help\":\n    builder: native\n    base: scratch\n",
+            "invalid service name `--help`",
+        ),
+        (
+            "api",
+            "services:\n  api:\n    helm: {chart: charts/app, release: \"--post-renderer=./x\"}\n",
+            "invalid Helm release name `--post-renderer=./x`",
+        ),
+        (
+            "api",
+            "services:\n  api:\n    helm: {chart: charts/app, namespace: \"../../etc\"}\n",
+            "invalid namespace `../../etc`",
+        ),
+    ];
+    for (name, yaml, expected) in cases {
+        fs_err::write(dir.join("fastbuild.yaml"), yaml).unwrap();
+        let build = ["build", "--no-push"];
+        let helm = ["helm", "--print", "--", name];
+        for args in [&build[..], &helm[..]] {
+            let out = run(fastbuild(&dir).args(args));
+            assert_eq!(out.status.code(), Some(2), "{yaml} {args:?}: {out:?}");
+            assert!(
+                stderr(&out).contains(expected),
+                "{yaml} {args:?}: {}",
+                stderr(&out)
+            );
+            assert_one_error(&out);
+        }
+    }
+    // Nothing was written outside the project (nor inside it).
+    let mut left: Vec<String> = fs_err::read_dir(outside.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["project"]);
+    assert!(!dir.join("tilt-values").exists());
 }
 
 #[test]

@@ -400,7 +400,7 @@ async fn deploy_runs_helm_on_a_new_digest_only_and_never_concurrently() {
     let starts: Vec<&str> = text.lines().filter(|l| l.starts_with("start ")).collect();
     assert_eq!(starts.len(), 2, "one deploy per new digest:\n{text}");
     assert!(
-        starts[0].starts_with("start upgrade --install worker "),
+        starts[0].starts_with("start upgrade --install ") && starts[0].contains(" -- worker "),
         "{text}"
     );
 }
