@@ -31,6 +31,28 @@ pub fn write_if_changed(path: &Path, contents: &[u8]) -> Result<WriteOutcome> {
 
 /// Writes `contents` to `path` atomically (temp file in the same directory + rename).
 pub fn write(path: &Path, contents: &[u8]) -> Result<()> {
+    write_all(&[(path, contents)])
+}
+
+/// Writes several files all or nothing: each is staged (written and synced to a temp file
+/// beside it) first, and only when every one of them is staged are they renamed into place.
+/// A file that cannot be staged (unwritable directory, full disk) leaves all targets as they
+/// were.
+pub fn write_all(files: &[(&Path, &[u8])]) -> Result<()> {
+    let staged = files
+        .iter()
+        .map(|(path, contents)| stage(path, contents))
+        .collect::<Result<Vec<_>>>()?;
+    for (tmp, (path, _)) in staged.into_iter().zip(files) {
+        tmp.persist(path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("failed to replace `{}`", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `contents` in a synced temp file in `path`'s directory, mode 0644; removed when dropped.
+fn stage(path: &Path, contents: &[u8]) -> Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -61,10 +83,7 @@ pub fn write(path: &Path, contents: &[u8]) -> Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644));
     }
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("failed to replace `{}`", path.display()))?;
-    Ok(())
+    Ok(tmp)
 }
 
 #[cfg(test)]

@@ -250,11 +250,11 @@ fn write_ci_outputs(args: &BuildArgs, image: &ImageResult) -> Result<()> {
         let line = metadata::digest_line(image, args.digest_format);
         files.push((p, line.into_bytes()));
     }
-    for (p, contents) in files {
-        atomic::write(p, &contents)
-            .with_context(|| format!("failed to write `{}`", p.display()))?;
-    }
-    Ok(())
+    // Staged, then renamed together: one output that cannot be written leaves the others
+    // (and every previous file) as they were.
+    let files: Vec<(&std::path::Path, &[u8])> =
+        files.iter().map(|(p, c)| (*p, c.as_slice())).collect();
+    atomic::write_all(&files).context("failed to write the CI outputs; none was written")
 }
 
 #[cfg(test)]
@@ -295,5 +295,39 @@ mod tests {
         );
         assert!(dir.path().join("meta.json").is_file());
         assert!(dir.path().join("digest.txt").is_file());
+    }
+
+    /// Hardening L5: `--metadata-file` was written, then `--digest-out` into an unwritable
+    /// directory failed.
+    #[test]
+    fn an_unwritable_ci_output_leaves_every_previous_output_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::write(dir.path().join("meta.json"), "previous\n").unwrap();
+        fs_err::write(dir.path().join("not-a-dir"), "a file\n").unwrap();
+        let args = BuildArgs {
+            metadata_file: Some(dir.path().join("meta.json")),
+            digest_out: Some(dir.path().join("not-a-dir/digest.txt")),
+            ..BuildArgs::default()
+        };
+        let err = write_ci_outputs(&args, &image(Some("fb-aaaaaaaaaaaa"))).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("none was written") && msg.contains("not-a-dir"),
+            "{msg}"
+        );
+        assert_eq!(
+            fs_err::read_to_string(dir.path().join("meta.json")).unwrap(),
+            "previous\n"
+        );
+        let mut names: Vec<String> = fs_err::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["meta.json", "not-a-dir"],
+            "no temp file left behind"
+        );
     }
 }
