@@ -66,5 +66,11 @@ pub async fn build(
 /// The default tag derived from the content: `fb-` + the first 12 hex digits of the digest.
 pub fn content_tag(digest: &str) -> String {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    format!("fb-{}", &hex[..12.min(hex.len())])
+    // Builders hand over parsed digests; still never slice inside a character.
+    let prefix: String = hex
+        .chars()
+        .take(12)
+        .filter(char::is_ascii_hexdigit)
+        .collect();
+    format!("fb-{prefix}")
 }

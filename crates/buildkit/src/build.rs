@@ -419,7 +419,7 @@ impl Client {
         };
         let exporter_response: BTreeMap<String, String> =
             response.exporter_response.into_iter().collect();
-        let Some(digest) = exporter_response.get("containerimage.digest").cloned() else {
+        let Some(digest) = checked_digest(&exporter_response, "containerimage.digest")? else {
             return Err(Error::MissingDigest {
                 keys: exporter_response
                     .keys()
@@ -428,6 +428,7 @@ impl Client {
                     .join(", "),
             });
         };
+        let config_digest = checked_digest(&exporter_response, "containerimage.config.digest")?;
         if let Some((dir, outcome)) = layout_outcome {
             match outcome {
                 Some(Ok(written)) if written.digests.contains(&digest) => {
@@ -460,9 +461,7 @@ impl Client {
             .and_then(|json| serde_json::from_slice(&json).ok());
         Ok(BuildResult {
             digest,
-            config_digest: exporter_response
-                .get("containerimage.config.digest")
-                .cloned(),
+            config_digest,
             descriptor,
             image_name: exporter_response.get("image.name").cloned(),
             exporter_response,
@@ -682,9 +681,57 @@ pub fn validate(opts: &BuildOptions) -> Result<()> {
     prepare(opts).map(|_| ())
 }
 
+/// The digest under `key` of the exporter response, parsed at the boundary: a daemon's answer
+/// is untrusted input, and the digest goes into file names, tags and values files.
+fn checked_digest(response: &BTreeMap<String, String>, key: &str) -> Result<Option<String>, Error> {
+    let Some(value) = response.get(key) else {
+        return Ok(None);
+    };
+    if let Ok(d) = value.parse::<fastbuild_oci::Digest>() {
+        return Ok(Some(d.to_string()));
+    }
+    let mut shown: String = value.escape_debug().take(80).collect();
+    if value.len() > 80 {
+        shown.push('…');
+    }
+    Err(Error::BadDigest {
+        key: key.to_owned(),
+        value: shown,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hardening L6: `containerimage.digest` was never validated (`sha256:aé…` later panicked
+    /// when sliced for the content tag).
+    #[test]
+    fn exporter_digests_are_parsed_at_the_boundary() {
+        let good = format!("sha256:{}", "a".repeat(64));
+        let response = BTreeMap::from([
+            ("containerimage.digest".to_owned(), good.clone()),
+            (
+                "containerimage.config.digest".to_owned(),
+                format!("sha256:a\u{e9}{}", "b".repeat(60)),
+            ),
+            ("bad.short".to_owned(), "sha256:abc".to_owned()),
+            (
+                "bad.path".to_owned(),
+                format!("sha256:../../{}", "a".repeat(58)),
+            ),
+        ]);
+        assert_eq!(
+            checked_digest(&response, "containerimage.digest").unwrap(),
+            Some(good)
+        );
+        assert_eq!(checked_digest(&response, "absent").unwrap(), None);
+        for key in ["containerimage.config.digest", "bad.short", "bad.path"] {
+            let err = checked_digest(&response, key).unwrap_err();
+            assert!(matches!(err, Error::BadDigest { .. }), "{key}: {err:?}");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
 
     #[test]
     fn shared_key_is_stable_per_context_path() {

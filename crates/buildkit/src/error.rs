@@ -172,6 +172,17 @@ pub enum Error {
         keys: String,
     },
 
+    /// The exporter reported something that is not a digest where one belongs.
+    #[error(
+        "BuildKit reported `{key}` = `{value}`, which is not a sha256 digest; the daemon at fault is not one fastbuild can trust"
+    )]
+    BadDigest {
+        /// The exporter response key (`containerimage.digest`, `containerimage.config.digest`).
+        key: String,
+        /// The value, escaped and shortened.
+        value: String,
+    },
+
     /// The image exported with the `oci` exporter could not be written as an OCI layout.
     #[error("cannot write the OCI image layout `{}` that BuildKit exported: {reason}", dir.display())]
     OciLayout {

@@ -109,10 +109,15 @@ pub(crate) struct StatusTracker {
     pub(crate) failed: Vec<String>,
 }
 
+/// A daemon timestamp as a `SystemTime`; `None` for one that is negative, has out-of-range
+/// nanoseconds or does not fit (a hostile daemon must not be able to panic the client).
 fn to_system_time(ts: Option<&prost_types::Timestamp>) -> Option<SystemTime> {
     let ts = ts?;
     let secs = u64::try_from(ts.seconds).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, u32::try_from(ts.nanos).ok()?))
+    let nanos = u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
 impl StatusTracker {
@@ -314,5 +319,40 @@ mod tests {
             })
             .is_empty()
         );
+    }
+
+    /// Hardening L6: `seconds = i64::MAX` overflowed `SystemTime` (a panic, while the caller
+    /// held the tracker's lock).
+    #[test]
+    fn hostile_timestamps_are_ignored_without_panicking() {
+        let mut t = StatusTracker::default();
+        let bad = [
+            // i64::MAX s plus 2.1 s of "nanoseconds": past what `SystemTime` holds.
+            prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: i32::MAX,
+            },
+            prost_types::Timestamp {
+                seconds: 1,
+                nanos: i32::MAX,
+            },
+            prost_types::Timestamp {
+                seconds: -5,
+                nanos: -1,
+            },
+        ];
+        for (i, b) in bad.into_iter().enumerate() {
+            let ev = t.apply(StatusResponse {
+                vertexes: vec![Vertex {
+                    digest: format!("sha256:{i}"),
+                    name: "step".into(),
+                    started: Some(b),
+                    completed: Some(b),
+                    ..Vertex::default()
+                }],
+                ..StatusResponse::default()
+            });
+            assert!(ev.is_empty(), "an invalid timestamp was used: {ev:?}");
+        }
     }
 }
