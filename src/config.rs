@@ -387,8 +387,15 @@ where
 
 type Expand<'a> = dyn FnMut(&str, &mut String) -> Result<(), ConfigError> + 'a;
 
+/// An optional value that expands to nothing (`${PULL_REGISTRY:-}`) is unset.
 fn expand_opt(key: &str, value: &mut Option<String>, ex: &mut Expand) -> Result<(), ConfigError> {
-    value.as_mut().map_or(Ok(()), |v| ex(key, v))
+    if let Some(v) = value.as_mut() {
+        ex(key, v)?;
+        if v.is_empty() {
+            *value = None;
+        }
+    }
+    Ok(())
 }
 
 fn expand_path(key: &str, value: &mut PathBuf, ex: &mut Expand) -> Result<(), ConfigError> {
@@ -405,7 +412,13 @@ fn expand_opt_path(
     value: &mut Option<PathBuf>,
     ex: &mut Expand,
 ) -> Result<(), ConfigError> {
-    value.as_mut().map_or(Ok(()), |v| expand_path(key, v, ex))
+    if let Some(v) = value.as_mut() {
+        expand_path(key, v, ex)?;
+        if v.as_os_str().is_empty() {
+            *value = None;
+        }
+    }
+    Ok(())
 }
 
 fn expand_list(key: &str, values: &mut [String], ex: &mut Expand) -> Result<(), ConfigError> {
@@ -660,6 +673,8 @@ services:
         let text = "registry: ${REG}\nservices:\n  api:\n    build_args: {A: \"${NOPE:-d}\"}\n";
         let p = parse_with(Path::new("p.yaml"), text, &look).unwrap();
         assert_eq!(p.registry.as_deref(), Some("localhost:5000"));
+        let unset = parse_with(Path::new("p.yaml"), "pull_registry: ${NOPE:-}\n", &look).unwrap();
+        assert_eq!(unset.pull_registry, None, "expands to nothing: unset");
         assert_eq!(p.services["api"].build_args["A"], "d");
         let err = parse_with(
             Path::new("p.yaml"),
