@@ -4,6 +4,11 @@
 //! events come from `notify` (inotify, or polling with `--poll`) and pass a trailing-edge
 //! debouncer: a build starts once no event arrived for the debounce window, so editor save
 //! patterns (temp file + rename, swap files, bursts) give one build of the final content.
+//! Events that concern no service (files outside every watch path, ignored or generated
+//! files) are dropped before they can restart the window, and the window is capped, so a file
+//! written continuously cannot starve a real change. A watched directory that is deleted and
+//! created again (bundlers do `rm -rf dist`) gets its watches back: the parents of watched
+//! directories are watched too, and the watches are set up anew when such a directory appears.
 //! A change to a service that is building cancels that build (on the daemon too) and starts
 //! again. Values files are rewritten only when the digest changes; deploys of one service never
 //! overlap. Generated files never trigger builds.
@@ -159,7 +164,10 @@ fn set_up_watcher(
         for p in &plan.watch_paths {
             if p.is_dir() {
                 roots.insert((p.clone(), true));
-            } else if let Some(parent) = p.parent() {
+            }
+            // The parent too (the nearest one that exists): a watched directory deleted and
+            // created again, or a watch path that does not exist yet, shows up there.
+            if let Some(parent) = p.ancestors().skip(1).find(|a| a.is_dir()) {
                 roots.insert((parent.to_path_buf(), false));
             }
         }
@@ -178,6 +186,31 @@ fn set_up_watcher(
             .map_err(|e| watch_error(root, e))?;
     }
     Ok(watcher)
+}
+
+/// Whether `path` is a directory on the way to (or at) one of `plan`'s watch paths: it was
+/// just created, so the watches below it must be set up again.
+fn reappeared(plan: &ServicePlan, path: &Path) -> bool {
+    plan.watch_paths.iter().any(|w| w.starts_with(path)) && path.is_dir()
+}
+
+/// Sets the watches up anew; when that fails (a path vanished again, a limit), the previous
+/// watcher stays and the error is shown: watching goes on.
+fn rewatch(
+    watcher: &mut AnyWatcher,
+    slots: &BTreeMap<String, Slot>,
+    project_file: Option<&Path>,
+    poll: bool,
+    fs_tx: &mpsc::UnboundedSender<PathBuf>,
+    printer: &Printer,
+) {
+    let plans: Vec<ServicePlan> = slots.values().map(|s| s.plan.clone()).collect();
+    match set_up_watcher(&plans, project_file, poll, fs_tx.clone()) {
+        Ok(w) => *watcher = w,
+        Err(e) => {
+            printer.error(&e.context("cannot watch the new paths; keeping the previous watches"))
+        }
+    }
 }
 
 /// Runs the watch loop until Ctrl-C.
@@ -226,6 +259,22 @@ pub async fn run(
     });
     let sem = Arc::new(Semaphore::new(project.parallel));
     let debounce = Duration::from_millis(args.debounce);
+    // However busy the tree, a batch waits at most this long after its first change.
+    let max_wait = (debounce * 10).max(Duration::from_secs(1));
+    let mut excluders: BTreeMap<String, Option<PatternMatcher>> = BTreeMap::new();
+    let refresh_excluders =
+        |slots: &BTreeMap<String, Slot>,
+         excluders: &mut BTreeMap<String, Option<PatternMatcher>>| {
+            excluders.clear();
+            for (name, slot) in slots {
+                let m = match &slot.plan.builder {
+                    BuilderPlan::Buildkit(b) => builder::buildkit::excluder(b),
+                    BuilderPlan::Native(_) => None,
+                };
+                excluders.insert(name.clone(), m);
+            }
+        };
+    refresh_excluders(&slots, &mut excluders);
 
     let start_build = |slot: &mut Slot, reason: Vec<PathBuf>| {
         if let Some(tok) = slot.running.take() {
@@ -304,6 +353,7 @@ pub async fn run(
 
     let mut pending: BTreeSet<PathBuf> = BTreeSet::new();
     let mut deadline: Option<Instant> = None;
+    let mut first_pending: Option<Instant> = None;
     loop {
         let generated: BTreeSet<PathBuf> =
             slots.values().map(|s| s.plan.values_file.clone()).collect();
@@ -316,14 +366,29 @@ pub async fn run(
         tokio::select! {
             () = cancel.cancelled() => break,
             Some(path) = fs_rx.recv() => {
-                if !is_noise(&path, &generated) {
+                if is_noise(&path, &generated) {
+                    continue;
+                }
+                if path.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".dockerignore")) {
+                    refresh_excluders(&slots, &mut excluders);
+                }
+                let relevant = project_file.as_ref() == Some(&path)
+                    || slots.values().any(|s| {
+                        affects(&s.plan, excluders.get(&s.plan.name).and_then(Option::as_ref), &path)
+                            || reappeared(&s.plan, &path)
+                    });
+                if relevant {
                     pending.insert(path);
-                    deadline = Some(Instant::now() + debounce);
+                    let now = Instant::now();
+                    let first = *first_pending.get_or_insert(now);
+                    deadline = Some((now + debounce).min(first + max_wait));
                 }
             }
             () = sleep => {
                 deadline = None;
+                first_pending = None;
                 let changed = std::mem::take(&mut pending);
+                refresh_excluders(&slots, &mut excluders);
                 // The project file changed: reload it and re-plan.
                 if project_file.as_ref().is_some_and(|f| changed.contains(f)) {
                     match Project::load(explicit_file.as_deref()).and_then(|p| {
@@ -341,20 +406,21 @@ pub async fn run(
                                         start_build(slot, vec![project_file.clone().unwrap_or_default()]);
                                     }
                             }
-                            let plans: Vec<ServicePlan> = slots.values().map(|s| s.plan.clone()).collect();
-                            watcher = set_up_watcher(&plans, project_file.as_deref(), args.poll, fs_tx.clone())?;
+                            refresh_excluders(&slots, &mut excluders);
+                            rewatch(&mut watcher, &slots, project_file.as_deref(), args.poll, &fs_tx, printer);
                         }
                         Err(e) => printer.error(&e.context("fastbuild.yaml changed but cannot be loaded; keeping the previous settings")),
                     }
+                } else if changed.iter().any(|c| slots.values().any(|s| reappeared(&s.plan, c))) {
+                    // A watched directory (or a parent of a watch path) was created again: its
+                    // old watches died with it.
+                    rewatch(&mut watcher, &slots, project_file.as_deref(), args.poll, &fs_tx, printer);
                 }
                 for slot in slots.values_mut() {
-                    let excluder = match &slot.plan.builder {
-                        BuilderPlan::Buildkit(b) => builder::buildkit::excluder(b),
-                        BuilderPlan::Native(_) => None,
-                    };
+                    let excluder = excluders.get(&slot.plan.name).and_then(Option::as_ref);
                     let why: Vec<PathBuf> = changed
                         .iter()
-                        .filter(|p| affects(&slot.plan, excluder.as_ref(), p))
+                        .filter(|p| affects(&slot.plan, excluder, p) || reappeared(&slot.plan, p))
                         .cloned()
                         .collect();
                     if !why.is_empty() {

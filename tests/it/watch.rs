@@ -404,3 +404,125 @@ async fn deploy_runs_helm_on_a_new_digest_only_and_never_concurrently() {
         "{text}"
     );
 }
+
+/// Hardening M4: after `rm -rf dist; mkdir dist` (as bundlers do) one rebuild happened, then
+/// edits in the new directory were never seen and the values file kept a stale digest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watched_directory_deleted_and_created_again_is_still_watched() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let mut w = Watch::start(dir.path(), &["worker"]);
+    let first = w.result_for("worker");
+    let _ = w.drain(Duration::from_millis(500));
+    let dist = dir.path().join("services/worker/dist");
+    fs_err::remove_dir_all(&dist).unwrap();
+    fs_err::create_dir_all(&dist).unwrap();
+    fs_err::write(dist.join("worker"), "#!/bin/sh\necho rebuilt dist\n").unwrap();
+    let second = w.result_for("worker");
+    assert_ne!(second["digest"], first["digest"]);
+    let _ = w.drain(Duration::from_millis(800));
+    // An edit inside the re-created directory is seen.
+    fs_err::write(dist.join("worker"), "#!/bin/sh\necho edited again\n").unwrap();
+    let third = w.result_for("worker");
+    assert_ne!(third["digest"], second["digest"]);
+    assert_eq!(
+        values_digest(dir.path(), "worker"),
+        third["digest"].as_str().unwrap()
+    );
+}
+
+/// Hardening M5: any event restarted the debounce window, so a log file written every 50 ms
+/// outside every service delayed a real build for as long as it was written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_written_continuously_outside_every_service_does_not_starve_a_build() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    // A window much longer than the gaps between the noise's writes (20 ms).
+    let mut w = Watch::start(dir.path(), &["worker", "--debounce", "500"]);
+    w.result_for("worker");
+    let _ = w.drain(Duration::from_millis(500));
+    // Noise beside fastbuild.yaml (its directory is watched) for 40 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = {
+        let stop = stop.clone();
+        let log = dir.path().join("dev-server.log");
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(40)
+            {
+                fs_err::write(&log, format!("line {i}\n")).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    fs_err::write(
+        dir.path().join("services/worker/dist/worker"),
+        "#!/bin/sh\necho while noisy\n",
+    )
+    .unwrap();
+    // Well before the noise ends (40 s): the build is not held back by it.
+    let started = Instant::now();
+    w.result_for("worker");
+    let waited = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    noise.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the build waited {waited:?} for the noise to stop"
+    );
+}
+
+/// Hardening L1: an edit of fastbuild.yaml adding a watch path whose parent does not exist
+/// made watch exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_watch_path_that_does_not_exist_yet_keeps_watch_running() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let mut w = Watch::start(dir.path(), &["worker"]);
+    let first = w.result_for("worker");
+    let _ = w.drain(Duration::from_millis(500));
+    let file = dir.path().join("fastbuild.yaml");
+    let text = fs_err::read_to_string(&file).unwrap();
+    fs_err::write(
+        &file,
+        text.replace(
+            "    entrypoint: [\"/app/worker\"]",
+            "    entrypoint: [\"/app/worker\"]\n    watch: [not/there/yet]",
+        ),
+    )
+    .unwrap();
+    let _ = w.drain(Duration::from_millis(1500));
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "watch exited: {:#?}",
+        w.seen
+    );
+    // Still watching: an edit rebuilds.
+    fs_err::write(
+        dir.path().join("services/worker/dist/worker"),
+        "#!/bin/sh\necho still watching\n",
+    )
+    .unwrap();
+    let r = w.result_for("worker");
+    assert_ne!(r["digest"], first["digest"]);
+    // And the new path, once created, is watched too.
+    fs_err::create_dir_all(dir.path().join("not/there/yet")).unwrap();
+    let _ = w.drain(Duration::from_millis(1000));
+    fs_err::write(dir.path().join("not/there/yet/input.txt"), "x").unwrap();
+    w.wait_for(
+        "a rebuild for the new watch path",
+        Duration::from_secs(20),
+        |v| {
+            v["event"] == "build_started"
+                && v["service"] == "worker"
+                && v["paths"].as_array().is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| p.as_str().is_some_and(|p| p.contains("not/there/yet")))
+                })
+        },
+    );
+}
