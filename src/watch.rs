@@ -208,7 +208,7 @@ fn rewatch(
     match set_up_watcher(&plans, project_file, poll, fs_tx.clone()) {
         Ok(w) => *watcher = w,
         Err(e) => {
-            printer.error(&e.context("cannot watch the new paths; keeping the previous watches"))
+            printer.error(&e.context("cannot watch the new paths; keeping the previous watches"));
         }
     }
 }
