@@ -511,7 +511,7 @@ async fn a_new_watch_path_that_does_not_exist_yet_keeps_watch_running() {
     assert_ne!(r["digest"], first["digest"]);
     // And the new path, once created, is watched too.
     fs_err::create_dir_all(dir.path().join("not/there/yet")).unwrap();
-    let _ = w.drain(Duration::from_millis(1000));
+    let _ = w.drain(Duration::from_secs(1));
     fs_err::write(dir.path().join("not/there/yet/input.txt"), "x").unwrap();
     w.wait_for(
         "a rebuild for the new watch path",
