@@ -41,6 +41,18 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto, env = "FASTBUILD_PROGRESS")]
     pub progress: ProgressMode,
 
+    /// Let the project file read (`fs.read=PATH`) or write (`fs.write=PATH`, `fs=PATH` for
+    /// both; `PATH` may be `*`) outside its own directory. Repeatable, or comma-separated in
+    /// `FASTBUILD_ALLOW`.
+    #[arg(
+        long,
+        global = true,
+        env = "FASTBUILD_ALLOW",
+        value_name = "fs.read=PATH",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<String>,
+
     /// More logs (`-v` debug, `-vv` trace), on stderr. `RUST_LOG` works too.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

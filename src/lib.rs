@@ -6,6 +6,7 @@
 //! files, CI metadata, Helm invocations, Tiltfile fragments). [`watch`] drives the same pipeline
 //! on file changes; [`printer`] is the only module that writes to the terminal.
 
+pub mod allow;
 pub mod atomic;
 pub mod builder;
 pub mod cli;
@@ -111,15 +112,15 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
             Ok(())
         }
         Command::Build(args) => {
-            let project = Project::load(cli.project_file.as_deref())?;
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
             pipeline::run(&project, &args, pipeline::Flavor::Build, printer, cancel).await
         }
         Command::Push(args) => {
-            let project = Project::load(cli.project_file.as_deref())?;
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
             pipeline::run(&project, &args, pipeline::Flavor::Push, printer, cancel).await
         }
         Command::Helm(args) => {
-            let project = Project::load(cli.project_file.as_deref())?;
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
             let plan = project.plan(
                 &project.select(std::slice::from_ref(&args.service), &args.service_flags)?[0],
                 &args.service_flags,
@@ -143,7 +144,7 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
             Ok(())
         }
         Command::Tilt(args) => {
-            let project = Project::load(cli.project_file.as_deref())?;
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
             let flags = cli::ServiceFlags::default();
             let names = project.select(&args.services, &flags)?;
             let plans = names
@@ -158,11 +159,11 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
             Ok(())
         }
         Command::Doctor(args) => {
-            let project = Project::load(cli.project_file.as_deref())?;
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
             doctor::run(&project, &args, printer).await
         }
         Command::Watch(args) => {
-            let project = Project::load(cli.project_file.as_deref())?;
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
             watch::run(project, cli.project_file.clone(), &args, printer, cancel).await
         }
     }

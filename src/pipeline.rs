@@ -161,6 +161,22 @@ pub fn write_values(plan: &ServicePlan, image: &ImageResult) -> Result<WriteOutc
 }
 
 /// `fastbuild build` / `fastbuild push`.
+/// One warning per BuildKit address reached over plain TCP off this machine.
+pub fn warn_plaintext_remote(plans: &[ServicePlan], printer: &Printer) {
+    let warnings: std::collections::BTreeSet<String> = plans
+        .iter()
+        .filter_map(|p| match &p.builder {
+            crate::settings::BuilderPlan::Buildkit(b) => {
+                crate::builder::buildkit::plaintext_remote_warning(b)
+            }
+            crate::settings::BuilderPlan::Native(_) => None,
+        })
+        .collect();
+    for w in warnings {
+        printer.warn(&w);
+    }
+}
+
 pub async fn run(
     project: &Project,
     args: &BuildArgs,
@@ -169,6 +185,7 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<()> {
     let plans = plans(project, args, flavor)?;
+    warn_plaintext_remote(&plans, printer);
     let write_values_files = match flavor {
         Flavor::Build => !args.no_values,
         Flavor::Push => args.values,

@@ -231,11 +231,14 @@ pub struct Project {
     pub config: ProjectFile,
     /// Parallel builds.
     pub parallel: usize,
+    /// The `--allow` entries the project file was checked against (kept for reloads).
+    pub allow: Vec<String>,
 }
 
 impl Project {
-    /// Finds and loads the project file (`-f` or upward from the cwd); none is fine.
-    pub fn load(explicit: Option<&Path>) -> Result<Self> {
+    /// Finds and loads the project file (`-f` or upward from the cwd); none is fine. Its paths
+    /// must lie inside its directory unless `allow` (`--allow` entries) says otherwise.
+    pub fn load(explicit: Option<&Path>, allow: &[String]) -> Result<Self> {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         let file = match explicit {
             Some(p) => {
@@ -251,10 +254,13 @@ impl Project {
             }
             None => config::find_upward(&cwd),
         };
+        let allowed = crate::allow::Allow::parse(allow, &cwd)?;
         let (root, config) = match &file {
             Some(f) => {
                 let cfg = config::load(f).map_err(|e| UsageError(e.to_string()))?;
-                (f.parent().map_or(cwd.clone(), Path::to_path_buf), cfg)
+                let root = f.parent().map_or(cwd.clone(), Path::to_path_buf);
+                crate::allow::check_project_paths(&cfg, f, &root, &allowed)?;
+                (root, cfg)
             }
             None => (cwd, ProjectFile::default()),
         };
@@ -264,6 +270,7 @@ impl Project {
             root,
             config,
             parallel,
+            allow: allow.to_vec(),
         })
     }
 

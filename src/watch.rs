@@ -244,9 +244,10 @@ pub async fn run(
         );
     }
     let project_file = project.file.clone();
+    let plans: Vec<ServicePlan> = slots.values().map(|s| s.plan.clone()).collect();
+    pipeline::warn_plaintext_remote(&plans, printer);
 
     let (fs_tx, mut fs_rx) = mpsc::unbounded_channel::<PathBuf>();
-    let plans: Vec<ServicePlan> = slots.values().map(|s| s.plan.clone()).collect();
     let mut watcher = set_up_watcher(&plans, project_file.as_deref(), args.poll, fs_tx.clone())?;
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Msg>();
@@ -391,7 +392,7 @@ pub async fn run(
                 refresh_excluders(&slots, &mut excluders);
                 // The project file changed: reload it and re-plan.
                 if project_file.as_ref().is_some_and(|f| changed.contains(f)) {
-                    match Project::load(explicit_file.as_deref()).and_then(|p| {
+                    match Project::load(explicit_file.as_deref(), &project.allow).and_then(|p| {
                         let plans: Vec<ServicePlan> = names.iter().map(|n| p.plan(n, &flags)).collect::<Result<_>>()?;
                         Ok((p, plans))
                     }) {

@@ -34,6 +34,33 @@ fn tls(b: &BuildkitPlan) -> Option<TlsOptions> {
     })
 }
 
+/// A warning when `b` reaches BuildKit over plain TCP on a host that is not this machine:
+/// the build context, secrets and registry credentials would cross the network unencrypted
+/// and unauthenticated (hardening M1: `buildkit: tcp://anyhost` came from a project file).
+pub fn plaintext_remote_warning(b: &BuildkitPlan) -> Option<String> {
+    if b.tls.is_some() {
+        return None;
+    }
+    let rest = b.address.strip_prefix("tcp://")?;
+    let host = rest
+        .rsplit_once(':')
+        .map_or(rest, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        format!(
+            "BuildKit at `{}` is reached over plain TCP: the build context, secrets and registry \
+             credentials cross the network unencrypted and the daemon is not authenticated; use \
+             mutual TLS (--buildkit-tls-ca/--buildkit-tls-cert/--buildkit-tls-key) or a unix socket",
+            b.address
+        )
+    })
+}
+
 /// Parses `type=registry,ref=…` / `type=inline` into a cache spec.
 pub fn cache_spec(spec: &str) -> Result<CacheSpec> {
     let mut kind = None;
@@ -301,4 +328,51 @@ pub async fn probe(b: &BuildkitPlan) -> Result<String> {
         workers.len(),
         platforms.join(", ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(address: &str, tls: bool) -> BuildkitPlan {
+        BuildkitPlan {
+            address: address.to_owned(),
+            tls: tls.then_some(crate::settings::BuildkitTls {
+                ca: None,
+                cert: None,
+                key: None,
+                server_name: None,
+            }),
+            context: "/p".into(),
+            dockerfile: "/p/Dockerfile".into(),
+            target: None,
+            build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            platforms: Vec::new(),
+            secrets: Vec::new(),
+            no_cache: false,
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn plaintext_tcp_to_another_host_is_warned_about() {
+        let w = plaintext_remote_warning(&plan("tcp://buildkit.example:1234", false)).unwrap();
+        assert!(
+            w.contains("tcp://buildkit.example:1234") && w.contains("mutual TLS"),
+            "{w}"
+        );
+        assert!(plaintext_remote_warning(&plan("tcp://10.1.2.3:1234", false)).is_some());
+        for quiet in [
+            plan("tcp://buildkit.example:1234", true),
+            plan("tcp://127.0.0.1:1234", false),
+            plan("tcp://[::1]:1234", false),
+            plan("tcp://localhost:1234", false),
+            plan("unix:///run/buildkit/buildkitd.sock", false),
+            plan("docker-unix:///var/run/docker.sock", false),
+        ] {
+            assert_eq!(plaintext_remote_warning(&quiet), None, "{}", quiet.address);
+        }
+    }
 }

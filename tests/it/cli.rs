@@ -470,6 +470,42 @@ fn hostile_service_release_and_namespace_names_are_refused() {
     assert!(!dir.join("tilt-values").exists());
 }
 
+/// Hardening M1: a project file could send any directory of the machine as a build context
+/// or native layer, read secret files anywhere, or write values files anywhere.
+#[test]
+fn project_file_paths_outside_the_project_need_an_explicit_allow() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("project");
+    fs_err::create_dir_all(&dir).unwrap();
+    let private = outside.path().join("private");
+    fs_err::create_dir_all(&private).unwrap();
+    fs_err::write(private.join("id_rsa"), "PRIVATE KEY\n").unwrap();
+    fs_err::write(
+        dir.join("fastbuild.yaml"),
+        "services:\n  leak:\n    builder: native\n    base: scratch\n    layers: [{src: ../private, dest: /loot}]\n",
+    )
+    .unwrap();
+    let out = run(fastbuild(&dir).args(["build", "--no-push"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("`services.leak.layers[0].src` is `../private`, outside the project root")
+            && err.contains("--allow fs.read="),
+        "{err}"
+    );
+    assert_one_error(&out);
+    // The user allows it explicitly: the build goes ahead.
+    let allow = format!("fs.read={}", private.display());
+    let out = run(fastbuild(&dir).args(["--allow", &allow, "build", "--no-push"]));
+    assert_ok(&out);
+    assert!(stdout(&out).contains("sha256:"), "{}", stdout(&out));
+    // The same from the environment.
+    let out = run(fastbuild(&dir)
+        .env("FASTBUILD_ALLOW", &allow)
+        .args(["build", "--no-push"]));
+    assert_ok(&out);
+}
+
 #[test]
 fn unknown_service_lists_the_known_ones() {
     let dir = example_project();
