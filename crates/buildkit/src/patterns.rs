@@ -11,9 +11,11 @@
 //!   `**` first (and nothing special after) is a byte suffix, e.g. `**/x` matches `x` and
 //!   `*/x`… and `**x` matches `ax`;
 //! - otherwise it is translated to a Go regular expression `^…$` — `*` → `[^/]*`, `?` → `[^/]`,
-//!   `**/` → `(.*/)?`, `.+()|{}$` escaped, `\c` → `\c` (so `\d` is a digit class, `\Q` quotes),
-//!   `[`, `]` and everything else copied — and Go's regexp decides; an expression Go rejects
-//!   makes every evaluation of that pattern fail ([`MatchError`]), not the construction.
+//!   `**/` → `(.*/)?`, `.+()$` escaped, `\c` → `\c` (so `\d` is a digit class, `\Q` quotes),
+//!   `[`, `]` and everything else copied, including `|`, `{` and `}` (patternmatcher means to
+//!   escape them, but its bitmap drops bytes ≥ 64: `a*|b` matches `b`, `a?{2}` counts) — and
+//!   Go's regexp decides; an expression Go rejects makes every evaluation of that pattern fail
+//!   ([`MatchError`]), not the construction.
 //!
 //! Paths and patterns are bytes (Linux names need not be UTF-8); in regexp patterns every
 //! invalid byte is one `U+FFFD`, for the pattern and for the path, as in Go.
@@ -26,7 +28,7 @@ mod goregexp;
 use std::borrow::Cow;
 use std::fmt;
 
-use goregexp::{Program, RUNE_ERROR, decode_last_rune, decode_rune};
+use goregexp::{Program, RUNE_ERROR, SyntaxError, decode_last_rune, decode_rune};
 
 /// Longest accepted pattern, in bytes (Linux's `PATH_MAX`: a longer pattern is a mistake).
 pub const MAX_PATTERN_LEN: usize = 4096;
@@ -55,6 +57,13 @@ pub enum PatternError {
     /// More than [`MAX_PATTERNS`].
     #[error("{0} patterns are more than the limit of {MAX_PATTERNS}")]
     TooMany(usize),
+    /// Its expression needs more than fastbuild's limit of instructions (counted repetitions
+    /// such as `?{1000}`; Go would accept up to its own, larger limit).
+    #[error(
+        "pattern `{0}` is too complex: its expression needs more than {max} instructions",
+        max = goregexp::MAX_INSTS
+    )]
+    TooComplex(String),
 }
 
 /// A pattern that Go's regexp package would not compile: evaluating it fails (Go returns
@@ -164,13 +173,15 @@ fn scanner_runes(s: &[u8]) -> Vec<char> {
     out
 }
 
-/// patternmatcher's `shouldEscape`: regexp metacharacters that mean nothing in a pattern.
+/// patternmatcher's `shouldEscape` as it really behaves: it means `.+()|{}$`, but its 8-byte
+/// bitmap keeps bit `b/8` of byte `b%8`, and the bits of `|` `{` `}` (≥ 64) fall off a byte.
 fn should_escape(c: char) -> bool {
-    matches!(c, '.' | '+' | '(' | ')' | '|' | '{' | '}' | '$')
+    matches!(c, '.' | '+' | '(' | ')' | '$')
 }
 
-/// patternmatcher's `compile`: the match kind, and for regexps Go's expression.
-fn compile(cleaned: &[u8]) -> Kind {
+/// patternmatcher's `compile`: the match kind, and for regexps Go's expression (`Err` only
+/// when the expression is over fastbuild's size limit).
+fn compile(cleaned: &[u8]) -> Result<Kind, ()> {
     #[derive(PartialEq, Clone, Copy)]
     enum Detected {
         Exact,
@@ -233,19 +244,23 @@ fn compile(cleaned: &[u8]) -> Kind {
         }
         i += 1;
     }
-    match detected {
+    Ok(match detected {
         Detected::Exact => Kind::Exact,
         Detected::Prefix => Kind::Prefix,
         Detected::Suffix => Kind::Suffix,
         Detected::Regexp => {
             re.push('$');
-            let program = Program::new(&re).map_err(|e| e.0);
+            let program = match Program::new(&re) {
+                Ok(program) => Ok(program),
+                Err(SyntaxError::Go(reason)) => Err(reason),
+                Err(SyntaxError::TooLarge) => return Err(()),
+            };
             Kind::Regexp {
                 source: re,
                 program,
             }
         }
-    }
+    })
 }
 
 /// Parent-directory match results of one path, passed down to its children
@@ -302,7 +317,9 @@ impl PatternMatcher {
                     String::from_utf8_lossy(&cleaned).into_owned(),
                 ));
             }
-            let kind = compile(&cleaned);
+            let kind = compile(&cleaned).map_err(|()| {
+                PatternError::TooComplex(String::from_utf8_lossy(&cleaned).into_owned())
+            })?;
             out.push(Pattern {
                 cleaned,
                 exclusion,

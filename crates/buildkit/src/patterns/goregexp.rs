@@ -11,10 +11,14 @@
 //! Input is matched as Go does it: bytes decoded as UTF-8, every byte of an invalid sequence is
 //! one `U+FFFD` (so `.`, `[^/]` and a literal `U+FFFD` match it).
 //!
-//! Not reachable from patternmatcher's translation, hence not supported here (an error if ever
-//! seen): alternation `|`, `(?flags)` groups and `{n,m}` repetition — patternmatcher escapes
-//! `|`, `(`, `)`, `{`, `}`, `+`, `.` and `$` in patterns, and its own text only adds `^`, `$`,
-//! `.*`, `[^/]`, `[^/]*` and `(.*/)?`.
+//! What patternmatcher's translation can produce: its own `^`, `$`, `.*`, `[^/]`, `[^/]*` and
+//! `(.*/)?`; every escape (`\c` is copied as is); classes with all of Go's class syntax; `^`
+//! anchors; and — because patternmatcher's `shouldEscape` bitmap loses the bits of bytes
+//! ≥ 64 — unescaped `|` (alternation: `a*|b` is `^a[^/]*` or `b$`) and `{n,m}` repetition.
+//! `(` and `)` are always escaped, so the only groups are its own, and `(?flags)` never occurs
+//! (an error here if it did).
+
+use std::sync::Arc;
 
 /// Largest code point (`unicode.MaxRune`).
 const MAX_RUNE: u32 = 0x10_FFFF;
@@ -70,29 +74,50 @@ enum Look {
     NoWordBoundary,
 }
 
-/// Parse tree. A class holds sorted, merged, inclusive code point ranges.
+/// Sorted, merged, inclusive code point ranges (shared: repetitions copy them).
+type Ranges = Arc<[(u32, u32)]>;
+
+/// Parse tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
-    Class(Vec<(u32, u32)>),
+    Class(Ranges),
     Look(Look),
     Concat(Vec<Node>),
+    Alternate(Vec<Node>),
     Star(Box<Node>),
     Plus(Box<Node>),
     Quest(Box<Node>),
+    /// `{min,max}`; `max` `None` for `{min,}`.
+    Repeat {
+        sub: Box<Node>,
+        min: u32,
+        max: Option<u32>,
+    },
 }
 
-/// Parser stack entry: a finished node or the marker of an open `(`.
+/// Parser stack entry: a finished node, the marker of an open `(`, or the alternatives
+/// finished so far at this level (Go's `opVerticalBar`).
 enum Item {
     Node(Node),
     LeftParen,
+    VerticalBar(Vec<Node>),
 }
 
-/// A parse error, with Go's error code text.
+/// Most instructions in one program: fastbuild's own bound (Go's is 3.3 million), which
+/// counted repetitions (`?{1000}`) could otherwise blow up within a 4096-byte pattern.
+pub(crate) const MAX_INSTS: usize = 50_000;
+
+/// A parse error, with Go's error code text, or a program over [`MAX_INSTS`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SyntaxError(pub(crate) String);
+pub(crate) enum SyntaxError {
+    /// Go's regexp package rejects the expression.
+    Go(String),
+    /// Valid, but larger than fastbuild accepts.
+    TooLarge,
+}
 
 fn err<T>(code: &str, expr: &str) -> Result<T, SyntaxError> {
-    Err(SyntaxError(format!("{code}: `{expr}`")))
+    Err(SyntaxError::Go(format!("{code}: `{expr}`")))
 }
 
 /// `nextRune` of the parser: the input is always valid UTF-8 (it is a Rust `str`).
@@ -110,7 +135,7 @@ fn unhex(c: char) -> Option<u32> {
 }
 
 fn lit(c: char) -> Node {
-    Node::Class(vec![(u32::from(c), u32::from(c))])
+    Node::Class(Arc::new([(u32::from(c), u32::from(c))]))
 }
 
 /// Sorts and merges ranges (`cleanClass`).
@@ -401,7 +426,7 @@ impl Parser {
         if negated {
             class = negate(&class);
         }
-        self.push(Node::Class(class));
+        self.push(Node::Class(class.into()));
         Ok(s.len() - t.len())
     }
 
@@ -415,39 +440,91 @@ impl Parser {
         Ok(next_rune(s).expect("not empty"))
     }
 
-    /// Applies `*`, `+` or `?` to the last item.
-    fn repeat(&mut self, op: char, expr: &str) -> Result<(), SyntaxError> {
+    /// Applies a repetition to the last item (Go: missing argument when there is none, or
+    /// when it is a `(` or `|`).
+    fn repeat(
+        &mut self,
+        wrap: impl FnOnce(Box<Node>) -> Node,
+        expr: &str,
+    ) -> Result<(), SyntaxError> {
         let Some(Item::Node(sub)) = self.stack.pop() else {
             return err("missing argument to repetition operator", expr);
         };
-        let sub = Box::new(sub);
-        self.push(match op {
-            '*' => Node::Star(sub),
-            '+' => Node::Plus(sub),
-            _ => Node::Quest(sub),
-        });
+        self.push(wrap(Box::new(sub)));
         Ok(())
     }
 
-    /// Pops everything down to the innermost `(` (or the bottom) into one concatenation.
-    fn concat(&mut self) -> (Node, bool) {
+    /// Pops the nodes above the innermost `(` or `|` marker into one concatenation.
+    fn concat(&mut self) -> Node {
         let mut nodes = Vec::new();
-        let mut found_paren = false;
-        while let Some(item) = self.stack.pop() {
-            match item {
-                Item::Node(n) => nodes.push(n),
-                Item::LeftParen => {
-                    found_paren = true;
-                    break;
-                }
+        while let Some(Item::Node(_)) = self.stack.last() {
+            if let Some(Item::Node(n)) = self.stack.pop() {
+                nodes.push(n);
             }
         }
         nodes.reverse();
-        (Node::Concat(nodes), found_paren)
+        Node::Concat(nodes)
+    }
+
+    /// `|`: the concatenation so far becomes one more alternative.
+    fn vertical_bar(&mut self) {
+        let alt = self.concat();
+        if let Some(Item::VerticalBar(alts)) = self.stack.last_mut() {
+            alts.push(alt);
+        } else {
+            self.stack.push(Item::VerticalBar(vec![alt]));
+        }
+    }
+
+    /// At `)` or the end: the concatenation, or the alternation it ends.
+    fn alternate(&mut self) -> Node {
+        let last = self.concat();
+        if let Some(Item::VerticalBar(_)) = self.stack.last()
+            && let Some(Item::VerticalBar(mut alts)) = self.stack.pop()
+        {
+            alts.push(last);
+            return Node::Alternate(alts);
+        }
+        last
     }
 }
 
-/// Parses `s` with Go's `regexp/syntax` rules under the `Perl` flags.
+/// Go's `parseRepeat`: `{n}`, `{n,}` or `{n,m}` at the start of `t`: (min, max or -1 for none,
+/// length); a number of 10^8 or more reads as -1. `None` when `{` is a literal.
+fn parse_counted(t: &str) -> Option<(i64, i64, usize)> {
+    fn int(s: &str) -> Option<(i64, &str)> {
+        let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || (digits >= 2 && s.starts_with('0')) {
+            return None;
+        }
+        let mut n: i64 = 0;
+        for b in s[..digits].bytes() {
+            if n >= 100_000_000 {
+                n = -1;
+                break;
+            }
+            n = n * 10 + i64::from(b - b'0');
+        }
+        Some((n, &s[digits..]))
+    }
+    let (mut min, s) = int(t.strip_prefix('{')?)?;
+    let (max, s) = match s.strip_prefix(',') {
+        None => (min, s),
+        Some("") => return None,
+        Some(rest) if rest.starts_with('}') => (-1, rest),
+        Some(rest) => {
+            let (max, rest) = int(rest)?;
+            if max < 0 {
+                min = -1;
+            }
+            (max, rest)
+        }
+    };
+    let rest = s.strip_prefix('}')?;
+    Some((min, max, t.len() - rest.len()))
+}
+
+/// Parses `expr` with Go's `regexp/syntax` rules under the `Perl` flags.
 fn parse(expr: &str) -> Result<Node, SyntaxError> {
     let mut p = Parser { stack: Vec::new() };
     let mut t = expr;
@@ -462,10 +539,13 @@ fn parse(expr: &str) -> Result<Node, SyntaxError> {
                 p.stack.push(Item::LeftParen);
                 t = &t[1..];
             }
-            '|' => return err("unsupported alternation", "|"),
+            '|' => {
+                p.vertical_bar();
+                t = &t[1..];
+            }
             ')' => {
-                let (node, found) = p.concat();
-                if !found {
+                let node = p.alternate();
+                if !matches!(p.stack.pop(), Some(Item::LeftParen)) {
                     return err("unexpected )", expr);
                 }
                 p.push(node);
@@ -481,28 +561,50 @@ fn parse(expr: &str) -> Result<Node, SyntaxError> {
             }
             '.' => {
                 // Not DotNL: any rune but `\n`.
-                p.push(Node::Class(vec![(0, 9), (11, MAX_RUNE)]));
+                p.push(Node::Class(Arc::new([(0, 9), (11, MAX_RUNE)])));
                 t = &t[1..];
             }
             '[' => {
                 let n = p.parse_class(t)?;
                 t = &t[n..];
             }
-            '*' | '+' | '?' => {
-                let mut after = &t[1..];
+            '*' | '+' | '?' | '{' => {
+                let counted = if c == '{' {
+                    let Some((min, max, len)) = parse_counted(t) else {
+                        // Not a repetition: a literal `{`.
+                        p.push(lit('{'));
+                        t = &t[1..];
+                        last_repeat = false;
+                        continue;
+                    };
+                    if !(0..=1000).contains(&min) || max > 1000 || (max >= 0 && min > max) {
+                        return err("invalid repeat count", &t[..len]);
+                    }
+                    Some((min as u32, u32::try_from(max).ok(), len))
+                } else {
+                    None
+                };
+                let mut after = &t[counted.map_or(1, |(_, _, len)| len)..];
                 // A `?` after a repetition makes it non-greedy: same set of matches.
                 if let Some(rest) = after.strip_prefix('?') {
                     after = rest;
                 }
-                let expr = &t[..t.len() - after.len()];
+                let op = &t[..t.len() - after.len()];
                 if last_repeat {
-                    return err("invalid nested repetition operator", expr);
+                    return err("invalid nested repetition operator", op);
                 }
-                p.repeat(c, expr)?;
+                match (c, counted) {
+                    ('*', _) => p.repeat(Node::Star, op)?,
+                    ('+', _) => p.repeat(Node::Plus, op)?,
+                    ('?', _) => p.repeat(Node::Quest, op)?,
+                    (_, Some((min, max, _))) => {
+                        p.repeat(|sub| Node::Repeat { sub, min, max }, op)?;
+                    }
+                    _ => unreachable!("`{{` is counted"),
+                }
                 repeat = true;
                 t = after;
             }
-            '{' if is_counted_repeat(t) => return err("unsupported counted repetition", t),
             '\\' => {
                 let special = match t.as_bytes().get(1) {
                     Some(b'A') => Some(Node::Look(Look::BeginText)),
@@ -528,11 +630,11 @@ fn parse(expr: &str) -> Result<Node, SyntaxError> {
                 } else {
                     let mut class = Vec::new();
                     if let Some(n) = Parser::parse_unicode_class(t, &mut class)? {
-                        p.push(Node::Class(clean_class(class)));
+                        p.push(Node::Class(clean_class(class).into()));
                         t = &t[n..];
                     } else if let Some((positive, ranges)) = t.get(..2).and_then(perl_group) {
                         append_group(&mut class, positive, ranges);
-                        p.push(Node::Class(clean_class(class)));
+                        p.push(Node::Class(clean_class(class).into()));
                         t = &t[2..];
                     } else {
                         let (escaped, rest) = Parser::parse_escape(t)?;
@@ -548,27 +650,17 @@ fn parse(expr: &str) -> Result<Node, SyntaxError> {
         }
         last_repeat = repeat;
     }
-    let (node, found_paren) = p.concat();
-    if found_paren {
+    let node = p.alternate();
+    if !p.stack.is_empty() {
         return err("missing closing )", expr);
     }
     Ok(node)
 }
 
-/// Whether `t` (starting with `{`) reads as `{n}`, `{n,}` or `{n,m}` (Go's `parseRepeat`).
-fn is_counted_repeat(t: &str) -> bool {
-    let Some(body) = t[1..].split_once('}').map(|(b, _)| b) else {
-        return false;
-    };
-    let (min, max) = body.split_once(',').unwrap_or((body, "0"));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(min) && (max.is_empty() || digits(max))
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Inst {
     /// One rune in the ranges, then the next instruction.
-    Class(Box<[(u32, u32)]>),
+    Class(Ranges),
     Split(usize, usize),
     Jmp(usize),
     Look(Look),
@@ -579,78 +671,126 @@ enum Inst {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Program {
     insts: Vec<Inst>,
+    /// Starts with `^` at the top level: matches can only start at 0.
+    anchored: bool,
 }
 
-/// Compile work items, processed from an explicit stack.
-enum Work<'a> {
-    Node(&'a Node),
-    /// Patch the `Split` at this index to jump back/out once the body is emitted.
-    EndStar(usize),
-    EndPlus(usize),
-    EndQuest(usize),
+/// Emits instructions. Recursion follows the nesting of the parse tree, which patterns cannot
+/// deepen: they have no parentheses of their own.
+struct Compiler {
+    insts: Vec<Inst>,
+}
+
+impl Compiler {
+    fn emit(&mut self, inst: Inst) -> Result<usize, SyntaxError> {
+        if self.insts.len() >= MAX_INSTS {
+            return Err(SyntaxError::TooLarge);
+        }
+        self.insts.push(inst);
+        Ok(self.insts.len() - 1)
+    }
+
+    fn star(&mut self, sub: &Node) -> Result<(), SyntaxError> {
+        // L: split(body, out); body; jmp L; out:
+        let split = self.emit(Inst::Split(0, 0))?;
+        self.node(sub)?;
+        self.emit(Inst::Jmp(split))?;
+        self.insts[split] = Inst::Split(split + 1, self.insts.len());
+        Ok(())
+    }
+
+    fn quest(&mut self, sub: &Node) -> Result<(), SyntaxError> {
+        let split = self.emit(Inst::Split(0, 0))?;
+        self.node(sub)?;
+        self.insts[split] = Inst::Split(split + 1, self.insts.len());
+        Ok(())
+    }
+
+    fn node(&mut self, node: &Node) -> Result<(), SyntaxError> {
+        match node {
+            Node::Class(ranges) => {
+                self.emit(Inst::Class(ranges.clone()))?;
+            }
+            Node::Look(look) => {
+                self.emit(Inst::Look(*look))?;
+            }
+            Node::Concat(nodes) => {
+                for n in nodes {
+                    self.node(n)?;
+                }
+            }
+            Node::Alternate(alts) => {
+                let mut ends = Vec::new();
+                for (i, alt) in alts.iter().enumerate() {
+                    if i + 1 == alts.len() {
+                        self.node(alt)?;
+                    } else {
+                        let split = self.emit(Inst::Split(0, 0))?;
+                        self.node(alt)?;
+                        ends.push(self.emit(Inst::Jmp(0))?);
+                        self.insts[split] = Inst::Split(split + 1, self.insts.len());
+                    }
+                }
+                let out = self.insts.len();
+                for end in ends {
+                    self.insts[end] = Inst::Jmp(out);
+                }
+            }
+            Node::Star(sub) => self.star(sub)?,
+            Node::Plus(sub) => {
+                let start = self.insts.len();
+                self.node(sub)?;
+                self.emit(Inst::Split(start, self.insts.len() + 1))?;
+            }
+            Node::Quest(sub) => self.quest(sub)?,
+            // `x{2,4}` as `xxx?x?` and `x{2,}` as `xxx*`: the same strings.
+            Node::Repeat { sub, min, max } => {
+                for _ in 0..*min {
+                    self.node(sub)?;
+                }
+                match max {
+                    None => self.star(sub)?,
+                    Some(max) => {
+                        for _ in *min..*max {
+                            self.quest(sub)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Program {
     /// Parses and compiles a Go regular expression.
     pub(crate) fn new(expr: &str) -> Result<Self, SyntaxError> {
         let node = parse(expr)?;
-        let mut insts: Vec<Inst> = Vec::new();
-        let mut work = vec![Work::Node(&node)];
-        while let Some(w) = work.pop() {
-            match w {
-                Work::Node(Node::Class(ranges)) => {
-                    insts.push(Inst::Class(ranges.clone().into_boxed_slice()));
-                }
-                Work::Node(Node::Look(look)) => insts.push(Inst::Look(*look)),
-                Work::Node(Node::Concat(nodes)) => {
-                    work.extend(nodes.iter().rev().map(Work::Node));
-                }
-                Work::Node(Node::Star(sub)) => {
-                    // L: split(body, out); body; jmp L; out:
-                    let at = insts.len();
-                    insts.push(Inst::Split(at + 1, 0));
-                    work.push(Work::EndStar(at));
-                    work.push(Work::Node(sub));
-                }
-                Work::Node(Node::Plus(sub)) => {
-                    // body; split(body, out)
-                    work.push(Work::EndPlus(insts.len()));
-                    work.push(Work::Node(sub));
-                }
-                Work::Node(Node::Quest(sub)) => {
-                    let at = insts.len();
-                    insts.push(Inst::Split(at + 1, 0));
-                    work.push(Work::EndQuest(at));
-                    work.push(Work::Node(sub));
-                }
-                Work::EndStar(at) => {
-                    insts.push(Inst::Jmp(at));
-                    insts[at] = Inst::Split(at + 1, insts.len());
-                }
-                Work::EndPlus(start) => {
-                    let out = insts.len() + 1;
-                    insts.push(Inst::Split(start, out));
-                }
-                Work::EndQuest(at) => {
-                    insts[at] = Inst::Split(at + 1, insts.len());
-                }
-            }
-        }
-        insts.push(Inst::Match);
-        Ok(Self { insts })
+        let anchored = matches!(&node, Node::Concat(nodes)
+            if nodes.first() == Some(&Node::Look(Look::BeginText)));
+        let mut compiler = Compiler { insts: Vec::new() };
+        compiler.node(&node)?;
+        compiler.emit(Inst::Match)?;
+        Ok(Self {
+            insts: compiler.insts,
+            anchored,
+        })
     }
 
-    /// Whether the expression matches somewhere in `input` (Go's `MatchString`). Every
-    /// expression patternmatcher builds starts with `^`, so only position 0 starts a thread.
-    /// `steps` counts instruction visits (for tests of the linear bound).
+    /// Whether the expression matches somewhere in `input` (Go's `MatchString`: a search,
+    /// so `^a|b$` matches `xb`). When the expression starts with `^` outside any alternation,
+    /// only position 0 starts a thread. `steps` counts instruction visits (for tests of the
+    /// linear bound).
     pub(crate) fn is_match(&self, input: &[u8], steps: &mut u64) -> bool {
         let n = self.insts.len();
         let mut current = SparseSet::new(n);
         let mut next = SparseSet::new(n);
         let mut stack = Vec::new();
-        self.add(&mut current, &mut stack, 0, input, 0, steps);
         let mut pos = 0;
         loop {
+            if pos == 0 || !self.anchored {
+                self.add(&mut current, &mut stack, 0, input, pos, steps);
+            }
             if current.is_empty() {
                 return false;
             }
@@ -823,6 +963,33 @@ mod tests {
             m(r"^\pC$", "\u{378}".as_bytes()),
             "Go's C includes unassigned"
         );
+    }
+
+    #[test]
+    fn alternation_and_counted_repetition() {
+        assert!(
+            m("^a|b$", b"xb"),
+            "a search: the second branch is not anchored"
+        );
+        assert!(m("^a|b$", b"ax"));
+        assert!(!m("^a|b$", b"xa"));
+        assert!(m("^x|$", b"anything"));
+        assert!(m("^a{2}$", b"aa"));
+        assert!(!m("^a{2}$", b"aaa"));
+        assert!(m("^a{2,}$", b"aaaa"));
+        assert!(m("^a{1,3}$", b"aaa"));
+        assert!(!m("^a{1,3}$", b"aaaa"));
+        assert!(m("^a{0}b$", b"b"));
+        assert!(m("^a{,2}$", b"a{,2}"), "not a count: literal");
+        assert!(m("^a{01}$", b"a{01}"), "leading zero: literal");
+        assert!(bad("^a{1001}$"));
+        assert!(bad("^a{3,1}$"));
+        assert!(bad("^a*{2}$"));
+        assert!(bad("^|{2}$"));
+        assert!(matches!(
+            Program::new(&"[^/]{1000}".repeat(60)),
+            Err(SyntaxError::TooLarge)
+        ));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 use super::*;
 
 /// Cases with Go's answers, produced by `testdata/fsutil-oracle` (`fsutil-oracle patterns <
-/// patternmatcher-cases.input.json`) from moby/patternmatcher v0.6.1 built with Go 1.26.8: the
+/// patternmatcher-cases.input.json`, the input made by `patternmatcher-cases.py`) from
+/// moby/patternmatcher v0.6.1 built with Go 1.26.8 (as buildctl v0.32.2 here): the
 /// tables of patternmatcher_test.go (`TestMatches`, its multi-pattern table, `matchTests`,
 /// `compileTests`, the single-case tests) and the corners fastbuild got wrong before.
 const CASES: &str = include_str!("../../testdata/patternmatcher-cases.jsonl");
@@ -41,10 +42,35 @@ fn walk_levels(pm: &PatternMatcher, path: &[u8]) -> Result<bool, MatchError> {
     Ok(matched)
 }
 
+/// 1200 random cases (`fsutil-oracle/patternmatcher-fuzz.py 2026 1200`) with Go's answers:
+/// Go regexp corners (`|`, `{n,m}`, escapes, classes) and invalid UTF-8.
+const FUZZ: &str = include_str!("../../testdata/patternmatcher-fuzz.jsonl");
+
 #[test]
 fn go_patternmatcher_cases() {
+    let checked = check_cases(CASES);
+    assert!(checked > 300, "only {checked} paths checked");
+}
+
+#[test]
+fn go_patternmatcher_random_cases() {
+    let checked = check_cases(FUZZ);
+    assert!(checked > 5000, "only {checked} paths checked");
+}
+
+/// Same check on a file of cases made with the oracle, e.g. random ones:
+/// `FSUTIL_PATTERN_CASES=/tmp/fuzz.jsonl cargo test -p fastbuild-buildkit --lib
+/// pattern_cases_from_file -- --ignored`.
+#[test]
+#[ignore = "development tool: needs FSUTIL_PATTERN_CASES"]
+fn pattern_cases_from_file() {
+    let path = std::env::var("FSUTIL_PATTERN_CASES").unwrap();
+    check_cases(&std::fs::read_to_string(path).unwrap());
+}
+
+fn check_cases(cases: &str) -> usize {
     let mut checked = 0;
-    for line in CASES.lines() {
+    for line in cases.lines() {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
         let name = case["name"].as_str().unwrap();
         let patterns: Vec<Vec<u8>> = case["patterns"]
@@ -87,7 +113,7 @@ fn go_patternmatcher_cases() {
             checked += 1;
         }
     }
-    assert!(checked > 300, "only {checked} paths checked");
+    checked
 }
 
 fn kind(p: &str) -> (String, String) {
@@ -193,6 +219,10 @@ fn huge_patterns_are_refused_clearly() {
     let line = "*a".repeat(MAX_PATTERN_LEN / 2);
     let pm = PatternMatcher::new([&line]).unwrap();
     assert!(!pm.matches("a".repeat(1000)));
+    // Counted repetitions are bounded by the program size, not only the pattern length.
+    let line = "?{1000}".repeat(60);
+    let err = PatternMatcher::new([&line]).unwrap_err();
+    assert!(matches!(err, PatternError::TooComplex(_)), "{err}");
     let many = vec!["x"; MAX_PATTERNS + 1];
     assert!(matches!(
         PatternMatcher::new(many),
