@@ -14,6 +14,7 @@
 //! overlap. Generated files never trigger builds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,7 +108,7 @@ pub fn affects(plan: &ServicePlan, excluder: Option<&PatternMatcher>, path: &Pat
         // The ignore file itself and the Dockerfile always matter.
         let is_ignore_file = path == b.context.join(".dockerignore")
             || path.to_string_lossy().ends_with(".dockerignore");
-        if !is_ignore_file && excluder.is_some_and(|m| m.matches(&rel.to_string_lossy())) {
+        if !is_ignore_file && excluder.is_some_and(|m| m.matches(rel.as_os_str().as_bytes())) {
             return false;
         }
     }

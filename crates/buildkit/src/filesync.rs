@@ -4,11 +4,17 @@
 //! The daemon names the directory in the `dir-name` metadata and filters with
 //! `include-patterns`, `exclude-patterns` and `followpaths` (each possibly `-encoded`); the
 //! filtering happens here, on the sending side. Entries are walked depth-first, each directory
-//! sorted by name, with parent directories of included paths sent lazily; `Stat.mode` carries Go
-//! `os.FileMode` bits. File data is streamed on request in 32 KiB chunks. Excluded files are
-//! never opened and symlinks are sent as links, never followed.
+//! sorted by name (bytewise: names need not be UTF-8 and go out as raw bytes), with parent
+//! directories of included paths sent lazily; `Stat.mode` carries Go `os.FileMode` bits.
+//! Everything follows what buildctl v0.32.2 sends (fsutil's `filter.go`, `stat.go`,
+//! `stat_unix.go`, `hardlinks.go`, `followlinks.go`, `send.go`), so that the daemon builds the
+//! same layers: hard links, sockets (sent as empty regular files), devices, xattrs, uid/gid 0.
+//! File data is streamed on request in 32 KiB chunks. Excluded files are never opened and
+//! symlinks are sent as links, never followed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,8 +24,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::patterns::{PatternMatcher, clean_path, has_wildcards};
-use crate::proto::fsutil::types::{Packet, PacketType, Stat};
+use crate::patterns::{MatchInfo, PatternError, PatternMatcher, clean_path_bytes, glob_match};
+use crate::proto::fsutil::types::{Packet, PacketType, Stat, XattrEntry};
 use crate::proto::moby::filesync::v1::file_sync_server::FileSync;
 
 /// Size of one DATA chunk.
@@ -73,27 +79,34 @@ impl FileSyncService {
     }
 }
 
-/// Filter options as the daemon sends them.
+/// Filter options as the daemon sends them (byte strings: Go's are).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct SyncRequest {
     pub(crate) dir_name: String,
-    pub(crate) include_patterns: Option<Vec<String>>,
-    pub(crate) exclude_patterns: Vec<String>,
-    pub(crate) follow_paths: Vec<String>,
+    pub(crate) include_patterns: Option<Vec<Vec<u8>>>,
+    pub(crate) exclude_patterns: Vec<Vec<u8>>,
+    pub(crate) follow_paths: Vec<Vec<u8>>,
 }
 
-/// Reads all values of `key`, query-unescaping them when `<key>-encoded` is present.
-fn metadata_values(md: &tonic::metadata::MetadataMap, key: &str) -> Option<Vec<String>> {
-    let encoded = md.get(format!("{key}-encoded").as_str()).is_some();
-    let values: Vec<String> = md
+/// Go's `strconv.ParseBool` accepting `true`.
+fn parse_bool_true(v: &[u8]) -> bool {
+    matches!(v, b"1" | b"t" | b"T" | b"TRUE" | b"true" | b"True")
+}
+
+/// Reads all values of `key` as filesync's `decodeOpts` does: when the first value of
+/// `<key>-encoded` is true, every value is `url.QueryUnescape`d (an invalid escape gives "").
+fn metadata_values(md: &tonic::metadata::MetadataMap, key: &str) -> Option<Vec<Vec<u8>>> {
+    let encoded = md
+        .get(format!("{key}-encoded").as_str())
+        .is_some_and(|v| parse_bool_true(v.as_bytes()));
+    let values: Vec<Vec<u8>> = md
         .get_all(key)
         .iter()
-        .filter_map(|v| v.to_str().ok())
         .map(|v| {
             if encoded {
-                query_unescape(v)
+                query_unescape(v.as_bytes()).unwrap_or_default()
             } else {
-                v.to_owned()
+                v.as_bytes().to_vec()
             }
         })
         .collect();
@@ -104,40 +117,35 @@ fn metadata_values(md: &tonic::metadata::MetadataMap, key: &str) -> Option<Vec<S
     }
 }
 
-/// Go's `url.QueryUnescape` (`+` is a space); invalid escapes are kept as they are.
-pub(crate) fn query_unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+/// Go's `url.QueryUnescape` (`+` is a space); `None` for an invalid `%` escape.
+pub(crate) fn query_unescape(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
+    while i < s.len() {
+        match s[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                if let Some(b) = hex {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
+            b'%' => {
+                let hex = |b: u8| char::from(b).to_digit(16);
+                let hi = s.get(i + 1).copied().and_then(hex)?;
+                let lo = s.get(i + 2).copied().and_then(hex)?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
             }
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Some(out)
 }
 
 impl SyncRequest {
     fn from_metadata(md: &tonic::metadata::MetadataMap) -> Self {
+        let dir_name = metadata_values(md, "dir-name")
+            .and_then(|v| v.into_iter().next())
+            .unwrap_or_default();
         Self {
-            dir_name: md
-                .get("dir-name")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
+            dir_name: String::from_utf8_lossy(&dir_name).into_owned(),
             include_patterns: metadata_values(md, "include-patterns"),
             exclude_patterns: metadata_values(md, "exclude-patterns").unwrap_or_default(),
             follow_paths: metadata_values(md, "followpaths").unwrap_or_default(),
@@ -166,197 +174,362 @@ impl FileSync for FileSyncService {
         let (tx, rx) = mpsc::channel(64);
         let incoming = request.into_inner();
         let stats = self.stats.clone();
-        tokio::spawn(send_dir(root, sync.dir_name, filter, incoming, tx, stats));
+        tokio::spawn(send_dir(
+            root,
+            sync.dir_name,
+            Arc::new(filter),
+            incoming,
+            tx,
+            stats,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-/// Include/exclude filter of one DiffCopy call.
+/// Why a filter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FilterError {
+    #[error("invalid includepatterns: {0}")]
+    Include(PatternError),
+    #[error("invalid excludepatterns: {0}")]
+    Exclude(PatternError),
+    #[error("resolving followpaths: {0}")]
+    FollowPaths(std::io::Error),
+}
+
+/// Include/exclude filter of one DiffCopy call: fsutil's `NewFilterFS`.
 pub(crate) struct Filter {
     includes: Option<PatternMatcher>,
     excludes: Option<PatternMatcher>,
+    /// No include pattern has wildcards (beyond a trailing `/*` or `/**`): a directory that
+    /// no include matches is skipped unless some pattern lies below it.
+    only_prefix_includes: bool,
+    /// Same for the exceptions (`!`) of the exclude patterns.
+    only_prefix_exclude_exceptions: bool,
+}
+
+/// What the filter decides for one walked entry.
+enum Decision {
+    /// `filepath.SkipDir`: not sent, not descended.
+    SkipDir,
+    /// Walked: sent unless `skip` (a directory is then descended and sent lazily, only
+    /// before a descendant that is sent).
+    Visit {
+        skip: bool,
+        include_info: MatchInfo,
+        exclude_info: MatchInfo,
+    },
+}
+
+/// fsutil's `patternWithoutTrailingGlob`.
+fn without_trailing_glob(p: &[u8]) -> &[u8] {
+    let p = p.strip_suffix(b"/**").unwrap_or(p);
+    p.strip_suffix(b"/*").unwrap_or(p)
+}
+
+/// fsutil's `patternChars` test on the patterns of one kind (inclusions or exceptions).
+fn only_prefixes(matcher: &PatternMatcher, exclusions: bool) -> bool {
+    !matcher
+        .patterns()
+        .iter()
+        .filter(|p| p.is_exclusion() == exclusions)
+        .any(|p| {
+            without_trailing_glob(p.as_bytes())
+                .iter()
+                .any(|b| b"*[]?^\\".contains(b))
+        })
+}
+
+/// Whether a pattern of that kind, without its trailing glob, lies in or below `dir`.
+fn prefix_below(matcher: &PatternMatcher, exclusions: bool, dir: &[u8]) -> bool {
+    matcher
+        .patterns()
+        .iter()
+        .filter(|p| p.is_exclusion() == exclusions)
+        .any(|p| {
+            let pat = without_trailing_glob(p.as_bytes());
+            pat.len() > dir.len() && pat.starts_with(dir) && pat[dir.len()] == b'/' || pat == dir
+        })
 }
 
 impl Filter {
-    pub(crate) fn new(
-        root: &Path,
-        sync: &SyncRequest,
-    ) -> Result<Self, crate::patterns::PatternError> {
+    pub(crate) fn new(root: &Path, sync: &SyncRequest) -> Result<Self, FilterError> {
         let mut includes = sync.include_patterns.clone();
         if !sync.follow_paths.is_empty() {
-            let targets = follow_links(root, &sync.follow_paths);
-            let mut all = includes.unwrap_or_default();
-            all.extend(targets);
-            includes = dedupe_paths(all);
+            let targets =
+                follow_links(root, &sync.follow_paths).map_err(FilterError::FollowPaths)?;
+            if let Some(targets) = targets {
+                let mut all = includes.unwrap_or_default();
+                all.extend(targets);
+                // As fsutil: appended to the include patterns and deduplicated, not re-sorted.
+                includes = dedupe_paths(all);
+            }
         }
         let includes = match includes {
-            Some(list) => Some(PatternMatcher::new(list)?),
-            None => None,
+            Some(list) if !list.is_empty() => {
+                Some(PatternMatcher::new(list).map_err(FilterError::Include)?)
+            }
+            _ => None,
         };
         let excludes = if sync.exclude_patterns.is_empty() {
             None
         } else {
-            Some(PatternMatcher::new(&sync.exclude_patterns)?)
+            Some(PatternMatcher::new(&sync.exclude_patterns).map_err(FilterError::Exclude)?)
         };
-        Ok(Self { includes, excludes })
+        Ok(Self {
+            only_prefix_includes: includes.as_ref().is_none_or(|m| only_prefixes(m, false)),
+            only_prefix_exclude_exceptions: excludes
+                .as_ref()
+                .is_none_or(|m| only_prefixes(m, true)),
+            includes,
+            excludes,
+        })
     }
 
-    /// Decides for one entry: `Some(true)` send it, `Some(false)` descend lazily (dirs only),
-    /// `None` skip it entirely.
-    fn decide(&self, rel: &str, is_dir: bool) -> Option<bool> {
-        let mut send = true;
-        if let Some(inc) = self.includes.as_ref().filter(|inc| !inc.matches(rel)) {
-            if is_dir && inc.inclusion_could_match_under(rel) {
-                send = false;
-            } else {
-                return None;
+    /// fsutil's filter for one walked entry, given the results of its parent directory.
+    fn decide(
+        &self,
+        rel: &[u8],
+        is_dir: bool,
+        parent: Option<&Visited>,
+    ) -> std::io::Result<Decision> {
+        let mut skip = false;
+        let mut include_info = MatchInfo::default();
+        let mut exclude_info = MatchInfo::default();
+        if let Some(inc) = &self.includes {
+            let parent_info = parent.map(|p| p.include_info.clone()).unwrap_or_default();
+            let (matched, info) = inc
+                .matches_using_parent_results(rel, &parent_info)
+                .map_err(|e| {
+                    std::io::Error::other(format!("failed to match includepatterns: {e}"))
+                })?;
+            include_info = info;
+            if !matched {
+                if is_dir && self.only_prefix_includes && !prefix_below(inc, false, rel) {
+                    return Ok(Decision::SkipDir);
+                }
+                skip = true;
             }
         }
-        if let Some(exc) = self.excludes.as_ref().filter(|exc| exc.matches(rel)) {
-            if is_dir && exc.exception_could_match_under(rel) {
-                send = false;
-            } else {
-                return None;
+        if let Some(exc) = &self.excludes {
+            let parent_info = parent.map(|p| p.exclude_info.clone()).unwrap_or_default();
+            let (matched, info) = exc
+                .matches_using_parent_results(rel, &parent_info)
+                .map_err(|e| {
+                    std::io::Error::other(format!("failed to match excludepatterns: {e}"))
+                })?;
+            exclude_info = info;
+            if matched {
+                if is_dir
+                    && self.only_prefix_exclude_exceptions
+                    && (!exc.has_exclusions() || !prefix_below(exc, true, rel))
+                {
+                    return Ok(Decision::SkipDir);
+                }
+                skip = true;
             }
         }
-        Some(send)
+        Ok(Decision::Visit {
+            skip,
+            include_info,
+            exclude_info,
+        })
+    }
+
+    /// fsutil's `filterFS.Open` check, made when the receiver requests a file: the path or a
+    /// parent must match an include and none may match an exclude (`MatchesOrParentMatches`,
+    /// which can differ from the walk's per-level results). A refused file is sent empty.
+    fn open_allowed(&self, rel: &[u8]) -> bool {
+        if let Some(inc) = &self.includes
+            && !inc.matches_or_parent_matches(rel).unwrap_or(false)
+        {
+            return false;
+        }
+        if let Some(exc) = &self.excludes
+            && exc.matches_or_parent_matches(rel).unwrap_or(true)
+        {
+            return false;
+        }
+        true
     }
 }
 
-/// Sorts, drops paths below another listed path, and turns a `.` into "no filter" (`None`).
-fn dedupe_paths(mut paths: Vec<String>) -> Option<Vec<String>> {
-    paths.sort();
-    paths.dedup();
-    let mut out: Vec<String> = Vec::with_capacity(paths.len());
+/// fsutil's `dedupePaths` (input expected sorted): a `.` means "no filter" (`None`); a path
+/// below the previously kept one is dropped (the first compares with "", so a path starting
+/// with `/` is dropped too).
+fn dedupe_paths(paths: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(paths.len());
+    let mut last: Vec<u8> = Vec::new();
     for p in paths {
-        if p == "." {
+        if p == b"." {
             return None;
         }
-        if out
-            .last()
-            .is_some_and(|last| p.starts_with(&format!("{last}/")))
-        {
+        if p.len() > last.len() && p.starts_with(&last) && p[last.len()] == b'/' {
             continue;
         }
+        last.clone_from(&p);
         out.push(p);
     }
     Some(out)
 }
 
 /// fsutil's `FollowLinks`: each path plus every symlink on its way resolved (component by
-/// component, a wildcard allowed in a component), targets taken relative to the root.
-fn follow_links(root: &Path, paths: &[String]) -> Vec<String> {
+/// component; a wildcard is allowed in the component being resolved), targets taken relative
+/// to the root, sorted and deduplicated; `None` when the root itself is one of them.
+fn follow_links(root: &Path, paths: &[Vec<u8>]) -> std::io::Result<Option<Vec<Vec<u8>>>> {
     let mut resolved = BTreeSet::new();
     for p in paths {
-        resolve_path(root, p, &mut resolved, 0);
+        resolve_path(root, p, &mut resolved, 0)?;
     }
-    resolved.into_iter().collect()
+    Ok(dedupe_paths(resolved.into_iter().collect()))
 }
 
-fn resolve_path(root: &Path, path: &str, resolved: &mut BTreeSet<String>, depth: usize) {
-    if depth > 64 {
-        return;
+/// `filepath.Join` of two slash paths.
+fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut joined = a.to_vec();
+    if !a.is_empty() && !b.is_empty() {
+        joined.push(b'/');
     }
-    let mut rest = clean_path(&format!("./{}", path.trim_start_matches('/')));
-    if rest == ".." || rest.starts_with("../") {
-        // Outside the root: nothing there may be read, nor decide what is sent.
-        tracing::debug!(path, "ignoring a followpath outside the directory");
-        return;
+    joined.extend_from_slice(b);
+    if joined.is_empty() {
+        return joined;
     }
-    if rest == "." {
-        resolved.insert(rest);
-        return;
+    clean_path_bytes(&joined)
+}
+
+/// `filepath.Dir` and `filepath.Base` of a cleaned relative path.
+fn split_dir(p: &[u8]) -> (&[u8], &[u8]) {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => (b".", p),
     }
-    let mut current = String::new();
+}
+
+/// fsutil's `isNotExist`: `ENOENT` or `ENOTDIR`.
+fn is_not_exist(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+fn resolve_path(
+    root: &Path,
+    path: &[u8],
+    resolved: &mut BTreeSet<Vec<u8>>,
+    depth: usize,
+) -> std::io::Result<()> {
+    if depth > 255 {
+        return Err(std::io::Error::other(format!(
+            "too many levels of symbolic links resolving `{}`",
+            String::from_utf8_lossy(path)
+        )));
+    }
+    let mut rest = join(b".", path);
+    if rest == b".." || rest.starts_with(b"../") {
+        // Outside the root: nothing there may be read, nor decide what is sent. (fsutil would
+        // read it; its pattern could never match a path inside anyway.)
+        tracing::debug!(path = %String::from_utf8_lossy(path), "ignoring a followpath outside the directory");
+        return Ok(());
+    }
+    let mut current: Vec<u8> = b".".to_vec();
     loop {
-        let (head, tail) = match rest.split_once('/') {
-            Some((h, t)) => (h.to_owned(), t.to_owned()),
-            None => (rest.clone(), String::new()),
+        let (head, tail) = match rest.iter().position(|&b| b == b'/') {
+            Some(i) => (rest[..i].to_vec(), rest[i + 1..].to_vec()),
+            None => (rest.clone(), Vec::new()),
         };
-        current = if current.is_empty() {
-            head
-        } else {
-            format!("{current}/{head}")
-        };
-        let targets = read_symlinks(root, &current);
+        current = join(&current, &head);
+        let targets = read_symlinks(root, &current, true)?;
         rest = tail;
-        if (rest.is_empty() || !targets.is_empty()) && resolved.contains(&current) {
-            return;
+        if (rest.is_empty() || targets.is_some()) && resolved.contains(&current) {
+            return Ok(());
         }
-        if !targets.is_empty() {
+        if let Some(targets) = targets {
             resolved.insert(current.clone());
             for target in targets {
-                let next = if rest.is_empty() {
-                    target
-                } else {
-                    format!("{target}/{rest}")
-                };
-                resolve_path(root, &next, resolved, depth + 1);
+                resolve_path(root, &join(&target, &rest), resolved, depth + 1)?;
             }
-            return;
+            return Ok(());
         }
         if rest.is_empty() {
             resolved.insert(current);
-            return;
+            return Ok(());
         }
     }
 }
 
-/// Targets (root-relative, `/`-prefixed cleaned) of the symlink at `rel`, or of every symlink
-/// matching a wildcard last component.
-fn read_symlinks(root: &Path, rel: &str) -> Vec<String> {
-    let (dir, base) = match rel.rsplit_once('/') {
-        Some((d, b)) => (d, b),
-        None => ("", rel),
-    };
-    if has_wildcards(base) {
-        let Ok(matcher) = crate::patterns::Pattern::new(base) else {
-            return Vec::new();
-        };
-        let Ok(entries) = fs_err::read_dir(root.join(dir)) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| matcher.matches_exact(n))
-            .collect();
-        names.sort();
-        return names
-            .into_iter()
-            .flat_map(|n| {
-                read_symlinks(
-                    root,
-                    &if dir.is_empty() {
-                        n.clone()
-                    } else {
-                        format!("{dir}/{n}")
-                    },
-                )
-            })
-            .collect();
+/// fsutil's `containsWildcards`.
+fn contains_wildcards(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'\\' => i += 1,
+            b'*' | b'?' | b'[' => return true,
+            _ => {}
+        }
+        i += 1;
     }
-    let full = root.join(rel);
-    let Ok(meta) = fs_err::symlink_metadata(&full) else {
-        return Vec::new();
-    };
-    if !meta.file_type().is_symlink() {
-        return Vec::new();
-    }
-    let Ok(link) = fs_err::read_link(&full) else {
-        return Vec::new();
-    };
-    let link = link.to_string_lossy().into_owned();
-    let target = if link.starts_with('/') {
-        clean_path(&link)
-    } else {
-        clean_path(&format!("/{dir}/{link}"))
-    };
-    vec![target]
+    false
 }
 
-/// Go `os.FileMode` of a file, from its Unix metadata.
-pub(crate) fn go_mode(meta: &std::fs::Metadata) -> Option<u32> {
+fn os_path(root: &Path, rel: &[u8]) -> PathBuf {
+    if rel == b"." {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    }
+}
+
+/// fsutil's `readSymlink`: the targets (`/`-rooted, cleaned) of the symlink at `rel`, or with
+/// a wildcard in the last component, of every symlink that matches it (`filepath.Match`);
+/// `None` when there is none.
+fn read_symlinks(root: &Path, rel: &[u8], wildcard: bool) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+    let (dir, base) = split_dir(rel);
+    if wildcard && contains_wildcards(base) {
+        let mut names: Vec<Vec<u8>> = match fs_err::read_dir(os_path(root, dir)) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().into_vec())
+                .collect(),
+            Err(e) if is_not_exist(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        names.sort();
+        let mut out: Option<Vec<Vec<u8>>> = None;
+        for name in names {
+            if glob_match(base, &name).unwrap_or(false)
+                && let Some(targets) = read_symlinks(root, &join(dir, &name), false)?
+            {
+                out.get_or_insert_default().extend(targets);
+            }
+        }
+        return Ok(out);
+    }
+    if rel == b"." {
+        return Ok(None);
+    }
+    let full = os_path(root, rel);
+    let meta = match fs_err::symlink_metadata(&full) {
+        Ok(m) => m,
+        Err(e) if is_not_exist(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_symlink() {
+        return Ok(None);
+    }
+    let link = fs_err::read_link(&full)?.into_os_string().into_vec();
+    let link = clean_path_bytes(&link);
+    let target = if link.starts_with(b"/") {
+        link
+    } else {
+        join(b"/", &join(dir, &link))
+    };
+    Ok(Some(vec![target]))
+}
+
+/// Go `os.FileMode` of a file as fsutil sends it (`mkstat`): the socket bit is cleared, so a
+/// socket goes out as a regular file (and is sent empty: it cannot be opened).
+pub(crate) fn go_mode(meta: &std::fs::Metadata) -> u32 {
     let unix = meta.mode();
     let mut mode = unix & 0o777;
     if unix & 0o4000 != 0 {
@@ -379,105 +552,209 @@ pub(crate) fn go_mode(meta: &std::fs::Metadata) -> Option<u32> {
         mode |= MODE_DEVICE | MODE_CHAR_DEVICE;
     } else if ft.is_fifo() {
         mode |= MODE_NAMED_PIPE;
-    } else if ft.is_socket() {
-        return None;
     }
-    Some(mode)
+    mode
 }
 
-fn make_stat(rel: &str, path: &Path, meta: &std::fs::Metadata) -> Option<Stat> {
-    let mode = go_mode(meta)?;
+/// Extended attributes as fsutil's `loadXattr`: none where unsupported, `com.apple.*` left
+/// out, attributes that cannot be read skipped; sorted by name.
+fn read_xattrs(path: &Path) -> std::io::Result<Vec<XattrEntry>> {
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("failed to xattr {}: {e}", path.display()),
+            ));
+        }
+    };
+    let mut out: Vec<XattrEntry> = names
+        .map(OsStringExt::into_vec)
+        .filter(|name| !name.starts_with(b"com.apple."))
+        .filter_map(|name| {
+            let value = xattr::get(path, OsStr::from_bytes(&name)).ok()??;
+            Some(XattrEntry { key: name, value })
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// fsutil's `mkstat` + `setUnixOpt` (hard links are handled by the walk), with uid and gid
+/// 0 as buildctl's `resetUIDAndGID` sets them.
+fn make_stat(rel: &[u8], path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Stat> {
     let ft = meta.file_type();
     let mut stat = Stat {
-        path: rel.to_owned(),
-        mode,
+        path: rel.to_vec(),
+        mode: go_mode(meta),
         uid: 0,
         gid: 0,
-        size: if ft.is_dir() { 0 } else { meta.size() as i64 },
-        mod_time: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        // Go's `UnixNano`: wraps outside 1678..2262 instead of failing.
+        mod_time: meta
+            .mtime()
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(meta.mtime_nsec()),
         ..Stat::default()
     };
-    if ft.is_symlink() {
-        stat.linkname = fs_err::read_link(path).ok()?.to_string_lossy().into_owned();
+    if !ft.is_dir() {
+        // Go tests the type bits with `&` (`S_IFBLK` = 0o060000, `S_IFCHR` = 0o020000), so
+        // symlinks and sockets take their (normally zero) rdev too.
+        let st_mode = meta.mode();
+        if st_mode & 0o060_000 != 0 || st_mode & 0o020_000 != 0 {
+            let rdev = meta.rdev();
+            stat.devmajor = ((rdev >> 8) & 0xfff) as i64;
+            stat.devminor = ((rdev & 0xff) | ((rdev >> 12) & 0xf_ff00)) as i64;
+        }
+        stat.size = meta.size() as i64;
+        if ft.is_symlink() {
+            stat.linkname = fs_err::read_link(path)?.into_os_string().into_vec();
+        }
     }
-    if ft.is_block_device() || ft.is_char_device() {
-        let rdev = meta.rdev();
-        stat.devmajor = (((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)) as i64;
-        stat.devminor = ((rdev & 0xff) | ((rdev >> 12) & !0xff)) as i64;
-    }
-    Some(stat)
+    stat.xattrs = read_xattrs(path)?;
+    Ok(stat)
 }
 
-/// Walks `root` (blocking) and calls `emit` for each entry to send, in fsutil order.
+/// A directory walked and kept for its children: fsutil's `visitedDir`.
+struct Visited {
+    /// Relative path plus `/`.
+    prefix: Vec<u8>,
+    /// Its stat, until it is sent.
+    pending: Option<(Stat, PathBuf)>,
+    include_info: MatchInfo,
+    exclude_info: MatchInfo,
+}
+
+/// One directory being listed.
+struct Frame {
+    abs: PathBuf,
+    rel: Vec<u8>,
+    /// Names sorted bytewise (Go `os.ReadDir`), with whether the directory entry says "dir".
+    names: Vec<(OsString, bool)>,
+    next: usize,
+}
+
+impl Frame {
+    fn read(abs: PathBuf, rel: Vec<u8>) -> std::io::Result<Self> {
+        let mut names = Vec::new();
+        for entry in fs_err::read_dir(&abs)? {
+            let entry = entry?;
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            names.push((entry.file_name(), is_dir));
+        }
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            abs,
+            rel,
+            names,
+            next: 0,
+        })
+    }
+}
+
+/// Walks `root` (blocking) and calls `emit` for each entry to send, in fsutil order, as
+/// buildctl's stack does it: `filepath.WalkDir` (names sorted bytewise, depth first) under
+/// fsutil's filter (per-level pattern results, directories sent lazily before their first
+/// sent descendant, `SkipDir` only where fsutil's prefix rules allow) and its hard-link reset
+/// (a later path of an inode already sent goes out with `linkname` = the first sent path).
+/// `emit` returns false when the receiver is gone.
 pub(crate) fn walk(
     root: &Path,
     filter: &Filter,
     emit: &mut dyn FnMut(Stat, PathBuf) -> bool,
 ) -> std::io::Result<()> {
-    let mut pending: Vec<(Stat, PathBuf)> = Vec::new();
-    walk_dir(root, "", filter, &mut pending, emit)?;
+    let mut parents: Vec<Visited> = Vec::new();
+    let mut first_sent: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let mut frames = vec![Frame::read(root.to_path_buf(), Vec::new())?];
+    while let Some(frame) = frames.last_mut() {
+        let Some((name, entry_is_dir)) = frame.names.get(frame.next).cloned() else {
+            frames.pop();
+            continue;
+        };
+        frame.next += 1;
+        let abs = frame.abs.join(&name);
+        let mut rel = frame.rel.clone();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name.as_bytes());
+        let stated = fs_err::symlink_metadata(&abs)
+            .and_then(|meta| make_stat(&rel, &abs, &meta).map(|stat| (meta, stat)));
+        let (meta, mut stat) = match stated {
+            Ok(v) => v,
+            Err(e) if is_not_exist(&e) => {
+                // Gone since the listing: fsutil turns this into `SkipDir`, which for a file
+                // also skips the rest of its directory.
+                if !entry_is_dir {
+                    frame.next = frame.names.len();
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let is_dir = meta.is_dir();
+        while parents.last().is_some_and(|p| !rel.starts_with(&p.prefix)) {
+            parents.pop();
+        }
+        let Decision::Visit {
+            skip,
+            include_info,
+            exclude_info,
+        } = filter.decide(&rel, is_dir, parents.last())?
+        else {
+            continue;
+        };
+        if !skip {
+            for parent in &mut parents {
+                if let Some((parent_stat, parent_path)) = parent.pending.take()
+                    && !emit(parent_stat, parent_path)
+                {
+                    return Ok(());
+                }
+            }
+            if !is_dir && !meta.file_type().is_symlink() && meta.nlink() > 1 {
+                match first_sent.entry((meta.dev(), meta.ino())) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        stat.linkname.clone_from(first.get());
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(rel.clone());
+                    }
+                }
+            }
+            if !emit(stat, abs.clone()) {
+                return Ok(());
+            }
+            if !is_dir {
+                continue;
+            }
+            parents.push(Visited {
+                prefix: [rel.as_slice(), b"/"].concat(),
+                pending: None,
+                include_info,
+                exclude_info,
+            });
+        } else if is_dir {
+            parents.push(Visited {
+                prefix: [rel.as_slice(), b"/"].concat(),
+                pending: Some((stat, abs.clone())),
+                include_info,
+                exclude_info,
+            });
+        } else {
+            continue;
+        }
+        match Frame::read(abs, rel) {
+            Ok(f) => frames.push(f),
+            Err(e) if is_not_exist(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
-fn walk_dir(
-    abs: &Path,
-    rel_dir: &str,
-    filter: &Filter,
-    pending: &mut Vec<(Stat, PathBuf)>,
-    emit: &mut dyn FnMut(Stat, PathBuf) -> bool,
-) -> std::io::Result<bool> {
-    let mut names = Vec::new();
-    for entry in fs_err::read_dir(abs)? {
-        let entry = entry?;
-        let name = entry.file_name().into_string().map_err(|name| {
-            std::io::Error::other(format!(
-                "file name `{}` in `{}` is not UTF-8",
-                name.display(),
-                abs.display()
-            ))
-        })?;
-        names.push(name);
-    }
-    names.sort_unstable();
-    for name in names {
-        let rel = if rel_dir.is_empty() {
-            name.clone()
-        } else {
-            format!("{rel_dir}/{name}")
-        };
-        let path = abs.join(&name);
-        let meta = fs_err::symlink_metadata(&path)?;
-        let is_dir = meta.is_dir();
-        let Some(send) = filter.decide(&rel, is_dir) else {
-            continue;
-        };
-        let Some(stat) = make_stat(&rel, &path, &meta) else {
-            tracing::debug!(path = %rel, "skipping socket");
-            continue;
-        };
-        if send {
-            for (parent, parent_path) in pending.drain(..) {
-                if !emit(parent, parent_path) {
-                    return Ok(false);
-                }
-            }
-            if !emit(stat, path.clone()) {
-                return Ok(false);
-            }
-            if is_dir && !walk_dir(&path, &rel, filter, pending, emit)? {
-                return Ok(false);
-            }
-        } else {
-            let depth = pending.len();
-            pending.push((stat, path.clone()));
-            if !walk_dir(&path, &rel, filter, pending, emit)? {
-                return Ok(false);
-            }
-            pending.truncate(depth);
-        }
-    }
-    Ok(true)
-}
+/// Requestable files by stat ID: relative path (for the open check) and local path.
+type FileTable = Arc<Mutex<HashMap<u32, (Vec<u8>, PathBuf)>>>;
 
 fn packet(kind: PacketType) -> Packet {
     Packet {
@@ -490,12 +767,12 @@ fn packet(kind: PacketType) -> Packet {
 async fn send_dir(
     root: PathBuf,
     dir_name: String,
-    filter: Filter,
+    filter: Arc<Filter>,
     mut incoming: Streaming<Packet>,
     tx: mpsc::Sender<Result<Packet, Status>>,
     stats: SyncStats,
 ) {
-    let files: Arc<Mutex<HashMap<u32, (String, PathBuf)>>> = Arc::default();
+    let files: FileTable = Arc::default();
     {
         let mut all = stats.lock().expect("stats lock");
         all.entry(dir_name.clone()).or_default().calls += 1;
@@ -507,6 +784,7 @@ async fn send_dir(
         let files = files.clone();
         let stats = stats.clone();
         let dir_name = dir_name.clone();
+        let filter = filter.clone();
         tokio::task::spawn_blocking(move || {
             let mut id: u32 = 0;
             let mut emit = |stat: Stat, path: PathBuf| {
@@ -522,7 +800,7 @@ async fn send_dir(
                     .entry(dir_name.clone())
                     .or_default()
                     .paths
-                    .insert(stat.path.clone());
+                    .insert(String::from_utf8_lossy(&stat.path).into_owned());
                 id += 1;
                 let p = Packet {
                     r#type: PacketType::PacketStat as i32,
@@ -559,8 +837,8 @@ async fn send_dir(
         };
         match PacketType::try_from(msg.r#type) {
             Ok(PacketType::PacketReq) => {
-                let Some((rel, path)) = files.lock().expect("files lock").get(&msg.id).cloned()
-                else {
+                // As fsutil: an ID is served once.
+                let Some((rel, path)) = files.lock().expect("files lock").remove(&msg.id) else {
                     break Err(Status::invalid_argument(format!(
                         "invalid file id {}",
                         msg.id
@@ -570,14 +848,17 @@ async fn send_dir(
                 let readers = readers.clone();
                 let stats = stats.clone();
                 let dir_name = dir_name.clone();
+                let filter = filter.clone();
                 tasks.spawn(async move {
                     let _permit = readers.acquire_owned().await;
-                    match send_file(msg.id, &path, &tx).await {
+                    let allowed = filter.open_allowed(&rel);
+                    match send_file(msg.id, &path, allowed, &tx).await {
                         Ok(n) => {
                             let mut all = stats.lock().expect("stats lock");
                             let d = all.entry(dir_name).or_default();
                             d.bytes_sent += n;
-                            d.files_sent.insert(rel);
+                            d.files_sent
+                                .insert(String::from_utf8_lossy(&rel).into_owned());
                         }
                         Err(err) => {
                             let mut p = packet(PacketType::PacketErr);
@@ -598,12 +879,8 @@ async fn send_dir(
                     String::from_utf8_lossy(&msg.data)
                 )));
             }
-            _ => {
-                break Err(Status::invalid_argument(format!(
-                    "unexpected packet type {}",
-                    msg.r#type
-                )));
-            }
+            // fsutil's sender ignores anything else.
+            _ => {}
         }
     };
     tasks.abort_all();
@@ -620,26 +897,39 @@ async fn send_dir(
     }
 }
 
-/// Streams one file as DATA chunks followed by an empty DATA; returns the bytes sent.
+/// Streams one file as DATA chunks followed by an empty DATA; returns the bytes sent. As
+/// fsutil's `sendFile`, a file that may not or cannot be opened (refused by the open check, a
+/// socket, unreadable, gone) is sent empty: only the final empty DATA.
 async fn send_file(
     id: u32,
     path: &Path,
+    allowed: bool,
     tx: &mpsc::Sender<Result<Packet, Status>>,
 ) -> std::io::Result<u64> {
-    // O_NOFOLLOW: the walk saw a regular file here; if it was swapped for a symlink since, fail
-    // instead of sending whatever the link points at (possibly outside the context).
-    let mut file = tokio::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .await
-        .map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot open `{}`: {e}", path.display()))
-        })?;
     let mut total = 0u64;
-    loop {
+    // O_NOFOLLOW: the walk saw a regular file here; if it was swapped for a symlink since, it
+    // is not followed (possibly out of the context) but sent empty.
+    let opened = if allowed {
+        tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .await
+    } else {
+        Err(std::io::Error::other(
+            "refused by the include/exclude patterns",
+        ))
+    };
+    let mut file = match opened {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "sending an empty file: cannot open it: {e}");
+            None
+        }
+    };
+    while let Some(f) = file.as_mut() {
         let mut buf = vec![0u8; CHUNK];
-        let n = file.read(&mut buf).await?;
+        let n = f.read(&mut buf).await?;
         if n == 0 {
             break;
         }
@@ -667,201 +957,4 @@ async fn send_file(
 }
 
 #[cfg(test)]
-mod nofollow_tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_file_swapped_for_a_symlink_is_not_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("outside-secret");
-        std::fs::write(&secret, "do not send").unwrap();
-        let swapped = dir.path().join("was-a-file");
-        std::os::unix::fs::symlink(&secret, &swapped).unwrap();
-        let (tx, mut rx) = mpsc::channel(8);
-        let err = send_file(1, &swapped, &tx).await.unwrap_err();
-        assert!(err.to_string().contains("was-a-file"), "{err}");
-        drop(tx);
-        while let Some(p) = rx.recv().await {
-            assert!(p.unwrap().data.is_empty(), "file data was sent");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tree() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        for d in [
-            "a",
-            "a/x",
-            "a-b",
-            "node_modules/keep",
-            "node_modules/drop",
-            "src",
-        ] {
-            fs_err::create_dir_all(root.join(d)).unwrap();
-        }
-        for f in [
-            "a/x/file",
-            "a/y",
-            "a-b/z",
-            "node_modules/keep/k.js",
-            "node_modules/drop/d.js",
-            "src/main.rs",
-            "src/lib.rs",
-            "README.md",
-            "secret.env",
-            "Dockerfile",
-        ] {
-            fs_err::write(root.join(f), f).unwrap();
-        }
-        std::os::unix::fs::symlink("/etc/passwd", root.join("src/passwd")).unwrap();
-        std::os::unix::fs::symlink("src", root.join("link-to-src")).unwrap();
-        dir
-    }
-
-    fn sent(root: &Path, sync: &SyncRequest) -> Vec<(String, u32)> {
-        let filter = Filter::new(root, sync).unwrap();
-        let mut out = Vec::new();
-        walk(root, &filter, &mut |stat, _| {
-            out.push((stat.path, stat.mode));
-            true
-        })
-        .unwrap();
-        out
-    }
-
-    fn paths(v: &[(String, u32)]) -> Vec<&str> {
-        v.iter().map(|(p, _)| p.as_str()).collect()
-    }
-
-    #[test]
-    fn walk_order_is_fsutil_order_with_go_modes() {
-        let dir = tree();
-        let all = sent(dir.path(), &SyncRequest::default());
-        assert_eq!(
-            paths(&all),
-            [
-                "Dockerfile",
-                "README.md",
-                "a",
-                "a/x",
-                "a/x/file",
-                "a/y",
-                "a-b",
-                "a-b/z",
-                "link-to-src",
-                "node_modules",
-                "node_modules/drop",
-                "node_modules/drop/d.js",
-                "node_modules/keep",
-                "node_modules/keep/k.js",
-                "secret.env",
-                "src",
-                "src/lib.rs",
-                "src/main.rs",
-                "src/passwd",
-            ]
-        );
-        let mode = |p: &str| all.iter().find(|(q, _)| q == p).unwrap().1;
-        assert_eq!(mode("a") & MODE_DIR, MODE_DIR);
-        assert_eq!(mode("src/passwd") & MODE_SYMLINK, MODE_SYMLINK);
-        assert_eq!(mode("a/y") & MODE_TYPE, 0);
-    }
-
-    #[test]
-    fn excludes_with_exceptions_emit_parents_lazily() {
-        let dir = tree();
-        let sync = SyncRequest {
-            exclude_patterns: vec![
-                "node_modules".into(),
-                "!node_modules/keep".into(),
-                "*.env".into(),
-            ],
-            ..SyncRequest::default()
-        };
-        let got = sent(dir.path(), &sync);
-        let got = paths(&got);
-        assert!(got.contains(&"node_modules"));
-        assert!(got.contains(&"node_modules/keep/k.js"));
-        assert!(!got.contains(&"node_modules/drop"));
-        assert!(!got.contains(&"secret.env"));
-    }
-
-    #[test]
-    fn followpaths_become_includes_and_resolve_links() {
-        let dir = tree();
-        let sync = SyncRequest {
-            follow_paths: vec![
-                "link-to-src/main.rs".into(),
-                "Dockerfile".into(),
-                "missing".into(),
-            ],
-            ..SyncRequest::default()
-        };
-        let got = sent(dir.path(), &sync);
-        assert_eq!(
-            paths(&got),
-            ["Dockerfile", "link-to-src", "src", "src/main.rs"]
-        );
-        // A link pointing outside the root resolves inside the root, never outside.
-        let sync = SyncRequest {
-            follow_paths: vec!["src/passwd".into()],
-            ..SyncRequest::default()
-        };
-        let got = sent(dir.path(), &sync);
-        assert_eq!(paths(&got), ["src", "src/passwd"]);
-    }
-
-    #[test]
-    fn followpaths_outside_the_root_are_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("ctx");
-        fs_err::create_dir_all(root.join("src")).unwrap();
-        fs_err::write(root.join("src/main.rs"), "x").unwrap();
-        fs_err::write(root.join("Dockerfile"), "x").unwrap();
-        // Links beside the context, not in it: they must not be read nor followed.
-        std::os::unix::fs::symlink("/src", dir.path().join("outside-link")).unwrap();
-        std::os::unix::fs::symlink("ctx/src", dir.path().join("outside-rel")).unwrap();
-        for follow in [
-            "../outside-link",
-            "../outside-rel",
-            "src/../../outside-link",
-            "../*",
-        ] {
-            assert_eq!(
-                follow_links(&root, &[follow.to_owned(), "Dockerfile".to_owned()]),
-                ["Dockerfile"],
-                "{follow}"
-            );
-            let sync = SyncRequest {
-                follow_paths: vec![follow.to_owned(), "Dockerfile".to_owned()],
-                ..SyncRequest::default()
-            };
-            assert_eq!(paths(&sent(&root, &sync)), ["Dockerfile"], "{follow}");
-        }
-    }
-
-    #[test]
-    fn include_patterns_with_wildcards() {
-        let dir = tree();
-        let sync = SyncRequest {
-            include_patterns: Some(vec!["**/*.rs".into(), "a/x".into()]),
-            ..SyncRequest::default()
-        };
-        let got = sent(dir.path(), &sync);
-        assert_eq!(
-            paths(&got),
-            ["a", "a/x", "a/x/file", "src", "src/lib.rs", "src/main.rs"]
-        );
-    }
-
-    #[test]
-    fn query_unescape_decodes_plus_and_percent() {
-        assert_eq!(query_unescape("a+b%2Fc%C3%A9"), "a b/cé");
-        assert_eq!(query_unescape("100%"), "100%");
-    }
-}
+mod tests;

@@ -1,54 +1,101 @@
-//! Docker-style path patterns (`.dockerignore`, include/exclude filters of file sync).
+//! Docker-style path patterns (`.dockerignore`, include/exclude filters of file sync), with the
+//! exact semantics of `moby/patternmatcher` v0.6.1 as built by Go 1.26 (what buildctl v0.32.2
+//! runs).
 //!
-//! Semantics follow `moby/patternmatcher` v0.6 (the version vendored by BuildKit v0.13 and
-//! v0.23): patterns are `Clean`ed, match the **whole** slash-separated relative path (a
-//! pattern matching a parent directory matches everything below it), `*` and `?` never match
-//! `/`, `**` matches any number of segments (including none), `[...]` is a character class,
-//! `\` escapes, a leading `!` marks an exception, and the last matching pattern wins.
+//! How a pattern is read (patternmatcher.go `New`, `compile`, `match`):
+//! - it is `TrimSpace`d and `filepath.Clean`ed (the `!` included: `!a/../b` is `b`, no
+//!   exception); a leading `!` then marks an exception; `filepath.Match(p, ".")` must not fail
+//!   (that is the only syntax check when the matcher is built — Go 1.26's `Match` stops at the
+//!   first chunk that does not match `.`, so later chunks are not checked);
+//! - without `*`, `?`, `[`, `]` or `\` it is an exact path; `dir/**` is a byte prefix (`dir/`);
+//!   `**` first (and nothing special after) is a byte suffix, e.g. `**/x` matches `x` and
+//!   `*/x`… and `**x` matches `ax`;
+//! - otherwise it is translated to a Go regular expression `^…$` — `*` → `[^/]*`, `?` → `[^/]`,
+//!   `**/` → `(.*/)?`, `.+()$` escaped, `\c` → `\c` (so `\d` is a digit class, `\Q` quotes),
+//!   `[`, `]` and everything else copied, including `|`, `{` and `}` (patternmatcher means to
+//!   escape them, but its bitmap drops bytes ≥ 64: `a*|b` matches `b`, `a?{2}` counts) — and
+//!   Go's regexp decides; an expression Go rejects makes every evaluation of that pattern fail
+//!   ([`MatchError`]), not the construction.
+//!
+//! Paths and patterns are bytes (Linux names need not be UTF-8); in regexp patterns every
+//! invalid byte is one `U+FFFD`, for the pattern and for the path, as in Go.
+//!
+//! Matching is linear in the path length for a given pattern (see [`goregexp`]); patterns are
+//! limited to [`MAX_PATTERN_LEN`] bytes and [`MAX_PATTERNS`] per matcher.
 
+mod goregexp;
+
+use std::borrow::Cow;
 use std::fmt;
 
-/// A pattern that could not be parsed.
-#[derive(Debug, thiserror::Error)]
+use goregexp::{Program, RUNE_ERROR, SyntaxError, decode_last_rune, decode_rune};
+
+/// Longest accepted pattern, in bytes (Linux's `PATH_MAX`: a longer pattern is a mistake).
+pub const MAX_PATTERN_LEN: usize = 4096;
+/// Most patterns in one matcher.
+pub const MAX_PATTERNS: usize = 100_000;
+
+/// A pattern list that could not be parsed (Go's `New` errors, plus our size limits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     /// `!` alone is not a pattern.
-    #[error("illegal exclusion pattern `!`: an exception needs a path after the `!`")]
+    #[error("illegal exclusion pattern: \"!\"")]
     LoneExclamation,
-    /// Unterminated or empty character class, or a trailing escape.
+    /// `filepath.Match` rejects the pattern (e.g. `[`, `[]a]`, `[a-b-c]`, a trailing `\`).
     #[error("syntax error in pattern `{0}`: check `[...]` classes and `\\` escapes")]
     Syntax(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Token {
-    Lit(char),
-    /// `*`: any run of characters except `/`.
-    Star,
-    /// `?`: one character except `/`.
-    Quest,
-    /// `[...]`: one character (never `/`) in or, when negated, not in the ranges.
-    Class {
-        negated: bool,
-        ranges: Vec<(char, char)>,
+    /// Longer than [`MAX_PATTERN_LEN`].
+    #[error(
+        "pattern of {len} bytes starting with `{start}` is longer than the limit of {MAX_PATTERN_LEN} bytes"
+    )]
+    TooLong {
+        /// Its length.
+        len: usize,
+        /// Its first characters.
+        start: String,
     },
-    /// `**/` or `**` followed by more pattern: `(.*/)?`.
-    AnyDirs,
-    /// trailing `**`: `.*`.
-    AnyRest,
+    /// More than [`MAX_PATTERNS`].
+    #[error("{0} patterns are more than the limit of {MAX_PATTERNS}")]
+    TooMany(usize),
+    /// Its expression needs more than fastbuild's limit of instructions (counted repetitions
+    /// such as `?{1000}`; Go would accept up to its own, larger limit).
+    #[error(
+        "pattern `{0}` is too complex: its expression needs more than {max} instructions",
+        max = goregexp::MAX_INSTS
+    )]
+    TooComplex(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A pattern that Go's regexp package would not compile: evaluating it fails (Go returns
+/// `filepath.ErrBadPattern` from every match call that reaches it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("syntax error in pattern `{pattern}`: {reason}")]
+pub struct MatchError {
+    /// The pattern (lossy UTF-8).
+    pub pattern: String,
+    /// Go's regexp error.
+    pub reason: String,
+}
+
+#[derive(Clone, PartialEq, Eq)]
 enum Kind {
     Exact,
-    Prefix(String),
-    Suffix(String),
-    Tokens(Vec<Token>),
+    /// The pattern without its trailing `**`.
+    Prefix,
+    /// The pattern without its leading `**`.
+    Suffix,
+    Regexp {
+        /// Go's expression, `^…$`.
+        source: String,
+        program: Result<Program, String>,
+    },
 }
 
 /// One parsed pattern.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Pattern {
-    cleaned: String,
+    /// `cleanedPattern`: cleaned, without the `!`.
+    cleaned: Vec<u8>,
     exclusion: bool,
     kind: Kind,
 }
@@ -59,42 +106,20 @@ impl fmt::Debug for Pattern {
             f,
             "{}{}",
             if self.exclusion { "!" } else { "" },
-            self.cleaned
+            String::from_utf8_lossy(&self.cleaned)
         )
     }
 }
 
-/// True when `s` contains a character that makes a pattern more than a literal path.
-pub(crate) fn has_wildcards(s: &str) -> bool {
-    s.chars().any(|c| matches!(c, '*' | '?' | '[' | ']' | '\\'))
-}
-
 impl Pattern {
-    /// Parses one pattern (a leading `!` makes it an exception).
-    pub fn new(raw: &str) -> Result<Self, PatternError> {
-        let trimmed = raw.trim();
-        let cleaned = clean_path(trimmed);
-        let (exclusion, body) = match cleaned.strip_prefix('!') {
-            Some("") => return Err(PatternError::LoneExclamation),
-            Some(rest) => (true, rest.to_owned()),
-            None => (false, cleaned),
-        };
-        // Paths are always relative to the root: a leading `/` could never match otherwise.
-        let body = match body.strip_prefix('/') {
-            Some(rest) if !rest.is_empty() => rest.to_owned(),
-            _ => body,
-        };
-        let kind = compile(&body)?;
-        Ok(Self {
-            cleaned: body,
-            exclusion,
-            kind,
-        })
+    /// The cleaned pattern, without the `!` (Go's `Pattern.String`).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.cleaned
     }
 
-    /// The cleaned pattern text, without the `!`.
-    pub fn as_str(&self) -> &str {
-        &self.cleaned
+    /// The cleaned pattern as text (lossy for non-UTF-8 bytes).
+    pub fn as_str_lossy(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.cleaned)
     }
 
     /// Whether this is a `!` exception.
@@ -102,240 +127,209 @@ impl Pattern {
         self.exclusion
     }
 
-    /// Whether the pattern matches `path` exactly (no parent-directory logic).
-    pub fn matches_exact(&self, path: &str) -> bool {
-        match &self.kind {
-            Kind::Exact => path == self.cleaned,
-            Kind::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            Kind::Suffix(suffix) => {
-                path.ends_with(suffix.as_str())
-                    || suffix.strip_prefix('/').is_some_and(|s| path == s)
-            }
-            Kind::Tokens(tokens) => {
-                let chars: Vec<char> = path.chars().collect();
-                match_tokens(tokens, &chars)
-            }
-        }
+    /// Whether the pattern matches exactly `path` (Go's `Pattern.match`: no parent logic).
+    pub fn matches_path(&self, path: &[u8]) -> Result<bool, MatchError> {
+        self.matches_counting(path, &mut 0)
     }
 
-    /// Whether the pattern matches `path` or one of its parent directories.
-    pub fn matches_or_parent(&self, path: &str) -> bool {
-        if self.matches_exact(path) {
-            return true;
-        }
-        let mut end = 0;
-        while let Some(pos) = path[end..].find('/') {
-            end += pos;
-            if self.matches_exact(&path[..end]) {
-                return true;
+    fn matches_counting(&self, path: &[u8], steps: &mut u64) -> Result<bool, MatchError> {
+        let p = &self.cleaned;
+        Ok(match &self.kind {
+            Kind::Exact => path == p.as_slice(),
+            Kind::Prefix => path.starts_with(&p[..p.len() - 2]),
+            Kind::Suffix => {
+                let suffix = &p[2..];
+                path.ends_with(suffix) || (suffix.first() == Some(&b'/') && path == &suffix[1..])
             }
-            end += 1;
-        }
-        false
-    }
-
-    /// Conservative check: could this pattern match `dir` itself or something below it?
-    pub(crate) fn could_match_under(&self, dir: &str) -> bool {
-        if !has_wildcards(&self.cleaned) {
-            let pat = format!("{}/", self.cleaned);
-            let dir_slash = format!("{dir}/");
-            return pat.starts_with(&dir_slash) || dir_slash.starts_with(&pat);
-        }
-        let pat_segments: Vec<&str> = self.cleaned.split('/').collect();
-        for (i, dir_segment) in dir.split('/').enumerate() {
-            let Some(pat_segment) = pat_segments.get(i) else {
-                // The dir is deeper than the pattern: only reachable through a parent match.
-                return true;
-            };
-            if pat_segment.contains("**") {
-                return true;
+            Kind::Regexp {
+                program: Ok(program),
+                ..
+            } => program.is_match(path, steps),
+            Kind::Regexp {
+                program: Err(reason),
+                ..
+            } => {
+                return Err(MatchError {
+                    pattern: self.as_str_lossy().into_owned(),
+                    reason: reason.clone(),
+                });
             }
-            let tokens = match compile(pat_segment) {
-                Ok(Kind::Tokens(t)) => t,
-                Ok(_) => lit_tokens(pat_segment),
-                Err(_) => return true,
-            };
-            let chars: Vec<char> = dir_segment.chars().collect();
-            if !match_tokens(&tokens, &chars) {
-                return false;
-            }
-        }
-        true
+        })
     }
 }
 
-fn lit_tokens(s: &str) -> Vec<Token> {
-    s.chars().map(Token::Lit).collect()
+/// Splits a pattern into runes as Go's `text/scanner` reads it: invalid bytes are `U+FFFD`
+/// each, and a byte order mark at the very start is skipped.
+fn scanner_runes(s: &[u8]) -> Vec<char> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let (r, n) = decode_rune(&s[i..]);
+        if !(i == 0 && r == '\u{FEFF}') {
+            out.push(r);
+        }
+        i += n;
+    }
+    out
 }
 
-/// Compiles a cleaned pattern body, choosing the match kind the way patternmatcher does.
-fn compile(pattern: &str) -> Result<Kind, PatternError> {
-    #[derive(PartialEq)]
-    enum Mode {
+/// patternmatcher's `shouldEscape` as it really behaves: it means `.+()|{}$`, but its 8-byte
+/// bitmap keeps bit `b/8` of byte `b%8`, and the bits of `|` `{` `}` (≥ 64) fall off a byte.
+fn should_escape(c: char) -> bool {
+    matches!(c, '.' | '+' | '(' | ')' | '$')
+}
+
+/// patternmatcher's `compile`: the match kind, and for regexps Go's expression (`Err` only
+/// when the expression is over fastbuild's size limit).
+fn compile(cleaned: &[u8]) -> Result<Kind, ()> {
+    #[derive(PartialEq, Clone, Copy)]
+    enum Detected {
         Exact,
         Prefix,
         Suffix,
         Regexp,
     }
-    let chars: Vec<char> = pattern.chars().collect();
-    let mut tokens = Vec::new();
-    let mut mode = Mode::Exact;
+    let runes = scanner_runes(cleaned);
+    let mut re = String::from("^");
+    let mut detected = Detected::Exact;
+    let mut pos = 0;
     let mut i = 0;
-    while i < chars.len() {
-        let first = i == 0;
-        let ch = chars[i];
-        i += 1;
-        match ch {
-            '*' if chars.get(i) == Some(&'*') => {
-                i += 1;
-                if chars.get(i) == Some(&'/') {
-                    i += 1;
+    while pos < runes.len() {
+        let ch = runes[pos];
+        pos += 1;
+        if ch == '*' {
+            if runes.get(pos) == Some(&'*') {
+                pos += 1;
+                if runes.get(pos) == Some(&'/') {
+                    pos += 1;
                 }
-                if i == chars.len() {
-                    if mode == Mode::Exact {
-                        mode = Mode::Prefix;
+                if pos == runes.len() {
+                    if detected == Detected::Exact {
+                        detected = Detected::Prefix;
                     } else {
-                        mode = Mode::Regexp;
+                        re.push_str(".*");
+                        detected = Detected::Regexp;
                     }
-                    tokens.push(Token::AnyRest);
                 } else {
-                    tokens.push(Token::AnyDirs);
-                    mode = Mode::Regexp;
+                    re.push_str("(.*/)?");
+                    detected = Detected::Regexp;
                 }
-                if first {
-                    mode = Mode::Suffix;
+                if i == 0 {
+                    detected = Detected::Suffix;
                 }
+            } else {
+                re.push_str("[^/]*");
+                detected = Detected::Regexp;
             }
-            '*' => {
-                tokens.push(Token::Star);
-                mode = Mode::Regexp;
+        } else if ch == '?' {
+            re.push_str("[^/]");
+            detected = Detected::Regexp;
+        } else if should_escape(ch) {
+            re.push('\\');
+            re.push(ch);
+        } else if ch == '\\' {
+            if let Some(&next) = runes.get(pos) {
+                pos += 1;
+                re.push('\\');
+                re.push(next);
+                detected = Detected::Regexp;
+            } else {
+                re.push('\\');
             }
-            '?' => {
-                tokens.push(Token::Quest);
-                mode = Mode::Regexp;
-            }
-            '\\' => match chars.get(i) {
-                Some(&next) => {
-                    tokens.push(Token::Lit(next));
-                    i += 1;
-                }
-                None => return Err(PatternError::Syntax(pattern.to_owned())),
-            },
-            '[' => {
-                let (token, next) = parse_class(&chars, i)
-                    .ok_or_else(|| PatternError::Syntax(pattern.to_owned()))?;
-                tokens.push(token);
-                i = next;
-                mode = Mode::Regexp;
-            }
-            ']' => return Err(PatternError::Syntax(pattern.to_owned())),
-            other => tokens.push(Token::Lit(other)),
+        } else if ch == '[' || ch == ']' {
+            re.push(ch);
+            detected = Detected::Regexp;
+        } else {
+            re.push(ch);
         }
+        i += 1;
     }
-    Ok(match mode {
-        Mode::Exact => Kind::Exact,
-        Mode::Prefix => Kind::Prefix(pattern[..pattern.len() - 2].to_owned()),
-        Mode::Suffix => Kind::Suffix(pattern[2..].to_owned()),
-        Mode::Regexp => Kind::Tokens(tokens),
+    Ok(match detected {
+        Detected::Exact => Kind::Exact,
+        Detected::Prefix => Kind::Prefix,
+        Detected::Suffix => Kind::Suffix,
+        Detected::Regexp => {
+            re.push('$');
+            let program = match Program::new(&re) {
+                Ok(program) => Ok(program),
+                Err(SyntaxError::Go(reason)) => Err(reason),
+                Err(SyntaxError::TooLarge) => return Err(()),
+            };
+            Kind::Regexp {
+                source: re,
+                program,
+            }
+        }
     })
 }
 
-/// Parses a class starting after `[`; returns the token and the index after `]`.
-fn parse_class(chars: &[char], mut i: usize) -> Option<(Token, usize)> {
-    let mut negated = false;
-    if chars.get(i) == Some(&'^') {
-        negated = true;
-        i += 1;
-    }
-    let mut ranges = Vec::new();
-    let read_char = |i: &mut usize| -> Option<char> {
-        let c = *chars.get(*i)?;
-        *i += 1;
-        if c == '\\' {
-            let e = *chars.get(*i)?;
-            *i += 1;
-            Some(e)
-        } else {
-            Some(c)
-        }
-    };
-    loop {
-        match chars.get(i) {
-            None => return None,
-            Some(']') if !ranges.is_empty() => {
-                return Some((Token::Class { negated, ranges }, i + 1));
-            }
-            Some(_) => {
-                let lo = read_char(&mut i)?;
-                let hi =
-                    if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|c| *c != ']') {
-                        i += 1;
-                        read_char(&mut i)?
-                    } else {
-                        lo
-                    };
-                if hi < lo {
-                    return None;
-                }
-                ranges.push((lo, hi));
-            }
-        }
-    }
-}
-
-fn match_tokens(tokens: &[Token], path: &[char]) -> bool {
-    let Some((first, rest)) = tokens.split_first() else {
-        return path.is_empty();
-    };
-    match first {
-        Token::Lit(c) => path.first() == Some(c) && match_tokens(rest, &path[1..]),
-        Token::Quest => path.first().is_some_and(|c| *c != '/') && match_tokens(rest, &path[1..]),
-        Token::Class { negated, ranges } => {
-            path.first().is_some_and(|c| {
-                *c != '/' && (ranges.iter().any(|(lo, hi)| lo <= c && c <= hi) != *negated)
-            }) && match_tokens(rest, &path[1..])
-        }
-        Token::Star => {
-            for n in 0..=path.len() {
-                if match_tokens(rest, &path[n..]) {
-                    return true;
-                }
-                if n < path.len() && path[n] == '/' {
-                    break;
-                }
-            }
-            false
-        }
-        Token::AnyRest => true,
-        Token::AnyDirs => {
-            // `(.*/)?`: nothing, or anything that ends with a `/`.
-            if match_tokens(rest, path) {
-                return true;
-            }
-            (0..path.len()).any(|n| path[n] == '/' && match_tokens(rest, &path[n + 1..]))
-        }
-    }
+/// Parent-directory match results of one path, passed down to its children
+/// (patternmatcher's `MatchInfo`). The default value means "no information".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MatchInfo {
+    parent_matched: Vec<bool>,
 }
 
 /// An ordered list of patterns where the last applicable one wins.
 #[derive(Debug, Clone, Default)]
 pub struct PatternMatcher {
     patterns: Vec<Pattern>,
+    exclusions: bool,
 }
 
 impl PatternMatcher {
-    /// Parses the patterns; empty (after trimming) ones are skipped.
+    /// Parses the patterns as Go's `patternmatcher.New`; empty (after trimming) ones are
+    /// skipped.
     pub fn new<I, S>(patterns: I) -> Result<Self, PatternError>
     where
         I: IntoIterator<Item = S>,
-        S: AsRef<str>,
+        S: AsRef<[u8]>,
     {
-        let patterns = patterns
-            .into_iter()
-            .filter(|p| !p.as_ref().trim().is_empty())
-            .map(|p| Pattern::new(p.as_ref()))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { patterns })
+        let mut out = Vec::new();
+        let mut exclusions = false;
+        for raw in patterns {
+            let p = trim_space(raw.as_ref());
+            if p.is_empty() {
+                continue;
+            }
+            if p.len() > MAX_PATTERN_LEN {
+                let start = String::from_utf8_lossy(&p[..64]).into_owned();
+                return Err(PatternError::TooLong {
+                    len: p.len(),
+                    start,
+                });
+            }
+            if out.len() == MAX_PATTERNS {
+                return Err(PatternError::TooMany(MAX_PATTERNS + 1));
+            }
+            let mut cleaned = clean_path_bytes(p);
+            let mut exclusion = false;
+            if cleaned[0] == b'!' {
+                if cleaned.len() == 1 {
+                    return Err(PatternError::LoneExclamation);
+                }
+                cleaned.remove(0);
+                exclusion = true;
+                exclusions = true;
+            }
+            if glob_match(&cleaned, b".").is_err() {
+                return Err(PatternError::Syntax(
+                    String::from_utf8_lossy(&cleaned).into_owned(),
+                ));
+            }
+            let kind = compile(&cleaned).map_err(|()| {
+                PatternError::TooComplex(String::from_utf8_lossy(&cleaned).into_owned())
+            })?;
+            out.push(Pattern {
+                cleaned,
+                exclusion,
+                kind,
+            });
+        }
+        Ok(Self {
+            patterns: out,
+            exclusions,
+        })
     }
 
     /// The parsed patterns, in order.
@@ -343,9 +337,9 @@ impl PatternMatcher {
         &self.patterns
     }
 
-    /// Whether any pattern is a `!` exception.
+    /// Whether any pattern is a `!` exception (Go's `Exclusions`).
     pub fn has_exclusions(&self) -> bool {
-        self.patterns.iter().any(Pattern::is_exclusion)
+        self.exclusions
     }
 
     /// Whether there are no patterns at all.
@@ -353,226 +347,397 @@ impl PatternMatcher {
         self.patterns.is_empty()
     }
 
-    /// Whether `path` (or one of its parent directories) is matched, exceptions applied.
-    pub fn matches(&self, path: &str) -> bool {
+    /// Go's `MatchesOrParentMatches`: whether `path` or one of its parent directories matches,
+    /// exceptions applied. Used by fsutil when a file is opened.
+    pub fn matches_or_parent_matches(&self, path: &[u8]) -> Result<bool, MatchError> {
+        let parent = dir(path);
         let mut matched = false;
         for pattern in &self.patterns {
             // An inclusion cannot change a match, an exception cannot change a non-match.
             if pattern.exclusion != matched {
                 continue;
             }
-            if pattern.matches_or_parent(path) {
+            let mut hit = pattern.matches_path(path)?;
+            if !hit && parent != b"." {
+                hit = parent_prefixes(&parent).any(|p| pattern.matches_path(p).unwrap_or(false));
+            }
+            if hit {
                 matched = !pattern.exclusion;
             }
         }
-        matched
+        Ok(matched)
     }
 
-    /// Whether an exception could re-include something inside the (matched) directory `dir`.
-    pub(crate) fn exception_could_match_under(&self, dir: &str) -> bool {
-        self.patterns
-            .iter()
-            .filter(|p| p.exclusion)
-            .any(|p| has_wildcards(&p.cleaned) || p.could_match_under(dir))
+    /// Go's `MatchesUsingParentResults`, as fsutil's walker calls it once per directory level:
+    /// a pattern that matched the parent counts as matching without being evaluated; one that
+    /// was skipped at the parent (an exception while nothing matched yet, or an inclusion after
+    /// a match) counts as not matching there. So with `**/*.md` then `!docs`, `docs/a.md` is
+    /// excluded: `!docs` was skipped for `docs` and does not match `docs/a.md` itself.
+    /// With the default `parent` (no information) parents are checked as in
+    /// [`matches_or_parent_matches`](Self::matches_or_parent_matches).
+    pub fn matches_using_parent_results(
+        &self,
+        path: &[u8],
+        parent: &MatchInfo,
+    ) -> Result<(bool, MatchInfo), MatchError> {
+        self.using_parent_results(path, parent, &mut 0)
     }
 
-    /// Whether an inclusion pattern could match something inside `dir`.
-    pub(crate) fn inclusion_could_match_under(&self, dir: &str) -> bool {
-        self.patterns
-            .iter()
-            .filter(|p| !p.exclusion)
-            .any(|p| p.could_match_under(dir))
+    fn using_parent_results(
+        &self,
+        path: &[u8],
+        parent: &MatchInfo,
+        steps: &mut u64,
+    ) -> Result<(bool, MatchInfo), MatchError> {
+        let parent_matched = &parent.parent_matched;
+        assert!(
+            parent_matched.is_empty() || parent_matched.len() == self.patterns.len(),
+            "wrong number of values in parentMatched"
+        );
+        let mut matched = false;
+        let mut info = vec![false; self.patterns.len()];
+        for (i, pattern) in self.patterns.iter().enumerate() {
+            let mut hit = parent_matched.get(i).copied().unwrap_or(false);
+            if !hit {
+                if pattern.exclusion != matched {
+                    continue;
+                }
+                hit = pattern.matches_counting(path, steps)?;
+                if !hit && parent_matched.is_empty() {
+                    let parent_dir = dir(path);
+                    if parent_dir != b"." {
+                        hit = parent_prefixes(&parent_dir)
+                            .any(|p| pattern.matches_path(p).unwrap_or(false));
+                    }
+                }
+            }
+            info[i] = hit;
+            if hit {
+                matched = !pattern.exclusion;
+            }
+        }
+        Ok((
+            matched,
+            MatchInfo {
+                parent_matched: info,
+            },
+        ))
     }
+
+    /// Whether fsutil's walker would leave `path` (slash-separated, relative) out because of
+    /// these (exclude) patterns: each directory level evaluated with its parent's results.
+    /// A pattern Go cannot compile makes the walk fail; this answers `false` then (nothing
+    /// can be said to be excluded).
+    pub fn matches(&self, path: impl AsRef<[u8]>) -> bool {
+        let path = path.as_ref();
+        let mut info = MatchInfo::default();
+        let mut end = 0;
+        loop {
+            let next = path[end..].iter().position(|&b| b == b'/');
+            let level_end = next.map_or(path.len(), |n| end + n);
+            let Ok((matched, level_info)) =
+                self.matches_using_parent_results(&path[..level_end], &info)
+            else {
+                return false;
+            };
+            match next {
+                Some(_) => {
+                    end = level_end + 1;
+                    info = level_info;
+                }
+                None => return matched,
+            }
+        }
+    }
+}
+
+/// The cumulative prefixes `a`, `a/b`, … of a cleaned directory path (Go splits it on `/` and
+/// joins `dirs[:i+1]`).
+fn parent_prefixes(parent: &[u8]) -> impl Iterator<Item = &[u8]> {
+    parent
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'/')
+        .map(|(i, _)| &parent[..i])
+        .chain(std::iter::once(parent))
+}
+
+/// Go's `filepath.Dir` for slash-separated paths.
+fn dir(path: &[u8]) -> Vec<u8> {
+    let end = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+    clean_path_bytes(&path[..end])
+}
+
+/// Go's `strings.TrimSpace`: Unicode white space at both ends (an invalid byte is not space).
+pub fn trim_space(s: &[u8]) -> &[u8] {
+    let is_space = |c: char| c != RUNE_ERROR && c.is_whitespace();
+    let mut start = 0;
+    while start < s.len() {
+        let (r, n) = decode_rune(&s[start..]);
+        if !is_space(r) {
+            break;
+        }
+        start += n;
+    }
+    let mut end = s.len();
+    while end > start {
+        let (r, n) = decode_last_rune(&s[start..end]);
+        if !is_space(r) {
+            break;
+        }
+        end -= n;
+    }
+    &s[start..end]
+}
+
+/// Go's `filepath.Clean` for slash-separated byte paths.
+pub fn clean_path_bytes(path: &[u8]) -> Vec<u8> {
+    if path.is_empty() {
+        return b".".to_vec();
+    }
+    let rooted = path[0] == b'/';
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                if parts.last().is_some_and(|p| *p != b"..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push(b"..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    if rooted {
+        out.push(b'/');
+    }
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'.');
+    }
+    out
 }
 
 /// Go's `filepath.Clean` for slash-separated paths.
 pub fn clean_path(path: &str) -> String {
-    if path.is_empty() {
-        return ".".to_owned();
-    }
-    let rooted = path.starts_with('/');
-    let mut out: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if out.last().is_some_and(|p| *p != "..") {
-                    out.pop();
-                } else if !rooted {
-                    out.push("..");
+    String::from_utf8(clean_path_bytes(path.as_bytes())).expect("cleaning keeps UTF-8")
+}
+
+/// `filepath.ErrBadPattern`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("syntax error in pattern")]
+pub struct BadPattern;
+
+/// Go's `filepath.Match` on Unix (bytes; `*` and `?` do not match `/`; `\` escapes). As in Go
+/// 1.26, the pattern is only checked as far as the matching gets.
+pub fn glob_match(pattern: &[u8], name: &[u8]) -> Result<bool, BadPattern> {
+    let mut pattern = pattern;
+    let mut name = name;
+    'pattern: while !pattern.is_empty() {
+        let (star, chunk, rest) = scan_chunk(pattern);
+        pattern = rest;
+        if star && chunk.is_empty() {
+            // A trailing * matches the rest unless it has a /.
+            return Ok(!name.contains(&b'/'));
+        }
+        let (t, ok) = match_chunk(chunk, name)?;
+        if ok && (t.is_empty() || !pattern.is_empty()) {
+            name = t;
+            continue;
+        }
+        if star {
+            let mut i = 0;
+            while i < name.len() && name[i] != b'/' {
+                let (t, ok) = match_chunk(chunk, &name[i + 1..])?;
+                if ok {
+                    if pattern.is_empty() && !t.is_empty() {
+                        i += 1;
+                        continue;
+                    }
+                    name = t;
+                    continue 'pattern;
                 }
+                i += 1;
             }
-            other => out.push(other),
+        }
+        return Ok(false);
+    }
+    Ok(name.is_empty())
+}
+
+fn scan_chunk(pattern: &[u8]) -> (bool, &[u8], &[u8]) {
+    let mut p = pattern;
+    let mut star = false;
+    while p.first() == Some(&b'*') {
+        p = &p[1..];
+        star = true;
+    }
+    let mut in_range = false;
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'\\' if i + 1 < p.len() => i += 1,
+            b'[' => in_range = true,
+            b']' => in_range = false,
+            b'*' if !in_range => return (star, &p[..i], &p[i..]),
+            _ => {}
+        }
+        i += 1;
+    }
+    (star, p, &[])
+}
+
+/// Matches one chunk at the start of `s`: the rest of `s` and whether it matched; the whole
+/// chunk is read even after a mismatch, so that its syntax is checked.
+fn match_chunk<'a>(chunk: &[u8], s: &'a [u8]) -> Result<(&'a [u8], bool), BadPattern> {
+    let mut chunk = chunk;
+    let mut s = s;
+    let mut failed = false;
+    while !chunk.is_empty() {
+        failed = failed || s.is_empty();
+        match chunk[0] {
+            b'[' => {
+                let mut r = 0u32;
+                if !failed {
+                    let (c, n) = decode_rune(s);
+                    r = u32::from(c);
+                    s = &s[n..];
+                }
+                chunk = &chunk[1..];
+                let mut negated = false;
+                if chunk.first() == Some(&b'^') {
+                    negated = true;
+                    chunk = &chunk[1..];
+                }
+                let mut matched = false;
+                let mut nrange = 0;
+                loop {
+                    if chunk.first() == Some(&b']') && nrange > 0 {
+                        chunk = &chunk[1..];
+                        break;
+                    }
+                    let (lo, rest) = get_esc(chunk)?;
+                    chunk = rest;
+                    let mut hi = lo;
+                    if chunk[0] == b'-' {
+                        let (h, rest) = get_esc(&chunk[1..])?;
+                        hi = h;
+                        chunk = rest;
+                    }
+                    matched = matched || (lo <= r && r <= hi);
+                    nrange += 1;
+                }
+                failed = failed || matched == negated;
+            }
+            b'?' => {
+                if !failed {
+                    failed = s[0] == b'/';
+                    let (_, n) = decode_rune(s);
+                    s = &s[n..];
+                }
+                chunk = &chunk[1..];
+            }
+            c => {
+                let mut c = c;
+                if c == b'\\' {
+                    chunk = &chunk[1..];
+                    if chunk.is_empty() {
+                        return Err(BadPattern);
+                    }
+                    c = chunk[0];
+                }
+                if !failed {
+                    failed = c != s[0];
+                    s = &s[1..];
+                }
+                chunk = &chunk[1..];
+            }
         }
     }
-    let joined = out.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_owned(),
-        (false, false) => joined,
+    if failed {
+        Ok((&[], false))
+    } else {
+        Ok((s, true))
     }
 }
 
-/// Parses `.dockerignore` content into patterns as BuildKit's frontend does: a UTF-8 BOM is
-/// stripped, lines starting with `#` are comments, lines are trimmed and `Clean`ed, a leading
-/// `/` is dropped, and a leading `!` is kept.
-pub fn parse_dockerignore(content: &str) -> Vec<String> {
-    let content = content.strip_prefix('\u{feff}').unwrap_or(content);
+/// One possibly escaped character of a class; never the last byte of the chunk.
+fn get_esc(chunk: &[u8]) -> Result<(u32, &[u8]), BadPattern> {
+    let mut chunk = chunk;
+    if chunk.is_empty() || chunk[0] == b'-' || chunk[0] == b']' {
+        return Err(BadPattern);
+    }
+    if chunk[0] == b'\\' {
+        chunk = &chunk[1..];
+        if chunk.is_empty() {
+            return Err(BadPattern);
+        }
+    }
+    let (r, n) = decode_rune(chunk);
+    if r == RUNE_ERROR && n == 1 {
+        return Err(BadPattern);
+    }
+    let rest = &chunk[n..];
+    if rest.is_empty() {
+        return Err(BadPattern);
+    }
+    Ok((u32::from(r), rest))
+}
+
+/// Parses `.dockerignore` content into patterns as BuildKit's frontend does (patternmatcher's
+/// `ignorefile.ReadAll`): a UTF-8 BOM is stripped from the first line, lines starting with `#`
+/// are comments (before trimming), lines are trimmed and `Clean`ed, a leading `/` is dropped,
+/// and a leading `!` is kept.
+pub fn parse_dockerignore_bytes(content: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for line in content.lines() {
-        if line.starts_with('#') {
+    let content = content.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(content);
+    let mut lines: Vec<&[u8]> = content.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.starts_with(b"#") {
             continue;
         }
-        let mut pattern = line.trim();
+        let mut pattern = trim_space(line);
         if pattern.is_empty() {
             continue;
         }
-        let invert = pattern.starts_with('!');
+        let invert = pattern[0] == b'!';
         if invert {
-            pattern = pattern[1..].trim();
+            pattern = trim_space(&pattern[1..]);
         }
-        let mut cleaned = String::new();
+        let mut cleaned = Vec::new();
         if !pattern.is_empty() {
-            cleaned = clean_path(pattern);
-            if cleaned.len() > 1 && cleaned.starts_with('/') {
+            cleaned = clean_path_bytes(pattern);
+            if cleaned.len() > 1 && cleaned[0] == b'/' {
                 cleaned.remove(0);
             }
         }
         if invert {
-            cleaned.insert(0, '!');
+            cleaned.insert(0, b'!');
         }
         out.push(cleaned);
     }
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(patterns: &[&str]) -> PatternMatcher {
-        PatternMatcher::new(patterns).unwrap()
-    }
-
-    #[test]
-    fn literal_matches_whole_path_and_children_not_basename() {
-        let pm = m(&["foo"]);
-        assert!(pm.matches("foo"));
-        assert!(pm.matches("foo/bar"));
-        assert!(!pm.matches("a/foo"));
-        assert!(!pm.matches("foobar"));
-    }
-
-    #[test]
-    fn star_does_not_cross_slash() {
-        let pm = m(&["*.txt"]);
-        assert!(pm.matches("a.txt"));
-        assert!(!pm.matches("dir/a.txt"));
-        let pm = m(&["dir/*"]);
-        assert!(pm.matches("dir/x"));
-        assert!(pm.matches("dir/x/y"), "parent dir/x matches");
-        assert!(!pm.matches("dir"));
-        let pm = m(&["*/b"]);
-        assert!(pm.matches("a/b"));
-        assert!(!pm.matches("a/c/b"));
-    }
-
-    #[test]
-    fn question_mark_is_one_non_slash_char() {
-        let pm = m(&["a?c"]);
-        assert!(pm.matches("abc"));
-        assert!(!pm.matches("ac"));
-        assert!(!pm.matches("a/c"));
-        assert!(!pm.matches("abbc"));
-    }
-
-    #[test]
-    fn double_star_matches_any_depth_including_zero() {
-        let pm = m(&["**/x"]);
-        assert!(pm.matches("x"));
-        assert!(pm.matches("a/x"));
-        assert!(pm.matches("a/b/x"));
-        assert!(!pm.matches("ax"));
-        let pm = m(&["a/**/z"]);
-        assert!(pm.matches("a/z"));
-        assert!(pm.matches("a/b/c/z"));
-        assert!(!pm.matches("b/z"));
-        let pm = m(&["a/**"]);
-        assert!(pm.matches("a/b"));
-        assert!(pm.matches("a/b/c"));
-        let pm = m(&["**/*.go"]);
-        assert!(pm.matches("main.go"));
-        assert!(pm.matches("pkg/x/y.go"));
-        assert!(!pm.matches("main.rs"));
-        let pm = m(&["**"]);
-        assert!(pm.matches("anything/at/all"));
-    }
-
-    #[test]
-    fn character_classes_and_escapes() {
-        let pm = m(&["file[0-9].txt"]);
-        assert!(pm.matches("file3.txt"));
-        assert!(!pm.matches("filex.txt"));
-        let pm = m(&["file[^0-9].txt"]);
-        assert!(pm.matches("filex.txt"));
-        assert!(!pm.matches("file3.txt"));
-        let pm = m(&["a\\*b", "q\\?[*]"]);
-        assert!(pm.matches("q?*"));
-        assert!(PatternMatcher::new(["[abc"]).is_err());
-        assert!(PatternMatcher::new(["!"]).is_err());
-    }
-
-    #[test]
-    fn exceptions_last_match_wins() {
-        let pm = m(&["*.md", "!README.md"]);
-        assert!(pm.matches("CHANGES.md"));
-        assert!(!pm.matches("README.md"));
-        let pm = m(&["*.md", "!README.md", "README.md"]);
-        assert!(pm.matches("README.md"));
-        let pm = m(&["node_modules", "!node_modules/keep"]);
-        assert!(pm.matches("node_modules/x"));
-        assert!(!pm.matches("node_modules/keep"));
-        assert!(!pm.matches("node_modules/keep/inner"));
-        assert!(pm.exception_could_match_under("node_modules"));
-        assert!(!m(&["build"]).exception_could_match_under("build"));
-    }
-
-    #[test]
-    fn leading_slash_and_cleaning() {
-        let pm = m(&["/secret.txt", "./dir/../other/"]);
-        assert!(pm.matches("secret.txt"));
-        assert!(pm.matches("other/x"));
-        assert_eq!(clean_path("a//b/./c/.."), "a/b");
-        assert_eq!(clean_path("/../a"), "/a");
-        assert_eq!(clean_path("../a"), "../a");
-        assert_eq!(clean_path(""), ".");
-        assert_eq!(clean_path("./"), ".");
-    }
-
-    #[test]
-    fn dockerignore_parsing() {
-        let content = "\u{feff}# comment\n  *.log  \n\n/abs/path\n! keep.log\n#nope\n dir/./sub/ \n!/root/x\n";
-        assert_eq!(
-            parse_dockerignore(content),
-            vec!["*.log", "abs/path", "!keep.log", "dir/sub", "!root/x"]
-        );
-        let pm = PatternMatcher::new(parse_dockerignore(content)).unwrap();
-        assert!(pm.matches("a.log"));
-        assert!(!pm.matches("keep.log"));
-        assert!(pm.matches("abs/path/file"));
-    }
-
-    #[test]
-    fn include_prefix_checks() {
-        let pm = m(&["src/main.rs", "assets/*.png"]);
-        assert!(pm.inclusion_could_match_under("src"));
-        assert!(pm.inclusion_could_match_under("assets"));
-        assert!(!pm.inclusion_could_match_under("target"));
-        assert!(!pm.inclusion_could_match_under("srcx"));
-        let pm = m(&["**/*.rs"]);
-        assert!(pm.inclusion_could_match_under("deep/dir"));
-        let pm = m(&["a*/b"]);
-        assert!(pm.inclusion_could_match_under("ab"));
-        assert!(!pm.inclusion_could_match_under("b"));
-    }
+/// [`parse_dockerignore_bytes`] for text.
+pub fn parse_dockerignore(content: &str) -> Vec<String> {
+    parse_dockerignore_bytes(content.as_bytes())
+        .into_iter()
+        .map(|p| String::from_utf8(p).expect("parsing keeps UTF-8"))
+        .collect()
 }
+
+#[cfg(test)]
+mod tests;
