@@ -83,6 +83,9 @@ pub fn main() -> i32 {
         });
         run(cli, &printer, &cancel).await.map_err(|e| (e, printer))
     });
+    // Every output is written by now (atomically, before `run` returned): do not wait for idle
+    // connections and tasks to wind down (measured ~50 ms on a loaded machine).
+    runtime.shutdown_background();
     match result {
         Ok(()) => exit::OK,
         Err((e, printer)) => {
