@@ -390,10 +390,12 @@ impl PatternMatcher {
         steps: &mut u64,
     ) -> Result<(bool, MatchInfo), MatchError> {
         let parent_matched = &parent.parent_matched;
-        assert!(
-            parent_matched.is_empty() || parent_matched.len() == self.patterns.len(),
-            "wrong number of values in parentMatched"
-        );
+        if !parent_matched.is_empty() && parent_matched.len() != self.patterns.len() {
+            return Err(MatchError {
+                pattern: String::new(),
+                reason: "wrong number of values in parentMatched".into(),
+            });
+        }
         let mut matched = false;
         let mut info = vec![false; self.patterns.len()];
         for (i, pattern) in self.patterns.iter().enumerate() {
