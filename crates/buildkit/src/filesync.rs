@@ -777,6 +777,7 @@ async fn send_dir(
         let mut all = stats.lock().expect("stats lock");
         all.entry(dir_name.clone()).or_default().calls += 1;
     }
+    let read_root: Arc<Path> = Arc::from(root.as_path());
 
     // Walker: a blocking task feeding STAT packets.
     let walker = {
@@ -849,10 +850,11 @@ async fn send_dir(
                 let stats = stats.clone();
                 let dir_name = dir_name.clone();
                 let filter = filter.clone();
+                let read_root = read_root.clone();
                 tasks.spawn(async move {
                     let _permit = readers.acquire_owned().await;
                     let allowed = filter.open_allowed(&rel);
-                    match send_file(msg.id, &path, allowed, &tx).await {
+                    match send_file(msg.id, &read_root, &rel, allowed, &tx).await {
                         Ok(n) => {
                             let mut all = stats.lock().expect("stats lock");
                             let d = all.entry(dir_name).or_default();
@@ -902,19 +904,24 @@ async fn send_dir(
 /// socket, unreadable, gone) is sent empty: only the final empty DATA.
 async fn send_file(
     id: u32,
-    path: &Path,
+    root: &Arc<Path>,
+    rel: &[u8],
     allowed: bool,
     tx: &mpsc::Sender<Result<Packet, Status>>,
 ) -> std::io::Result<u64> {
     let mut total = 0u64;
-    // O_NOFOLLOW: the walk saw a regular file here; if it was swapped for a symlink since, it
-    // is not followed (possibly out of the context) but sent empty.
+    let path = os_path(root, rel);
+    // Opened beneath the root, one component at a time, never through a symlink: the walk saw
+    // a regular file here; if it, or a directory on its way, was swapped for a symlink since,
+    // nothing outside the context is read: the file is sent empty.
     let opened = if allowed {
-        tokio::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
+        let root = Arc::clone(root);
+        let rel = Path::new(OsStr::from_bytes(rel)).to_path_buf();
+        tokio::task::spawn_blocking(move || fastbuild_oci::beneath::open_beneath(&root, &rel))
             .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map(tokio::fs::File::from_std)
     } else {
         Err(std::io::Error::other(
             "refused by the include/exclude patterns",

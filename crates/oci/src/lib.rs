@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod beneath;
 mod client;
 mod digest;
 mod error;

@@ -390,10 +390,19 @@ async fn a_file_swapped_for_a_symlink_is_sent_empty_not_followed() {
     std::fs::write(&secret, "do not send").unwrap();
     let swapped = dir.path().join("was-a-file");
     std::os::unix::fs::symlink(&secret, &swapped).unwrap();
+    let root: Arc<Path> = Arc::from(dir.path());
     let (tx, mut rx) = mpsc::channel(8);
-    assert_eq!(send_file(1, &swapped, true, &tx).await.unwrap(), 0);
+    assert_eq!(
+        send_file(1, &root, b"was-a-file", true, &tx).await.unwrap(),
+        0
+    );
     // A file the open check refuses is sent empty too, without being opened.
-    assert_eq!(send_file(2, &secret, false, &tx).await.unwrap(), 0);
+    assert_eq!(
+        send_file(2, &root, b"outside-secret", false, &tx)
+            .await
+            .unwrap(),
+        0
+    );
     drop(tx);
     let mut packets = 0;
     while let Some(p) = rx.recv().await {
@@ -401,6 +410,43 @@ async fn a_file_swapped_for_a_symlink_is_sent_empty_not_followed() {
         packets += 1;
     }
     assert_eq!(packets, 2, "one end-of-file DATA each");
+}
+
+/// Hardening L4: `O_NOFOLLOW` guarded only the last component; a parent directory swapped for
+/// a symlink between the walk and the read made the sender read a file outside the context.
+#[tokio::test]
+async fn a_parent_directory_swapped_for_a_symlink_is_not_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("app.txt"), "OUTSIDE SECRET").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/app.txt"), "inside").unwrap();
+    let root: Arc<Path> = Arc::from(dir.path());
+    let (tx, mut rx) = mpsc::channel(8);
+    // What the walk saw is sent.
+    assert_eq!(
+        send_file(1, &root, b"src/app.txt", true, &tx)
+            .await
+            .unwrap(),
+        6
+    );
+    // Then `src` is swapped for a link to a directory outside the context.
+    std::fs::rename(dir.path().join("src"), dir.path().join("src.old")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("src")).unwrap();
+    assert_eq!(
+        send_file(2, &root, b"src/app.txt", true, &tx)
+            .await
+            .unwrap(),
+        0
+    );
+    drop(tx);
+    while let Some(p) = rx.recv().await {
+        let p = p.unwrap();
+        assert!(
+            !String::from_utf8_lossy(&p.data).contains("OUTSIDE"),
+            "data from outside the context was sent"
+        );
+    }
 }
 
 #[test]
