@@ -1161,7 +1161,8 @@ impl RegistryClient {
             if resp.status().as_u16() != 200 {
                 return Err(status_error(&Method::GET, &url, resp).await);
             }
-            let tmp = tempfile::NamedTempFile::new_in(dir)
+            // Base layers are downloaded straight into OCI layouts too: 0644 like their other files.
+            let tmp = crate::publish::layout_temp_file(dir)
                 .map_err(|e| Error::io(format!("create a temp file in `{}`", dir.display()), e))?;
             let mut file = tokio::fs::File::from_std(
                 tmp.as_file()

@@ -808,3 +808,67 @@ async fn redirects_to_plain_http_or_to_another_scheme_of_the_same_origin_are_ref
         );
     }
 }
+
+/// This process's umask (`Umask:` of /proc/self/status; 022 if it cannot be read).
+fn umask() -> u32 {
+    fs_err::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+#[tokio::test]
+async fn oci_layouts_are_written_0644_and_0755_like_the_other_outputs() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, _state) = serve("127.0.0.1:0", Faults::default()).await;
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let base: Reference = format!("{addr}/base/img:v1").parse().unwrap();
+    build_and_push(&spec(tmp.path()), &Target::Registry(base.clone()), &client)
+        .await
+        .unwrap();
+    // Base layers (downloaded), a new layer (copied from the work dir), the config (bytes),
+    // the manifest, index.json and oci-layout.
+    let layout = tmp.path().join("layout");
+    let mut image = spec(tmp.path());
+    image.base = BaseImage::Reference(base.to_string());
+    let own = tmp.path().join("own.txt");
+    fs_err::write(&own, "own\n").unwrap();
+    image.layers = vec![LayerSpec::new([(own, "/own.txt")])];
+    let pushed = build_and_push(&image, &Target::Layout(layout.clone()), &client)
+        .await
+        .unwrap();
+    assert_eq!(
+        pushed.stats.blobs_uploaded, 4,
+        "2 base layers, 1 new, 1 config"
+    );
+
+    let mask = umask();
+    let (file_mode, dir_mode) = (0o644 & !mask, 0o777 & !mask);
+    let mut seen = Vec::new();
+    let mut todo = vec![layout.clone()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs_err::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs_err::metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            let rel = path.strip_prefix(&layout).unwrap().display().to_string();
+            if meta.is_dir() {
+                assert_eq!(mode, dir_mode, "{rel}: {mode:o}, umask {mask:o}");
+                todo.push(path);
+            } else {
+                assert_eq!(mode, file_mode, "{rel}: {mode:o}, umask {mask:o}");
+                seen.push(rel);
+            }
+        }
+    }
+    // 4 blobs and the manifest, index.json, oci-layout: nothing else (no temp files left).
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    if mask == 0o022 {
+        assert_eq!((file_mode, dir_mode), (0o644, 0o755));
+    }
+}
