@@ -267,6 +267,17 @@ fn plain_http_allowed_for(insecure: &[String], url: &Url) -> bool {
 /// hosts are allowed plain HTTP — an HTTPS registry's uploads are never downgraded otherwise.
 /// `Err` says why not and what to do.
 fn check_target(insecure: &[String], from: &Url, to: &Url) -> std::result::Result<(), String> {
+    check_scheme(insecure, from, to, "upload/redirect")
+}
+
+/// [`check_target`]'s rule for any URL a registry at `from` points fastbuild to; `setting` names
+/// the registry's configuration to fix in the refusal (`upload/redirect`, `token realm`).
+fn check_scheme(
+    insecure: &[String],
+    from: &Url,
+    to: &Url,
+    setting: &str,
+) -> std::result::Result<(), String> {
     match to.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -274,7 +285,7 @@ fn check_target(insecure: &[String], from: &Url, to: &Url) -> std::result::Resul
             if !plain_http_allowed_for(insecure, to) {
                 return Err(format!(
                     "plain HTTP to `{target}` is not allowed (only loopback and insecure hosts are \
-                     used without TLS); fix the registry's upload/redirect configuration, or mark \
+                     used without TLS); fix the registry's {setting} configuration, or mark \
                      `{target}` insecure (RegistryOptions::insecure_hosts, e.g. \
                      `--insecure-registry {target}`) if it is meant to be used over plain HTTP"
                 ));
@@ -283,8 +294,8 @@ fn check_target(insecure: &[String], from: &Url, to: &Url) -> std::result::Resul
                 let registry = host_port(from);
                 return Err(format!(
                     "`{registry}` is spoken to over HTTPS and is not allowed plain HTTP, so it \
-                     cannot downgrade a request to plain HTTP; fix the registry's \
-                     upload/redirect configuration, or mark `{registry}` insecure \
+                     cannot downgrade a request to plain HTTP; fix the registry's {setting} \
+                     configuration, or mark `{registry}` insecure \
                      (RegistryOptions::insecure_hosts, e.g. `--insecure-registry {registry}`) if \
                      plain HTTP is intended"
                 ));
@@ -642,6 +653,23 @@ impl RegistryClient {
             .ok_or_else(|| unauthorized("its Bearer challenge has no realm".to_owned()))?;
         let mut url = Url::parse(realm)
             .map_err(|_| unauthorized(format!("its token realm `{realm}` is not a URL")))?;
+        // The token request carries the registry's credentials (Basic or a refresh token), and
+        // the token it returns is one: plain HTTP only where the registry itself may use it
+        // (both hosts loopback or insecure). Another host over HTTPS is normal (Docker Hub's
+        // realm is auth.docker.io).
+        let registry = self.registry_url(repo).await?;
+        check_scheme(
+            &self.inner.options.insecure_hosts,
+            &registry,
+            &url,
+            "token realm",
+        )
+        .map_err(|reason| Error::LocationRefused {
+            registry: repo.host.clone(),
+            kind: "a Bearer challenge naming the token realm".to_owned(),
+            location: shown(&url),
+            reason,
+        })?;
         let service = challenge.params.get("service");
         let cred = self.credential(&repo.host).await?;
         let request = if let Some(Credential::IdentityToken(refresh)) = &cred {

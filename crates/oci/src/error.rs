@@ -178,12 +178,13 @@ pub enum Error {
         /// Start of the response body (registry error JSON).
         body: String,
     },
-    /// A registry sent fastbuild (an upload `Location`, a redirect) somewhere it will not go.
+    /// A registry sent fastbuild (an upload `Location`, a redirect, a token realm) somewhere it
+    /// will not go.
     #[error("registry `{registry}` answered with {kind} `{location}`, which is refused: {reason}")]
     LocationRefused {
         /// The registry (or server) that sent it, `host[:port]`.
         registry: String,
-        /// `an upload location` or `a redirect to`.
+        /// `an upload location`, `a redirect to` or `a Bearer challenge naming the token realm`.
         kind: String,
         /// Where to (without query or user info: they may hold credentials).
         location: String,
