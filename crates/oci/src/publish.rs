@@ -413,7 +413,9 @@ async fn push_base_blob(
     }
     let path = blob_dir.join(blob.digest.hex());
     if !path.exists() {
-        client.download_blob(base, &blob.digest, &path).await?;
+        client
+            .download_blob(base, &blob.digest, blob.size, &path)
+            .await?;
     }
     let n = client
         .upload_blob(
@@ -469,7 +471,9 @@ async fn write_layout(
                     .map_err(|e| Error::io(format!("store `{}`", path.display()), e.error))?;
             }
             Source::Base(base) => {
-                client.download_blob(base, &blob.digest, &path).await?;
+                client
+                    .download_blob(base, &blob.digest, blob.size, &path)
+                    .await?;
             }
         }
         stats.blobs_uploaded += 1;
