@@ -5,6 +5,14 @@
 //! Credentials go only to the registry's own origin: an upload `Location` or a redirect to
 //! another host is followed without them, and neither may lead to plain HTTP unless the hosts
 //! involved are allowed plain HTTP.
+//!
+//! Responses are bounded in size and time, so a broken or hostile registry cannot exhaust memory
+//! or hang a build: manifests, indexes and configs are read up to 4 MiB (containerd's limit),
+//! token responses and error bodies up to 1 MiB, blob downloads up to the size their descriptor
+//! gives; a response that sends nothing for [`RegistryOptions::read_timeout`] (or an upload the
+//! registry stops taking) fails as stalled, and a small request (manifest, config, token, blob
+//! check, upload start, manifest push) must complete within [`RegistryOptions::request_timeout`]
+//! (which also bounds the wait for the answer to a fully sent upload).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +37,15 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::reference::Reference;
 use crate::transport::is_loopback;
+
+/// The most bytes read of a manifest or index (containerd's limit too; real ones are KiB).
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// The most bytes read of an image config fetched into memory.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// The most bytes read of a token response.
+const MAX_TOKEN_BYTES: u64 = 1 << 20;
+/// The most bytes read of an error response's body (its start is shown).
+const MAX_ERROR_BODY_BYTES: u64 = 1 << 20;
 
 /// Media types accepted when fetching manifests.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -71,6 +88,14 @@ pub struct RegistryOptions {
     pub retry: RetryPolicy,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// How long a registry may go without answering, sending response bytes or taking upload
+    /// bytes before the request fails as stalled (retried like a lost connection).
+    pub read_timeout: Duration,
+    /// Overall deadline of one attempt of a small request: fetching a manifest, config or token,
+    /// checking or mounting a blob, starting an upload, pushing a manifest. Blob transfers have
+    /// none (their size is unbounded); [`Self::read_timeout`] still applies to them, and the
+    /// answer to a fully sent upload may take this long (committing a large blob takes time).
+    pub request_timeout: Duration,
     /// `User-Agent` header.
     pub user_agent: String,
     /// `PATH` searched for `docker-credential-*` helpers; `None` = this process's `PATH`.
@@ -87,6 +112,8 @@ impl Default for RegistryOptions {
             chunk_size: 16 * 1024 * 1024,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(120),
             user_agent: concat!("fastbuild/", env!("CARGO_PKG_VERSION")).to_owned(),
             credential_helper_path: None,
         }
@@ -112,21 +139,129 @@ pub(crate) enum BlobData {
 }
 
 impl BlobData {
-    fn body(&self, start: u64, len: u64) -> Result<reqwest::Body> {
-        match self {
-            Self::Bytes(b) => Ok(reqwest::Body::from(
-                b.slice(start as usize..(start + len) as usize),
-            )),
+    /// Bytes `start..start + len` as a request body that reports each piece the connection
+    /// takes to `progress`.
+    fn body(&self, start: u64, len: u64, progress: &Progress) -> Result<reqwest::Body> {
+        const PIECE: usize = 64 * 1024;
+        progress.expect_body(len);
+        let progress = progress.clone();
+        let stream = match self {
+            Self::Bytes(b) => {
+                let b = b.slice(start as usize..(start + len) as usize);
+                let pieces: Vec<std::io::Result<bytes::Bytes>> = (0..b.len())
+                    .step_by(PIECE)
+                    .map(|at| Ok(b.slice(at..b.len().min(at + PIECE))))
+                    .collect();
+                futures::stream::iter(pieces).boxed()
+            }
             Self::File(path) => {
                 let mut f =
                     fs_err::File::open(path).map_err(|e| Error::io("open a blob for upload", e))?;
                 f.seek(SeekFrom::Start(start))
                     .map_err(|e| Error::io("seek in a blob for upload", e))?;
                 let f = tokio::fs::File::from_std(f.into_parts().0);
-                let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 64 * 1024);
-                Ok(reqwest::Body::wrap_stream(stream))
+                tokio_util::io::ReaderStream::with_capacity(f.take(len), PIECE).boxed()
             }
+        };
+        Ok(reqwest::Body::wrap_stream(stream.inspect(move |piece| {
+            progress.took(piece.as_ref().map_or(0, bytes::Bytes::len));
+        })))
+    }
+}
+
+/// How far a request without an answer has got: when it last moved (was sent, or had a piece
+/// of its body taken by the connection) and how much of its body is still to be taken.
+#[derive(Clone, Debug)]
+struct Progress(Arc<std::sync::Mutex<(tokio::time::Instant, u64)>>);
+
+impl Progress {
+    /// A request without a body (until [`Self::expect_body`]).
+    fn new() -> Self {
+        Self(Arc::new(std::sync::Mutex::new((
+            tokio::time::Instant::now(),
+            0,
+        ))))
+    }
+
+    /// The request is (re)built with a body of `len` bytes.
+    fn expect_body(&self, len: u64) {
+        self.0.lock().expect("not poisoned").1 = len;
+    }
+
+    /// The request is (re)sent.
+    fn sent(&self) {
+        self.0.lock().expect("not poisoned").0 = tokio::time::Instant::now();
+    }
+
+    /// The connection took `n` more bytes of the body.
+    fn took(&self, n: usize) {
+        let mut state = self.0.lock().expect("not poisoned");
+        state.0 = tokio::time::Instant::now();
+        state.1 = state.1.saturating_sub(n as u64);
+    }
+
+    /// Resolves once the request has not moved for `sending` while its body is being taken,
+    /// or for `answering` once it is all taken; `true` in the second case.
+    async fn stalled(&self, sending: Duration, answering: Duration) -> bool {
+        loop {
+            let (last, left) = *self.0.lock().expect("not poisoned");
+            let due = last + if left > 0 { sending } else { answering };
+            if tokio::time::Instant::now() >= due {
+                return left == 0;
+            }
+            tokio::time::sleep_until(due).await;
         }
+    }
+}
+
+/// Which request a response belongs to, for the errors of reading it.
+#[derive(Clone, Copy)]
+struct Req<'a> {
+    /// The registry (`host[:port]`).
+    registry: &'a str,
+    method: &'a Method,
+    url: &'a Url,
+}
+
+impl Req<'_> {
+    /// `GET https://…`, without query or user info.
+    fn shown(&self) -> String {
+        format!("{} {}", self.method, shown(self.url))
+    }
+
+    /// Stalled for the read timeout `timeout`.
+    fn read_timeout(&self, what: &'static str, timeout: Duration) -> Error {
+        self.stalled(what, timeout, "read_timeout")
+    }
+
+    fn stalled(&self, what: &'static str, timeout: Duration, setting: &'static str) -> Error {
+        Error::ReadTimeout {
+            registry: self.registry.to_owned(),
+            request: self.shown(),
+            what,
+            timeout,
+            setting,
+        }
+    }
+
+    /// `announced`: the `Content-Length` over the bound; `None` when more bytes came.
+    fn too_large(&self, expected: String, announced: Option<u64>, advice: &'static str) -> Error {
+        Error::ResponseTooLarge {
+            registry: self.registry.to_owned(),
+            request: self.shown(),
+            expected,
+            announced,
+            advice,
+        }
+    }
+}
+
+/// `4 MiB (4194304 bytes)`, or `1000 bytes`.
+fn bytes_shown(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB ({n} bytes)", n >> 20)
+    } else {
+        format!("{n} bytes")
     }
 }
 
@@ -267,6 +402,17 @@ fn plain_http_allowed_for(insecure: &[String], url: &Url) -> bool {
 /// hosts are allowed plain HTTP — an HTTPS registry's uploads are never downgraded otherwise.
 /// `Err` says why not and what to do.
 fn check_target(insecure: &[String], from: &Url, to: &Url) -> std::result::Result<(), String> {
+    check_scheme(insecure, from, to, "upload/redirect")
+}
+
+/// [`check_target`]'s rule for any URL a registry at `from` points fastbuild to; `setting` names
+/// the registry's configuration to fix in the refusal (`upload/redirect`, `token realm`).
+fn check_scheme(
+    insecure: &[String],
+    from: &Url,
+    to: &Url,
+    setting: &str,
+) -> std::result::Result<(), String> {
     match to.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -274,7 +420,7 @@ fn check_target(insecure: &[String], from: &Url, to: &Url) -> std::result::Resul
             if !plain_http_allowed_for(insecure, to) {
                 return Err(format!(
                     "plain HTTP to `{target}` is not allowed (only loopback and insecure hosts are \
-                     used without TLS); fix the registry's upload/redirect configuration, or mark \
+                     used without TLS); fix the registry's {setting} configuration, or mark \
                      `{target}` insecure (RegistryOptions::insecure_hosts, e.g. \
                      `--insecure-registry {target}`) if it is meant to be used over plain HTTP"
                 ));
@@ -283,8 +429,8 @@ fn check_target(insecure: &[String], from: &Url, to: &Url) -> std::result::Resul
                 let registry = host_port(from);
                 return Err(format!(
                     "`{registry}` is spoken to over HTTPS and is not allowed plain HTTP, so it \
-                     cannot downgrade a request to plain HTTP; fix the registry's \
-                     upload/redirect configuration, or mark `{registry}` insecure \
+                     cannot downgrade a request to plain HTTP; fix the registry's {setting} \
+                     configuration, or mark `{registry}` insecure \
                      (RegistryOptions::insecure_hosts, e.g. `--insecure-registry {registry}`) if \
                      plain HTTP is intended"
                 ));
@@ -384,9 +530,24 @@ fn transport(method: &Method, url: &Url) -> impl FnOnce(reqwest::Error) -> Error
     }
 }
 
-async fn status_error(method: &Method, url: &Url, resp: Response) -> Error {
+/// An unexpected status: the start of the body (up to [`MAX_ERROR_BODY_BYTES`] read, and only
+/// while it keeps coming: a stalled or endless error body is cut, not waited for).
+async fn status_error(
+    method: &Method,
+    url: &Url,
+    mut resp: Response,
+    read_timeout: Duration,
+) -> Error {
     let status = resp.status().as_u16();
-    let body = resp.text().await.unwrap_or_default();
+    let mut read = Vec::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(read_timeout, resp.chunk()).await {
+        let room = MAX_ERROR_BODY_BYTES as usize - read.len();
+        read.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() >= room {
+            break;
+        }
+    }
+    let body = String::from_utf8_lossy(&read);
     let mut body: String = body.trim().chars().take(512).collect();
     if body.starts_with('<') {
         body.clear();
@@ -492,12 +653,113 @@ impl RegistryClient {
         &self.inner.options
     }
 
+    /// [`status_error`] with this client's read timeout.
+    async fn status_error(&self, method: &Method, url: &Url, resp: Response) -> Error {
+        status_error(method, url, resp, self.inner.options.read_timeout).await
+    }
+
+    /// Sends `rb` and waits for the response: at most the read timeout after sending it, or,
+    /// for an upload (its body reporting to `upload`), while the connection keeps taking the
+    /// body with pauses shorter than the read timeout, then at most the request timeout for
+    /// the answer (a registry may take a while to commit a large blob). Longer is an
+    /// [`Error::ReadTimeout`].
+    async fn response(
+        &self,
+        req: Req<'_>,
+        rb: reqwest::RequestBuilder,
+        upload: Option<&Progress>,
+    ) -> Result<Response> {
+        let options = &self.inner.options;
+        let Some(progress) = upload else {
+            let timeout = options.read_timeout;
+            return match tokio::time::timeout(timeout, rb.send()).await {
+                Ok(resp) => resp.map_err(transport(req.method, req.url)),
+                Err(_) => Err(req.read_timeout("did not answer", timeout)),
+            };
+        };
+        progress.sent();
+        tokio::select! {
+            resp = rb.send() => resp.map_err(transport(req.method, req.url)),
+            all_taken = progress.stalled(options.read_timeout, options.request_timeout) => {
+                Err(if all_taken {
+                    req.stalled(
+                        "took the whole upload but did not answer",
+                        options.request_timeout,
+                        "request_timeout",
+                    )
+                } else {
+                    req.read_timeout("stopped taking the upload", options.read_timeout)
+                })
+            }
+        }
+    }
+
+    /// The next piece of a response body; `None` at its end. No piece for the read timeout is
+    /// an [`Error::ReadTimeout`].
+    async fn next_chunk(&self, req: Req<'_>, resp: &mut Response) -> Result<Option<bytes::Bytes>> {
+        let timeout = self.inner.options.read_timeout;
+        match tokio::time::timeout(timeout, resp.chunk()).await {
+            Ok(chunk) => chunk.map_err(transport(req.method, req.url)),
+            Err(_) => Err(req.read_timeout("sent no more of its response", timeout)),
+        }
+    }
+
+    /// The whole body of `resp`, refused (without reading on) past `limit` bytes: `what` is
+    /// what it should be (`a manifest or index`), `advice` what to do when it is too large.
+    async fn read_capped(
+        &self,
+        req: Req<'_>,
+        mut resp: Response,
+        limit: u64,
+        what: &str,
+        advice: &'static str,
+    ) -> Result<Vec<u8>> {
+        let expected = || format!("{what} may be at most {}", bytes_shown(limit));
+        if let Some(n) = resp.content_length()
+            && n > limit
+        {
+            return Err(req.too_large(expected(), Some(n), advice));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = self.next_chunk(req, &mut resp).await? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(req.too_large(expected(), None, advice));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Runs one attempt of a small request, failing it after the request timeout.
+    async fn within_deadline<T>(
+        &self,
+        req: Req<'_>,
+        attempt: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let deadline = self.inner.options.request_timeout;
+        tokio::time::timeout(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::DeadlineExceeded {
+                    registry: req.registry.to_owned(),
+                    request: req.shown(),
+                    deadline,
+                })
+            })
+    }
+
     fn allows_http(&self, host: &str) -> bool {
         plain_http_allowed(&self.inner.options.insecure_hosts, host)
     }
 
-    async fn probe(&self, url: &str) -> std::result::Result<StatusCode, reqwest::Error> {
-        self.inner.http.get(url).send().await.map(|r| r.status())
+    /// The status `url` answers with; `Err(None)` when it does not answer within the read
+    /// timeout.
+    async fn probe(&self, url: &str) -> std::result::Result<StatusCode, Option<reqwest::Error>> {
+        let timeout = self.inner.options.read_timeout;
+        match tokio::time::timeout(timeout, self.inner.http.get(url).send()).await {
+            Ok(answer) => answer.map(|r| r.status()).map_err(Some),
+            Err(_) => Err(None),
+        }
     }
 
     /// `https` or `http` for `host`: HTTPS when it answers; plain HTTP only for loopback and
@@ -522,16 +784,24 @@ impl RegistryClient {
                     return Err(Error::PlainHttp {
                         host: host.to_owned(),
                     });
-                } else if error_chain(&tls_err).contains("certificate") {
-                    return Err(Error::TlsUntrusted {
-                        host: host.to_owned(),
-                        source: tls_err,
-                    });
                 } else {
-                    return Err(Error::Transport {
-                        method: "GET".to_owned(),
-                        url: https,
-                        source: tls_err,
+                    return Err(match tls_err {
+                        None => Error::ReadTimeout {
+                            registry: host.to_owned(),
+                            request: format!("GET {https}"),
+                            what: "did not answer",
+                            timeout: self.inner.options.read_timeout,
+                            setting: "read_timeout",
+                        },
+                        Some(e) if error_chain(&e).contains("certificate") => Error::TlsUntrusted {
+                            host: host.to_owned(),
+                            source: e,
+                        },
+                        Some(e) => Error::Transport {
+                            method: "GET".to_owned(),
+                            url: https,
+                            source: e,
+                        },
                     });
                 }
             }
@@ -621,7 +891,8 @@ impl RegistryClient {
                 if let Some(h) = cached(&*self.inner.state.lock().await) {
                     return Ok(Some(h));
                 }
-                let token = self.fetch_token(repo, &challenge).await?;
+                // Boxed: the token fetch (rare) would otherwise sit inside every request future.
+                let token = Box::pin(self.fetch_token(repo, &challenge)).await?;
                 let header = format!("Bearer {}", token.value);
                 self.inner.state.lock().await.tokens.insert(key, token);
                 Ok(Some(header))
@@ -642,6 +913,23 @@ impl RegistryClient {
             .ok_or_else(|| unauthorized("its Bearer challenge has no realm".to_owned()))?;
         let mut url = Url::parse(realm)
             .map_err(|_| unauthorized(format!("its token realm `{realm}` is not a URL")))?;
+        // The token request carries the registry's credentials (Basic or a refresh token), and
+        // the token it returns is one: plain HTTP only where the registry itself may use it
+        // (both hosts loopback or insecure). Another host over HTTPS is normal (Docker Hub's
+        // realm is auth.docker.io).
+        let registry = self.registry_url(repo).await?;
+        check_scheme(
+            &self.inner.options.insecure_hosts,
+            &registry,
+            &url,
+            "token realm",
+        )
+        .map_err(|reason| Error::LocationRefused {
+            registry: repo.host.clone(),
+            kind: "a Bearer challenge naming the token realm".to_owned(),
+            location: shown(&url),
+            reason,
+        })?;
         let service = challenge.params.get("service");
         let cred = self.credential(&repo.host).await?;
         let request = if let Some(Credential::IdentityToken(refresh)) = &cred {
@@ -677,32 +965,50 @@ impl RegistryClient {
             Method::GET
         };
         url.set_query(None);
-        let resp = self
+        let registry = repo.host.as_str();
+        let body = self
             .with_retry("fetch a registry token", |_| {
                 let rb = request
                     .try_clone()
                     .expect("token requests have no streaming body");
                 let (method, url) = (method.clone(), url.clone());
                 async move {
-                    let resp = rb.send().await.map_err(transport(&method, &url))?;
-                    if resp.status().is_server_error() || resp.status().as_u16() == 429 {
-                        return Err(status_error(&method, &url, resp).await);
-                    }
-                    Ok(resp)
+                    let req = Req {
+                        registry,
+                        method: &method,
+                        url: &url,
+                    };
+                    self.within_deadline(req, async {
+                        let resp = self.response(req, rb, None).await?;
+                        if matches!(resp.status().as_u16(), 401 | 403) {
+                            return Ok(None);
+                        }
+                        if !resp.status().is_success() {
+                            return Err(self.status_error(&method, &url, resp).await);
+                        }
+                        let body = self
+                            .read_capped(
+                                req,
+                                resp,
+                                MAX_TOKEN_BYTES,
+                                "a token response",
+                                "A token response is a small JSON document: check the token realm \
+                                 the registry names in its Bearer challenge.",
+                            )
+                            .await?;
+                        Ok(Some(body))
+                    })
+                    .await
                 }
             })
             .await?;
-        if matches!(resp.status().as_u16(), 401 | 403) {
+        let Some(body) = body else {
             return Err(unauthorized(if cred.is_some() {
                 "the token endpoint refused the configured credentials".to_owned()
             } else {
                 "the token endpoint requires credentials and none are configured".to_owned()
             }));
-        }
-        if !resp.status().is_success() {
-            return Err(status_error(&method, &url, resp).await);
-        }
-        let body = resp.bytes().await.map_err(transport(&method, &url))?;
+        };
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| Error::Json {
             what: format!("the token response of {}", shown(&url)),
             source: e,
@@ -724,6 +1030,9 @@ impl RegistryClient {
     /// Credentials go only to the registry's own origin (scheme, host and port): a `url` on
     /// another origin (an upload `Location` on blob storage) is sent without them, as
     /// containerd and go-containerregistry do, and its 401 is not taken as the registry's.
+    ///
+    /// The response must come within the read timeout of sending the request; see
+    /// [`Self::send_upload`] for requests with a large body.
     async fn send(
         &self,
         repo: &Repo,
@@ -731,7 +1040,39 @@ impl RegistryClient {
         url: &Url,
         build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
     ) -> Result<Response> {
+        self.send_with(repo, method, url, None, build).await
+    }
+
+    /// [`Self::send`] for an upload, whose body reports to `progress` (see [`BlobData::body`]):
+    /// the read timeout counts from the last piece of the body the connection took, so a large
+    /// upload on a slow link is not cut, but a registry that stops taking it is; the answer to
+    /// the whole body may take up to the request timeout (see [`Self::response`]).
+    async fn send_upload(
+        &self,
+        repo: &Repo,
+        method: Method,
+        url: &Url,
+        progress: &Progress,
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
+    ) -> Result<Response> {
+        self.send_with(repo, method, url, Some(progress), build)
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        repo: &Repo,
+        method: Method,
+        url: &Url,
+        upload: Option<&Progress>,
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
+    ) -> Result<Response> {
         let same_origin = url.origin() == self.registry_url(repo).await?.origin();
+        let req = Req {
+            registry: &repo.host,
+            method: &method,
+            url,
+        };
         for attempt in 0..2 {
             let mut rb = build(self.inner.http.request(method.clone(), url.clone()))?;
             let auth = if same_origin {
@@ -743,7 +1084,7 @@ impl RegistryClient {
             if let Some(h) = &auth {
                 rb = rb.header(AUTHORIZATION, h);
             }
-            let resp = rb.send().await.map_err(transport(&method, url))?;
+            let resp = self.response(req, rb, upload).await?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
@@ -835,13 +1176,20 @@ impl RegistryClient {
     /// Whether the blob exists in the repository.
     pub(crate) async fn blob_exists(&self, repo: &Repo, digest: &Digest) -> Result<bool> {
         let url = self.url(repo, &format!("blobs/{digest}")).await?;
-        self.with_retry("check a blob", |_| async {
-            let resp = self.send(repo, Method::HEAD, &url, Ok).await?;
-            match resp.status().as_u16() {
-                200 => Ok(true),
-                404 => Ok(false),
-                _ => Err(status_error(&Method::HEAD, &url, resp).await),
-            }
+        let req = Req {
+            registry: &repo.host,
+            method: &Method::HEAD,
+            url: &url,
+        };
+        self.with_retry("check a blob", |_| {
+            self.within_deadline(req, async {
+                let resp = self.send(repo, Method::HEAD, &url, Ok).await?;
+                match resp.status().as_u16() {
+                    200 => Ok(true),
+                    404 => Ok(false),
+                    _ => Err(self.status_error(&Method::HEAD, &url, resp).await),
+                }
+            })
         })
         .await
     }
@@ -858,39 +1206,54 @@ impl RegistryClient {
         url.query_pairs_mut()
             .append_pair("mount", &digest.to_string())
             .append_pair("from", from);
-        self.with_retry("mount a blob", |_| async {
-            let resp = self
-                .send(repo, Method::POST, &url, |rb| {
-                    Ok(rb.header(CONTENT_LENGTH, 0))
-                })
-                .await?;
-            match resp.status().as_u16() {
-                201 => {
-                    check_digest_header(
-                        &resp,
-                        digest,
-                        &format!("mounted blob in `{}`", repo.name),
-                    )?;
-                    Ok(None)
+        let req = Req {
+            registry: &repo.host,
+            method: &Method::POST,
+            url: &url,
+        };
+        self.with_retry("mount a blob", |_| {
+            self.within_deadline(req, async {
+                let resp = self
+                    .send(repo, Method::POST, &url, |rb| {
+                        Ok(rb.header(CONTENT_LENGTH, 0))
+                    })
+                    .await?;
+                match resp.status().as_u16() {
+                    201 => {
+                        check_digest_header(
+                            &resp,
+                            digest,
+                            &format!("mounted blob in `{}`", repo.name),
+                        )?;
+                        Ok(None)
+                    }
+                    202 => Ok(Some(self.location(repo, &resp, &url).await?)),
+                    _ => Err(self.status_error(&Method::POST, &url, resp).await),
                 }
-                202 => Ok(Some(self.location(repo, &resp, &url).await?)),
-                _ => Err(status_error(&Method::POST, &url, resp).await),
-            }
+            })
         })
         .await
     }
 
     async fn start_upload(&self, repo: &Repo) -> Result<Url> {
         let url = self.url(repo, "blobs/uploads/").await?;
-        let resp = self
-            .send(repo, Method::POST, &url, |rb| {
-                Ok(rb.header(CONTENT_LENGTH, 0))
-            })
-            .await?;
-        if resp.status().as_u16() != 202 {
-            return Err(status_error(&Method::POST, &url, resp).await);
-        }
-        self.location(repo, &resp, &url).await
+        let req = Req {
+            registry: &repo.host,
+            method: &Method::POST,
+            url: &url,
+        };
+        self.within_deadline(req, async {
+            let resp = self
+                .send(repo, Method::POST, &url, |rb| {
+                    Ok(rb.header(CONTENT_LENGTH, 0))
+                })
+                .await?;
+            if resp.status().as_u16() != 202 {
+                return Err(self.status_error(&Method::POST, &url, resp).await);
+            }
+            self.location(repo, &resp, &url).await
+        })
+        .await
     }
 
     /// Uploads a blob (monolithic up to `chunk_size`, chunked above), restarting the upload
@@ -920,8 +1283,9 @@ impl RegistryClient {
                     while offset < size {
                         let len = chunk.min(size - offset);
                         let url = location.clone();
+                        let progress = Progress::new();
                         let resp = self
-                            .send(repo, Method::PATCH, &url, |rb| {
+                            .send_upload(repo, Method::PATCH, &url, &progress, |rb| {
                                 Ok(rb
                                     .header(CONTENT_TYPE, "application/octet-stream")
                                     .header(CONTENT_LENGTH, len)
@@ -929,11 +1293,11 @@ impl RegistryClient {
                                         "content-range",
                                         format!("{}-{}", offset, offset + len - 1),
                                     )
-                                    .body(data.body(offset, len)?))
+                                    .body(data.body(offset, len, &progress)?))
                             })
                             .await?;
                         if resp.status().as_u16() != 202 {
-                            return Err(status_error(&Method::PATCH, &url, resp).await);
+                            return Err(self.status_error(&Method::PATCH, &url, resp).await);
                         }
                         location = self.location(repo, &resp, &url).await?;
                         offset += len;
@@ -942,19 +1306,20 @@ impl RegistryClient {
                 let mut url = location;
                 url.query_pairs_mut()
                     .append_pair("digest", &digest.to_string());
+                let progress = Progress::new();
                 let resp = self
-                    .send(repo, Method::PUT, &url, |rb| {
+                    .send_upload(repo, Method::PUT, &url, &progress, |rb| {
                         let rb = rb.header(CONTENT_TYPE, "application/octet-stream");
                         Ok(match final_body {
-                            Some((start, len)) => {
-                                rb.header(CONTENT_LENGTH, len).body(data.body(start, len)?)
-                            }
+                            Some((start, len)) => rb
+                                .header(CONTENT_LENGTH, len)
+                                .body(data.body(start, len, &progress)?),
                             None => rb.header(CONTENT_LENGTH, 0),
                         })
                     })
                     .await?;
                 if resp.status().as_u16() != 201 {
-                    return Err(status_error(&Method::PUT, &url, resp).await);
+                    return Err(self.status_error(&Method::PUT, &url, resp).await);
                 }
                 check_digest_header(&resp, digest, &format!("blob uploaded to `{}`", repo.name))?;
                 Ok(size)
@@ -1002,23 +1367,30 @@ impl RegistryClient {
     ) -> Result<()> {
         let url = self.url(repo, &format!("manifests/{reference}")).await?;
         let digest = Digest::of(bytes);
-        self.with_retry("push a manifest", |_| async {
-            let resp = self
-                .send(repo, Method::PUT, &url, |rb| {
-                    Ok(rb
-                        .header(CONTENT_TYPE, media_type)
-                        .header(CONTENT_LENGTH, bytes.len())
-                        .body(bytes.clone()))
-                })
-                .await?;
-            if resp.status().as_u16() != 201 {
-                return Err(status_error(&Method::PUT, &url, resp).await);
-            }
-            check_digest_header(
-                &resp,
-                &digest,
-                &format!("manifest `{}:{reference}`", repo.name),
-            )
+        let req = Req {
+            registry: &repo.host,
+            method: &Method::PUT,
+            url: &url,
+        };
+        self.with_retry("push a manifest", |_| {
+            self.within_deadline(req, async {
+                let resp = self
+                    .send(repo, Method::PUT, &url, |rb| {
+                        Ok(rb
+                            .header(CONTENT_TYPE, media_type)
+                            .header(CONTENT_LENGTH, bytes.len())
+                            .body(bytes.clone()))
+                    })
+                    .await?;
+                if resp.status().as_u16() != 201 {
+                    return Err(self.status_error(&Method::PUT, &url, resp).await);
+                }
+                check_digest_header(
+                    &resp,
+                    &digest,
+                    &format!("manifest `{}:{reference}`", repo.name),
+                )
+            })
         })
         .await
     }
@@ -1035,25 +1407,41 @@ impl RegistryClient {
                 &format!("manifests/{}", reference.manifest_reference()),
             )
             .await?;
+        let req = Req {
+            registry: &repo.host,
+            method: &Method::GET,
+            url: &url,
+        };
         let fetched = self
-            .with_retry("fetch a manifest", |_| async {
-                let resp = self
-                    .send(&repo, Method::GET, &url, |rb| {
-                        Ok(rb.header(ACCEPT, MANIFEST_ACCEPT))
-                    })
-                    .await?;
-                match resp.status().as_u16() {
-                    200 => {}
-                    404 => return Ok(None),
-                    _ => return Err(status_error(&Method::GET, &url, resp).await),
-                }
-                let header_type = resp
-                    .headers()
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| s.split(';').next().unwrap_or(s).trim().to_owned());
-                let bytes = resp.bytes().await.map_err(transport(&Method::GET, &url))?;
-                Ok(Some((header_type, bytes.to_vec())))
+            .with_retry("fetch a manifest", |_| {
+                self.within_deadline(req, async {
+                    let resp = self
+                        .send(&repo, Method::GET, &url, |rb| {
+                            Ok(rb.header(ACCEPT, MANIFEST_ACCEPT))
+                        })
+                        .await?;
+                    match resp.status().as_u16() {
+                        200 => {}
+                        404 => return Ok(None),
+                        _ => return Err(self.status_error(&Method::GET, &url, resp).await),
+                    }
+                    let header_type = resp
+                        .headers()
+                        .get(CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|s| s.split(';').next().unwrap_or(s).trim().to_owned());
+                    let bytes = self
+                        .read_capped(
+                            req,
+                            resp,
+                            MAX_MANIFEST_BYTES,
+                            "a manifest or index",
+                            "Real manifests are a few KiB: check that the reference names an image \
+                             and that the registry is the one meant.",
+                        )
+                        .await?;
+                    Ok(Some((header_type, bytes)))
+                })
             })
             .await?;
         let Some((header_type, bytes)) = fetched else {
@@ -1121,17 +1509,32 @@ impl RegistryClient {
         Ok(fetched.digest)
     }
 
-    /// Fetches a (small) blob into memory, verifying its digest.
+    /// Fetches a small blob (an image config: at most 4 MiB) into memory, verifying its digest.
     pub async fn get_blob(&self, reference: &Reference, digest: &Digest) -> Result<Vec<u8>> {
         let repo = Repo::pull(reference);
         let url = self.url(&repo, &format!("blobs/{digest}")).await?;
+        let req = Req {
+            registry: &repo.host,
+            method: &Method::GET,
+            url: &url,
+        };
         let bytes = self
-            .with_retry("fetch a blob", |_| async {
-                let resp = self.send(&repo, Method::GET, &url, Ok).await?;
-                if resp.status().as_u16() != 200 {
-                    return Err(status_error(&Method::GET, &url, resp).await);
-                }
-                resp.bytes().await.map_err(transport(&Method::GET, &url))
+            .with_retry("fetch a blob", |_| {
+                self.within_deadline(req, async {
+                    let resp = self.send(&repo, Method::GET, &url, Ok).await?;
+                    if resp.status().as_u16() != 200 {
+                        return Err(self.status_error(&Method::GET, &url, resp).await);
+                    }
+                    self.read_capped(
+                        req,
+                        resp,
+                        MAX_CONFIG_BYTES,
+                        "an image config",
+                        "Real image configs are a few KiB: check that the image's manifest and \
+                         registry are the ones meant.",
+                    )
+                    .await
+                })
             })
             .await?;
         let got = Digest::of(&bytes);
@@ -1142,26 +1545,44 @@ impl RegistryClient {
                 actual: got.to_string(),
             });
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
-    /// Streams a blob to `dest` (atomically, after verifying its digest); returns its size.
+    /// Streams a blob of `size` bytes (its descriptor's) to `dest` (atomically, after verifying
+    /// its digest); returns its size. A response announcing or sending more than `size` bytes is
+    /// refused without reading on.
     pub async fn download_blob(
         &self,
         reference: &Reference,
         digest: &Digest,
+        size: u64,
         dest: &Path,
     ) -> Result<u64> {
         let repo = Repo::pull(reference);
         let url = self.url(&repo, &format!("blobs/{digest}")).await?;
         let dir = dest.parent().unwrap_or(Path::new("."));
         fs_err::create_dir_all(dir).map_err(|e| Error::io("create the blob cache", e))?;
+        let req = Req {
+            registry: &repo.host,
+            method: &Method::GET,
+            url: &url,
+        };
+        let expected = || format!("blob `{digest}` has {size} bytes by its descriptor");
+        let advice = "The registry serves other content than the image's manifest describes: \
+                      check the image and its registry.";
+        let expected_size = size;
         self.with_retry("download a blob", |_| async {
-            let resp = self.send(&repo, Method::GET, &url, Ok).await?;
+            let mut resp = self.send(&repo, Method::GET, &url, Ok).await?;
             if resp.status().as_u16() != 200 {
-                return Err(status_error(&Method::GET, &url, resp).await);
+                return Err(self.status_error(&Method::GET, &url, resp).await);
             }
-            let tmp = tempfile::NamedTempFile::new_in(dir)
+            if let Some(n) = resp.content_length()
+                && n > expected_size
+            {
+                return Err(req.too_large(expected(), Some(n), advice));
+            }
+            // Base layers are downloaded straight into OCI layouts too: 0644 like their other files.
+            let tmp = crate::publish::layout_temp_file(dir)
                 .map_err(|e| Error::io(format!("create a temp file in `{}`", dir.display()), e))?;
             let mut file = tokio::fs::File::from_std(
                 tmp.as_file()
@@ -1170,9 +1591,10 @@ impl RegistryClient {
             );
             let mut hasher = Sha256::new();
             let mut size = 0u64;
-            let mut stream = resp.bytes_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(transport(&Method::GET, &url))?;
+            while let Some(chunk) = self.next_chunk(req, &mut resp).await? {
+                if size + chunk.len() as u64 > expected_size {
+                    return Err(req.too_large(expected(), None, advice));
+                }
                 hasher.update(&chunk);
                 size += chunk.len() as u64;
                 file.write_all(&chunk)

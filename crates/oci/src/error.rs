@@ -178,12 +178,59 @@ pub enum Error {
         /// Start of the response body (registry error JSON).
         body: String,
     },
-    /// A registry sent fastbuild (an upload `Location`, a redirect) somewhere it will not go.
+    /// A registry response is larger than fastbuild reads for its kind (nothing more is read).
+    #[error(
+        "response too large from registry `{registry}`: {expected}, and {request} {}; fastbuild stopped reading it. {advice}",
+        seen_text(*.announced)
+    )]
+    ResponseTooLarge {
+        /// The registry (`host[:port]`).
+        registry: String,
+        /// Method and URL (without query or user info): `GET https://…`.
+        request: String,
+        /// The bound, as a sentence: `a manifest or index may be at most 4 MiB (4194304 bytes)`.
+        expected: String,
+        /// The length the response announced (`Content-Length`); `None`: it sent more.
+        announced: Option<u64>,
+        /// What to do.
+        advice: &'static str,
+    },
+    /// A registry stopped answering, or stopped sending (or taking) data, for too long.
+    #[error(
+        "registry `{registry}` stalled: {request} {what} for {timeout:?}; check the network and the registry, then retry (the limit is RegistryOptions::{setting})"
+    )]
+    ReadTimeout {
+        /// The registry (`host[:port]`).
+        registry: String,
+        /// Method and URL (without query or user info): `GET https://…`.
+        request: String,
+        /// `did not answer`, `sent no more of its response`, ...
+        what: &'static str,
+        /// How long nothing happened.
+        timeout: std::time::Duration,
+        /// The option that sets it: `read_timeout`, or `request_timeout` for the answer to a
+        /// completed upload.
+        setting: &'static str,
+    },
+    /// A small request (manifest, config, token, blob check) did not complete in time.
+    #[error(
+        "registry `{registry}` is too slow: {request} did not complete within {deadline:?} although it is a small request; check the network and the registry, then retry (the limit is RegistryOptions::request_timeout)"
+    )]
+    DeadlineExceeded {
+        /// The registry (`host[:port]`).
+        registry: String,
+        /// Method and URL (without query or user info): `GET https://…`.
+        request: String,
+        /// The deadline.
+        deadline: std::time::Duration,
+    },
+    /// A registry sent fastbuild (an upload `Location`, a redirect, a token realm) somewhere it
+    /// will not go.
     #[error("registry `{registry}` answered with {kind} `{location}`, which is refused: {reason}")]
     LocationRefused {
         /// The registry (or server) that sent it, `host[:port]`.
         registry: String,
-        /// `an upload location` or `a redirect to`.
+        /// `an upload location`, `a redirect to` or `a Bearer challenge naming the token realm`.
         kind: String,
         /// Where to (without query or user info: they may hold credentials).
         location: String,
@@ -247,6 +294,13 @@ pub enum Error {
     Task(String),
 }
 
+fn seen_text(announced: Option<u64>) -> String {
+    match announced {
+        Some(n) => format!("announced {n} bytes"),
+        None => "sent more".to_owned(),
+    }
+}
+
 fn body_suffix(body: &str) -> String {
     if body.is_empty() {
         String::new()
@@ -263,10 +317,11 @@ impl Error {
         }
     }
 
-    /// Whether retrying the same step may succeed (408/429/5xx, connection errors).
+    /// Whether retrying the same step may succeed (408/429/5xx, connection errors, a stall).
     pub fn is_retriable(&self) -> bool {
         match self {
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Self::ReadTimeout { .. } => true,
             Self::Transport { source, .. } => {
                 source.is_connect()
                     || source.is_timeout()

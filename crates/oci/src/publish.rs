@@ -413,7 +413,9 @@ async fn push_base_blob(
     }
     let path = blob_dir.join(blob.digest.hex());
     if !path.exists() {
-        client.download_blob(base, &blob.digest, &path).await?;
+        client
+            .download_blob(base, &blob.digest, blob.size, &path)
+            .await?;
     }
     let n = client
         .upload_blob(
@@ -457,14 +459,21 @@ async fn write_layout(
         match &blob.source {
             Source::Local(BlobData::Bytes(b)) => write_bytes(&blob.digest, b)?,
             Source::Local(BlobData::File(src)) => {
-                let tmp = tempfile::NamedTempFile::new_in(&blob_dir)
+                let mut tmp = layout_temp_file(&blob_dir)
                     .map_err(|e| Error::io("create a temp file in the OCI layout", e))?;
-                fs_err::copy(src, tmp.path()).map_err(|e| Error::io("copy a blob", e))?;
+                // Copies the bytes only: `fs::copy` would also copy the mode of the built blob
+                // (a 0600 temp file in the work dir).
+                let mut from = fs_err::File::open(src).map_err(|e| Error::io("copy a blob", e))?;
+                std::io::copy(&mut from, tmp.as_file_mut()).map_err(|e| {
+                    Error::io(format!("copy `{}` into the OCI layout", src.display()), e)
+                })?;
                 tmp.persist(&path)
                     .map_err(|e| Error::io(format!("store `{}`", path.display()), e.error))?;
             }
             Source::Base(base) => {
-                client.download_blob(base, &blob.digest, &path).await?;
+                client
+                    .download_blob(base, &blob.digest, blob.size, &path)
+                    .await?;
             }
         }
         stats.blobs_uploaded += 1;
@@ -500,9 +509,21 @@ async fn write_layout(
     Ok(stats)
 }
 
+/// A temp file in `dir` for a file of an OCI layout (renamed into place once written): mode
+/// 0644 less the umask, as files created with `File::create` are (the BuildKit `oci:DIR` output,
+/// the values files) — not the 0600 of temp files, which left layouts unreadable to other users
+/// (a scanner or a server run as another user).
+/// Directories come from `create_dir_all`: 0755 less the umask.
+pub(crate) fn layout_temp_file(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt as _;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+}
+
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut tmp = layout_temp_file(dir)
         .map_err(|e| Error::io(format!("create a temp file in `{}`", dir.display()), e))?;
     std::io::Write::write_all(&mut tmp, bytes)
         .map_err(|e| Error::io(format!("write `{}`", tmp.path().display()), e))?;

@@ -39,6 +39,8 @@ struct Faults {
     upload_state: Option<Shared>,
     /// Answer blob GET/HEADs with a 307 to this base URL (with a signature in the query).
     blob_redirect_base: Option<String>,
+    /// With `bearer`: the realm of the challenge, instead of this server's own `/token`.
+    realm: Option<String>,
 }
 
 #[derive(Default)]
@@ -238,9 +240,13 @@ fn route(
                 .body(format!(r#"{{"token":"tok-{n}","expires_in":300}}"#).into_bytes());
         }
         if !auth.starts_with("Bearer tok-") {
+            let realm = s
+                .faults
+                .realm
+                .clone()
+                .unwrap_or_else(|| format!("http://{}/token", s.addr));
             let challenge = format!(
-                r#"Bearer realm="http://{}/token",service="fake",scope="repository:team/app:pull,push""#,
-                s.addr
+                r#"Bearer realm="{realm}",service="fake",scope="repository:team/app:pull,push""#
             );
             return reply(401).header("WWW-Authenticate", challenge);
         }
@@ -807,4 +813,166 @@ async fn redirects_to_plain_http_or_to_another_scheme_of_the_same_origin_are_ref
             "{msg}"
         );
     }
+}
+
+/// This process's umask (`Umask:` of /proc/self/status; 022 if it cannot be read).
+fn umask() -> u32 {
+    fs_err::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+#[tokio::test]
+async fn oci_layouts_are_written_0644_and_0755_like_the_other_outputs() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, _state) = serve("127.0.0.1:0", Faults::default()).await;
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let base: Reference = format!("{addr}/base/img:v1").parse().unwrap();
+    build_and_push(&spec(tmp.path()), &Target::Registry(base.clone()), &client)
+        .await
+        .unwrap();
+    // Base layers (downloaded), a new layer (copied from the work dir), the config (bytes),
+    // the manifest, index.json and oci-layout.
+    let layout = tmp.path().join("layout");
+    let mut image = spec(tmp.path());
+    image.base = BaseImage::Reference(base.to_string());
+    let own = tmp.path().join("own.txt");
+    fs_err::write(&own, "own\n").unwrap();
+    image.layers = vec![LayerSpec::new([(own, "/own.txt")])];
+    let pushed = build_and_push(&image, &Target::Layout(layout.clone()), &client)
+        .await
+        .unwrap();
+    assert_eq!(
+        pushed.stats.blobs_uploaded, 4,
+        "2 base layers, 1 new, 1 config"
+    );
+
+    let mask = umask();
+    let (file_mode, dir_mode) = (0o644 & !mask, 0o777 & !mask);
+    let mut seen = Vec::new();
+    let mut todo = vec![layout.clone()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs_err::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs_err::metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            let rel = path.strip_prefix(&layout).unwrap().display().to_string();
+            if meta.is_dir() {
+                assert_eq!(mode, dir_mode, "{rel}: {mode:o}, umask {mask:o}");
+                todo.push(path);
+            } else {
+                assert_eq!(mode, file_mode, "{rel}: {mode:o}, umask {mask:o}");
+                seen.push(rel);
+            }
+        }
+    }
+    // 4 blobs and the manifest, index.json, oci-layout: nothing else (no temp files left).
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    if mask == 0o022 {
+        assert_eq!((file_mode, dir_mode), (0o644, 0o755));
+    }
+}
+
+#[tokio::test]
+#[allow(clippy::print_stderr)]
+async fn plain_http_token_realm_on_a_host_not_allowed_plain_http_gets_no_credentials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let login = Some(("alice".to_owned(), "pw-secret".to_owned()));
+    let registry = |realm: String| {
+        serve(
+            "127.0.0.1:0",
+            Faults {
+                bearer: login.clone(),
+                realm: Some(realm),
+                ..Faults::default()
+            },
+        )
+    };
+    // A token service on another loopback port (another origin, as auth.docker.io is for
+    // Docker Hub): loopback may use plain HTTP, so it gets the credentials.
+    let (auth_addr, auth) = serve(
+        "127.0.0.1:0",
+        Faults {
+            bearer: login.clone(),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let (addr, _state) = registry(format!("http://{auth_addr}/token")).await;
+    let opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
+    let client = RegistryClient::new(opts.clone()).unwrap();
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap();
+    assert_eq!(auth.lock().unwrap().authorized, ["GET /token"]);
+
+    // A plain-HTTP realm on a host not allowed plain HTTP: refused before any request.
+    let (addr, state) = registry("http://fastbuild-test.invalid:9/token?x=secret".to_owned()).await;
+    let opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
+    let client = RegistryClient::new(opts).unwrap();
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::LocationRefused { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "registry `{addr}` answered with a Bearer challenge naming the token realm `http://fastbuild-test.invalid:9/token`, which is refused: plain HTTP to `fastbuild-test.invalid:9` is not allowed"
+        )) && msg.contains("fix the registry's token realm configuration")
+            && msg.contains("--insecure-registry fastbuild-test.invalid:9")
+            && !msg.contains("secret"),
+        "{msg}"
+    );
+    assert!(state.lock().unwrap().manifests.is_empty());
+
+    // The same with a real token service on a non-loopback address: it never hears from
+    // fastbuild until its host is marked insecure.
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped the non-loopback half: no non-loopback address on this machine");
+        return;
+    };
+    let (auth_addr, auth) = serve(
+        &format!("{ip}:0"),
+        Faults {
+            bearer: login.clone(),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let (addr, _state) = registry(format!("http://{auth_addr}/token")).await;
+    let mut opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
+    let client = RegistryClient::new(opts.clone()).unwrap();
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let err = build_and_push(
+        &spec(tmp.path()),
+        &Target::Registry(target.clone()),
+        &client,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::LocationRefused { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!("plain HTTP to `{auth_addr}` is not allowed")),
+        "{msg}"
+    );
+    assert!(
+        auth.lock().unwrap().log.is_empty(),
+        "the token service was sent a request: {:?}",
+        auth.lock().unwrap().authorized
+    );
+    opts.insecure_hosts = vec![auth_addr.to_string()];
+    let client = RegistryClient::new(opts).unwrap();
+    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap();
+    assert_eq!(auth.lock().unwrap().authorized, ["GET /token"]);
 }
