@@ -6,6 +6,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
@@ -130,6 +131,8 @@ pub struct Layer {
 enum Node {
     Dir,
     File {
+        /// The mapping's source root: the file is read beneath it (see [`crate::beneath`]).
+        root: Arc<Path>,
         src: PathBuf,
         exec: bool,
         size: u64,
@@ -233,7 +236,7 @@ impl Planner {
             if !comps.is_empty() {
                 self.insert(&comps, Node::Dir);
             }
-            self.walk(src, src, &comps)
+            self.walk(&Arc::from(src), src, &comps)
         } else if meta.is_file() {
             if dest.ends_with('/') || comps.is_empty() {
                 let Some(name) = src.file_name().and_then(|n| n.to_str()) else {
@@ -245,7 +248,8 @@ impl Planner {
                 };
                 comps.push(name.to_owned());
             }
-            self.insert(&comps, file_node(src, &meta));
+            let root: Arc<Path> = Arc::from(src.parent().unwrap_or_else(|| Path::new("/")));
+            self.insert(&comps, file_node(&root, src, &meta));
             Ok(())
         } else {
             Err(Error::UnsupportedFileType {
@@ -254,7 +258,7 @@ impl Planner {
         }
     }
 
-    fn walk(&mut self, root: &Path, dir: &Path, dest: &[String]) -> Result<()> {
+    fn walk(&mut self, root: &Arc<Path>, dir: &Path, dest: &[String]) -> Result<()> {
         let mut children: Vec<_> = fs_err::read_dir(dir)
             .map_err(|e| Error::io("list a layer source directory", e))?
             .collect::<io::Result<Vec<_>>>()
@@ -279,7 +283,7 @@ impl Planner {
                 self.insert(&comps, Node::Dir);
                 self.walk(root, &path, &comps)?;
             } else if ft.is_file() {
-                self.insert(&comps, file_node(&path, &meta));
+                self.insert(&comps, file_node(root, &path, &meta));
             } else if ft.is_symlink() {
                 let target = fs_err::read_link(&path)
                     .map_err(|e| Error::io("read a symlink in a layer source", e))?;
@@ -293,8 +297,9 @@ impl Planner {
     }
 }
 
-fn file_node(path: &Path, meta: &std::fs::Metadata) -> Node {
+fn file_node(root: &Arc<Path>, path: &Path, meta: &std::fs::Metadata) -> Node {
     Node::File {
+        root: Arc::clone(root),
         src: path.to_owned(),
         exec: meta.mode() & 0o111 != 0,
         size: meta.len(),
@@ -486,6 +491,7 @@ fn fingerprint(
                 size,
                 inode,
                 stamp,
+                ..
             } => {
                 hash_field(&mut h, b"file");
                 hash_field(&mut h, src.as_os_str().as_bytes());
@@ -574,6 +580,7 @@ fn write_layer(
                 tar.append_link(&mut h, path, target).map_err(write_err())?;
             }
             Node::File {
+                root,
                 src,
                 exec,
                 size,
@@ -593,7 +600,8 @@ fn write_layer(
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(if *exec { 0o755 } else { 0o644 });
                 h.set_size(*size);
-                let file = open_no_follow(src).map_err(|e| {
+                let rel = src.strip_prefix(root).unwrap_or(src);
+                let file = crate::beneath::open_beneath(root, rel).map_err(|e| {
                     Error::io(format!("open the layer source file `{}`", src.display()), e)
                 })?;
                 let mut reader = CountingReader {
@@ -644,28 +652,37 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// Opens a file the walk saw as regular, refusing a symlink swapped in since (O_NOFOLLOW), so a
-/// layer never picks up what a link points at outside its source root.
-fn open_no_follow(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// Hardening L4: `O_NOFOLLOW` guarded only the last component; a source directory swapped
+    /// for a symlink between planning and reading put a file from outside into the layer.
     #[test]
-    fn opening_a_source_refuses_a_symlink_swapped_in() {
+    fn a_source_directory_swapped_for_a_symlink_is_not_read_through() {
+        let outside = tempfile::tempdir().unwrap();
+        fs_err::write(outside.path().join("app.conf"), "OUTSIDE SECRET").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("real"), "x").unwrap();
-        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
-        assert!(open_no_follow(&dir.path().join("real")).is_ok());
-        assert!(open_no_follow(&dir.path().join("link")).is_err());
+        let src = dir.path().join("src");
+        fs_err::create_dir_all(src.join("etc")).unwrap();
+        fs_err::write(src.join("etc/app.conf"), "inside!!!!!!!!").unwrap();
+        let spec = LayerSpec::new([(src.clone(), "/app".to_owned())]);
+        let mut planner = Planner {
+            nodes: BTreeMap::new(),
+        };
+        planner.add_mapping(&src, "/app").unwrap();
+        // Between planning and reading, `etc` becomes a link to a directory outside.
+        fs_err::rename(src.join("etc"), src.join("etc.old")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), src.join("etc")).unwrap();
+        let blobs = dir.path().join("blobs");
+        let result = write_layer(&planner, &spec, Compression::None, 0, &blobs);
+        let err = result.expect_err("the layer was written through the swapped directory");
+        assert!(err.to_string().contains("app.conf"), "{err}");
+        for blob in fs_err::read_dir(&blobs).unwrap() {
+            let bytes = fs_err::read(blob.unwrap().path()).unwrap();
+            assert!(!String::from_utf8_lossy(&bytes).contains("OUTSIDE"));
+        }
     }
 
     fn fixture() -> tempfile::TempDir {
