@@ -131,7 +131,7 @@ pub(crate) fn query_unescape(s: &str) -> String {
 }
 
 impl SyncRequest {
-    fn from_metadata(md: &tonic::metadata::MetadataMap) -> Self {
+    pub(crate) fn from_metadata(md: &tonic::metadata::MetadataMap) -> Self {
         Self {
             dir_name: md
                 .get("dir-name")
