@@ -140,7 +140,7 @@ pub(crate) fn query_unescape(s: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl SyncRequest {
-    fn from_metadata(md: &tonic::metadata::MetadataMap) -> Self {
+    pub(crate) fn from_metadata(md: &tonic::metadata::MetadataMap) -> Self {
         let dir_name = metadata_values(md, "dir-name")
             .and_then(|v| v.into_iter().next())
             .unwrap_or_default();

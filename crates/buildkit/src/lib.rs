@@ -45,6 +45,10 @@ mod client;
 mod error;
 mod filesend;
 mod filesync;
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod patterns;
 mod progress;
 pub mod proto;

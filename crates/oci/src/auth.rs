@@ -121,8 +121,8 @@ impl DockerConfig {
         if path.is_dir() {
             path = path.join("config.json");
         }
-        let text = match fs_err::read_to_string(&path) {
-            Ok(t) => t,
+        let bytes = match fs_err::read(&path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Self {
                     path: Some(path),
@@ -136,9 +136,15 @@ impl DockerConfig {
                 });
             }
         };
+        Self::from_json(&bytes, &path)
+    }
+
+    /// Parses the content of a `config.json`; `path` is where it came from (for messages and
+    /// [`Self::credential_for`] errors). Pure: reads no file and runs no credential helper.
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
         // serde_json's messages quote the offending value, which here may be a credential
         // (`"auths":{"host":"<base64>"}`): say what and where, never the value.
-        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| {
+        let file: ConfigFile = serde_json::from_slice(bytes).map_err(|e| {
             let what = match e.classify() {
                 serde_json::error::Category::Io => "cannot be read",
                 serde_json::error::Category::Syntax => "is not valid JSON",
@@ -148,12 +154,12 @@ impl DockerConfig {
                 }
             };
             Error::DockerConfig {
-                path: path.clone(),
+                path: path.to_owned(),
                 source: format!("it {what} at line {} column {}", e.line(), e.column()).into(),
             }
         })?;
         Ok(Self {
-            path: Some(path),
+            path: Some(path.to_owned()),
             file,
             helper_path: None,
         })
@@ -574,6 +580,21 @@ mod tests {
         let chain = format!("{err} / {}", std::error::Error::source(&err).unwrap());
         assert!(
             chain.contains("not valid base64") && !chain.contains("!!"),
+            "{chain}"
+        );
+    }
+
+    #[tokio::test]
+    async fn from_json_parses_bytes_without_a_file() {
+        let p = Path::new("/nowhere/config.json");
+        let cfg =
+            DockerConfig::from_json(br#"{"auths":{"x.io":{"username":"u","password":"p"}}}"#, p)
+                .unwrap();
+        assert!(cfg.credential_for("x.io").await.unwrap().is_some());
+        let err = DockerConfig::from_json(b"{\"auths\":\xff}", p).unwrap_err();
+        let chain = format!("{err} / {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains("/nowhere/config.json") && chain.contains("not valid JSON"),
             "{chain}"
         );
     }

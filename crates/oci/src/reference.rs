@@ -116,6 +116,41 @@ fn valid_path_component(c: &str) -> bool {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// `host[:port]` as Docker's reference grammar (`distribution/reference`) has it: dot-separated
+/// components of ASCII letters, digits and inner `-`, or a bracketed IPv6 address; then an
+/// optional port, here at most 65535. The registry becomes the origin of `https://<registry>/`,
+/// where requests and credentials go: nothing in it may add a path, query, fragment or user.
+fn valid_registry(registry: &str) -> bool {
+    let (host, port) = if registry.starts_with('[') {
+        match registry.find(']') {
+            Some(end) => registry.split_at(end + 1),
+            None => return false,
+        }
+    } else {
+        registry.split_at(registry.find(':').unwrap_or(registry.len()))
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+        });
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ip) => {
+            ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
+                && ip.parse::<std::net::Ipv6Addr>().is_ok()
+        }
+        None => host.split('.').all(|c| {
+            let b = c.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|x| x.is_ascii_alphanumeric() || *x == b'-')
+        }),
+    };
+    // A name whose last component is numeric is an IPv4 address to URL parsers
+    // (`inde127.0.0.1` is then no host at all): the URL must parse, or no request could be made.
+    host_ok && port_ok && url::Url::parse(&format!("https://{registry}/")).is_ok()
+}
+
 impl FromStr for Reference {
     type Err = Error;
 
@@ -151,11 +186,11 @@ impl FromStr for Reference {
             Some((first, remainder))
                 if first.contains('.') || first.contains(':') || first == "localhost" =>
             {
-                if let Some((_, port)) = first.rsplit_once(':')
-                    && !first.ends_with(']')
-                    && !port.bytes().all(|b| b.is_ascii_digit())
-                {
-                    return Err(invalid("the registry port must be a number"));
+                if !valid_registry(first) {
+                    return Err(invalid(
+                        "the registry is `host[:port]`: dot-separated names of letters, digits \
+                         and inner `-` (or `[ipv6]`), and a port from 0 to 65535",
+                    ));
                 }
                 (first.to_owned(), remainder.to_owned())
             }
@@ -239,5 +274,42 @@ mod tests {
         }
         let err = "reg.io/App".parse::<Reference>().unwrap_err().to_string();
         assert!(err.contains("`reg.io/App`"), "{err}");
+    }
+
+    #[test]
+    fn the_registry_is_a_host_and_port_of_the_docker_grammar() {
+        // Found by `fuzz/` (target `reference`): any first component with a `.` or `:` was a
+        // registry, so control characters, spaces, `?`, `#` or `\` reached the request URLs.
+        for bad in [
+            "\u{1a}\0deZ.docker.io/user/app:1",
+            "a.b c/app",
+            "evil.io?x=/app",
+            "evil.io#/app",
+            "evil.io\\x.io/app",
+            "host.io:/app",
+            "host.io:99999/app",
+            "host.io:5000:1/app",
+            "-host.io/app",
+            "host-.io/app",
+            "host..io/app",
+            "[::1/app",
+            "[::1]x/app",
+            "[::g]/app",
+            "[1.2.3.4]/app",
+            "inde127.0.0.1:5000/x",
+        ] {
+            assert!(bad.parse::<Reference>().is_err(), "{bad} should fail");
+        }
+        for good in [
+            "Reg-1.Example.com/app",
+            "localhost:5000/app",
+            "127.0.0.1:65535/app",
+            "[::1]/app",
+            "[fe80::1]:5000/app",
+            "a.b/app",
+        ] {
+            let r = parse(good);
+            assert_eq!(r.to_string().parse::<Reference>().unwrap(), r, "{good}");
+        }
     }
 }
