@@ -206,6 +206,28 @@ fn pathological_pattern_is_linear() {
     assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
 }
 
+/// The fuzzer's reproducers against the old backtracking matcher (each over 30 s for one
+/// match): stacked `**/` and a longer `*a` chain.
+#[test]
+fn fuzzer_reproducers_are_linear() {
+    let cases: [(&str, Vec<u8>); 2] = [
+        (
+            "**/**/**/**/**/**/**/**/**/**/x",
+            [&b"a/".repeat(36)[..], b"y"].concat(),
+        ),
+        ("*a*a*a*a*a*a*a*a*a*a*b", vec![b'a'; 40]),
+    ];
+    for (pattern, path) in cases {
+        let pm = PatternMatcher::new([pattern]).unwrap();
+        let mut steps = 0;
+        let (m, _) = pm
+            .using_parent_results(&path, &MatchInfo::default(), &mut steps)
+            .unwrap();
+        assert!(!m, "{pattern}");
+        assert!(steps < 200_000, "{pattern}: {steps} steps");
+    }
+}
+
 #[test]
 fn huge_patterns_are_refused_clearly() {
     let line = "*".repeat(2 << 20);
