@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use fastbuild_buildkit::patterns::{PatternMatcher, parse_dockerignore};
+use fastbuild_buildkit::patterns::{PatternMatcher, parse_dockerignore_bytes};
 use fastbuild_buildkit::{
     BuildOptions, CacheSpec, Client, Compression as BkCompression, ProgressEvent, SecretSource,
     TlsOptions,
@@ -288,16 +288,24 @@ pub fn ignore_file_for(context: &Path, dockerfile: &Path) -> Option<PathBuf> {
 /// The ignore patterns of a build, parsed as the Dockerfile frontend parses them (empty when
 /// there is no ignore file).
 pub fn ignore_patterns(b: &BuildkitPlan) -> Vec<String> {
+    ignore_lines(b)
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect()
+}
+
+/// The ignore file's patterns as bytes (a `.dockerignore` need not be UTF-8).
+fn ignore_lines(b: &BuildkitPlan) -> Vec<Vec<u8>> {
     ignore_file_for(&b.context, &b.dockerfile)
-        .and_then(|f| std::fs::read_to_string(f).ok())
-        .map(|text| parse_dockerignore(&text))
+        .and_then(|f| std::fs::read(f).ok())
+        .map(|bytes| parse_dockerignore_bytes(&bytes))
         .unwrap_or_default()
 }
 
 /// A matcher for the paths (relative to the context) that the ignore file keeps out of the
 /// build context; `None` when nothing is excluded.
 pub fn excluder(b: &BuildkitPlan) -> Option<PatternMatcher> {
-    let patterns = ignore_patterns(b);
+    let patterns = ignore_lines(b);
     if patterns.is_empty() {
         return None;
     }
