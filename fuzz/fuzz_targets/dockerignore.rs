@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         let path = cleaned.trim_start_matches('/');
         let _ = matcher.matches(path);
         for pattern in matcher.patterns() {
-            let _ = pattern.matches_exact(path);
+            let _ = pattern.matches_path(path.as_bytes());
         }
     }
 });
