@@ -346,17 +346,17 @@ pub fn check_service_name(name: &str) -> Result<(), UsageError> {
     }
 }
 
+/// A lowercase DNS label (RFC 1123): letters, digits and `-`, starting and ending with a
+/// letter or digit; the length is the caller's to bound.
+fn is_dns_label(l: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    l.starts_with(alnum) && l.ends_with(alnum) && l.chars().all(|c| alnum(c) || c == '-')
+}
+
 /// A Helm release name as Helm itself accepts it (lowercase DNS labels joined by dots, at most
 /// 53 characters) — never something Helm would read as a flag.
 fn check_release(service: &str, release: &str) -> Result<(), UsageError> {
-    let label = |l: &str| {
-        !l.is_empty()
-            && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && l.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    };
-    if release.len() <= 53 && release.split('.').all(label) {
+    if release.len() <= 53 && release.split('.').all(is_dns_label) {
         return Ok(());
     }
     Err(UsageError(format!(
@@ -369,13 +369,7 @@ fn check_release(service: &str, release: &str) -> Result<(), UsageError> {
 
 /// A Kubernetes namespace: one lowercase DNS label of at most 63 characters.
 fn check_namespace(service: &str, namespace: &str) -> Result<(), UsageError> {
-    let ok = !namespace.is_empty()
-        && namespace.len() <= 63
-        && namespace.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && namespace.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && namespace
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok = namespace.len() <= 63 && is_dns_label(namespace);
     if ok {
         return Ok(());
     }
