@@ -79,6 +79,13 @@ pub fn cache_spec(spec: &str) -> Result<CacheSpec> {
     Ok(CacheSpec { kind, attrs })
 }
 
+/// `BUILDKIT_NO_CLIENT_TOKEN` (as buildctl reads it: a Go bool, `1`/`true`/`t`…): the daemon
+/// fetches registry tokens itself with the raw credentials instead of asking the session.
+fn no_client_tokens() -> bool {
+    std::env::var("BUILDKIT_NO_CLIENT_TOKEN")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+}
+
 /// The build options of a plan.
 pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
     let mut oci_layout = None;
@@ -140,6 +147,8 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
             .map(|s| cache_spec(s))
             .collect::<Result<_>>()?,
         docker_config_dir: plan.docker_config.clone(),
+        token_registry: Some(super::native::registry_options(plan)),
+        no_client_tokens: no_client_tokens(),
         oci_layout,
         ..BuildOptions::default()
     })

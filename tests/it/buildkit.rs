@@ -847,6 +847,105 @@ async fn push_to_authenticated_registry_uses_docker_config_credentials(
     assert!(result.digest.starts_with("sha256:"));
 }
 
+/// The token server's log entries (one JSON object per line) whose scopes name `repo`.
+fn token_requests_for(bed: &TestBed, repo: &str) -> Vec<serde_json::Value> {
+    let log = fs_err::read_to_string(&bed.token_log).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["scopes"].as_array().is_some_and(|scopes| {
+                scopes
+                    .iter()
+                    .any(|s| s.as_str().is_some_and(|s| s.contains(&format!(":{repo}:"))))
+            })
+        })
+        .collect()
+}
+
+/// A registry with Bearer challenges (distribution's token auth, the bed's token server): the
+/// daemon gets a token authority from the session and asks it for each token (`FetchToken`),
+/// so the registry password never reaches the daemon — every credentialed token request comes
+/// from fastbuild's own client. With client-side tokens off (`BUILDKIT_NO_CLIENT_TOKEN`), the
+/// daemon takes the raw credentials and fetches the tokens itself: the same check then fails,
+/// which is what the first half proves.
+async fn token_registry_gets_the_password_from_fastbuild_never_from_the_daemon(
+    bed: TestBed,
+    daemon: Daemon,
+) {
+    let client = client(&bed, daemon).await;
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!(
+            "ARG BASE\nFROM ${{BASE}}\nRUN echo {} > /token\n",
+            uuid_like()
+        ),
+    );
+    let config_dir = tempfile::tempdir().unwrap();
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!(
+            "{}:{}",
+            bed.registry_token_user, bed.registry_token_password
+        ),
+    );
+    fs_err::write(
+        config_dir.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            bed.registry_token
+        ),
+    )
+    .unwrap();
+    let opts = |repo: &str, no_client_tokens: bool| BuildOptions {
+        context: ctx.path().to_owned(),
+        image_names: vec![format!("{}/{repo}:v1", bed.registry_token)],
+        push: true,
+        registry_insecure: true,
+        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
+        docker_config_dir: Some(config_dir.path().to_owned()),
+        no_client_tokens,
+        ..BuildOptions::default()
+    };
+    let from_fastbuild = |e: &serde_json::Value| {
+        e["user_agent"]
+            .as_str()
+            .is_some_and(|ua| ua.starts_with("fastbuild/"))
+    };
+
+    let repo = unique("bk/token");
+    let (result, events) = build(&client, opts(&repo, false)).await;
+    let result = result.unwrap_or_else(|e| panic!("push to the token registry: {e}\n{events:#?}"));
+    assert!(result.digest.starts_with("sha256:"));
+    let requests = token_requests_for(&bed, &repo);
+    let credentialed: Vec<_> = requests
+        .iter()
+        .filter(|e| !e["account"].is_null())
+        .collect();
+    assert!(
+        credentialed.iter().any(|e| e["status"] == 200
+            && e["granted"].to_string().contains("push")
+            && from_fastbuild(e)),
+        "no push token was fetched by fastbuild: {requests:#?}"
+    );
+    assert!(
+        credentialed.iter().all(|e| from_fastbuild(e)),
+        "the daemon used the registry password itself: {requests:#?}"
+    );
+
+    let repo = unique("bk/token-daemon");
+    let (result, events) = build(&client, opts(&repo, true)).await;
+    result.unwrap_or_else(|e| panic!("push with daemon-side tokens: {e}\n{events:#?}"));
+    let requests = token_requests_for(&bed, &repo);
+    assert!(
+        requests
+            .iter()
+            .any(|e| !e["account"].is_null() && e["status"] == 200 && !from_fastbuild(e)),
+        "with BUILDKIT_NO_CLIENT_TOKEN the daemon fetches tokens with the credentials: {requests:#?}"
+    );
+}
+
 async fn cancelling_a_build_returns_promptly_and_the_daemon_stays_usable(
     bed: TestBed,
     daemon: Daemon,
@@ -1008,6 +1107,7 @@ on_both_daemons!(
     failed_run_reports_step_exit_code_and_log_tail,
     missing_base_image_is_reported_as_such,
     push_to_authenticated_registry_uses_docker_config_credentials,
+    token_registry_gets_the_password_from_fastbuild_never_from_the_daemon,
     cancelling_a_build_returns_promptly_and_the_daemon_stays_usable,
     push_to_plain_http_registry_without_insecure_suggests_registry_insecure,
     registry_cache_export_is_pushed_and_importable,

@@ -24,6 +24,13 @@ pub struct TestBed {
     pub registry_tls_user: String,
     /// Password of the TLS registry (`FASTBUILD_TEST_REGISTRY_TLS_PASSWORD`), test-only.
     pub registry_tls_password: String,
+    /// `host:port` of the plain-HTTP registry with token auth (`FASTBUILD_TEST_REGISTRY_TOKEN`).
+    pub registry_token: String,
+    /// Its account (`FASTBUILD_TEST_REGISTRY_TOKEN_USER`, `…_PASSWORD`), test-only.
+    pub registry_token_user: String,
+    pub registry_token_password: String,
+    /// The token server's request log, one JSON object per line (`FASTBUILD_TEST_TOKEN_LOG`).
+    pub token_log: PathBuf,
     /// `docker-unix:///…/docker.sock`: the `BuildKit` embedded in dockerd (`BUILDKIT_HOST`).
     pub buildkit_host: String,
     /// `unix:///…/docker.sock` (`DOCKER_HOST`).
@@ -56,12 +63,16 @@ pub enum Daemon {
 }
 
 /// The variables `scripts/testbed start` exports that every test may rely on.
-pub const VARS: [&str; 16] = [
+pub const VARS: [&str; 20] = [
     "FASTBUILD_TEST_REGISTRY",
     "FASTBUILD_TEST_REGISTRY_TLS",
     "FASTBUILD_TEST_REGISTRY_TLS_CA",
     "FASTBUILD_TEST_REGISTRY_TLS_USER",
     "FASTBUILD_TEST_REGISTRY_TLS_PASSWORD",
+    "FASTBUILD_TEST_REGISTRY_TOKEN",
+    "FASTBUILD_TEST_REGISTRY_TOKEN_USER",
+    "FASTBUILD_TEST_REGISTRY_TOKEN_PASSWORD",
+    "FASTBUILD_TEST_TOKEN_LOG",
     "BUILDKIT_HOST",
     "DOCKER_HOST",
     "FASTBUILD_TEST_BASE_IMAGE",
@@ -89,6 +100,10 @@ impl TestBed {
             registry_tls_ca: var("FASTBUILD_TEST_REGISTRY_TLS_CA")?.into(),
             registry_tls_user: var("FASTBUILD_TEST_REGISTRY_TLS_USER")?,
             registry_tls_password: var("FASTBUILD_TEST_REGISTRY_TLS_PASSWORD")?,
+            registry_token: var("FASTBUILD_TEST_REGISTRY_TOKEN")?,
+            registry_token_user: var("FASTBUILD_TEST_REGISTRY_TOKEN_USER")?,
+            registry_token_password: var("FASTBUILD_TEST_REGISTRY_TOKEN_PASSWORD")?,
+            token_log: var("FASTBUILD_TEST_TOKEN_LOG")?.into(),
             buildkit_host: var("BUILDKIT_HOST")?,
             docker_host: var("DOCKER_HOST")?,
             base_image: var("FASTBUILD_TEST_BASE_IMAGE")?,
@@ -172,6 +187,10 @@ impl fmt::Debug for TestBed {
             .field("registry_tls_ca", &self.registry_tls_ca)
             .field("registry_tls_user", &self.registry_tls_user)
             .field("registry_tls_password", &"<redacted>")
+            .field("registry_token", &self.registry_token)
+            .field("registry_token_user", &self.registry_token_user)
+            .field("registry_token_password", &"<redacted>")
+            .field("token_log", &self.token_log)
             .field("buildkit_host", &self.buildkit_host)
             .field("docker_host", &self.docker_host)
             .field("base_image", &self.base_image)

@@ -715,3 +715,82 @@ async fn tagging_an_existing_manifest_keeps_its_digest() {
     let (_, manifest) = raw_get(&bed, &repo, "manifests", "second").await;
     assert_eq!(sha256(&manifest), pushed.digest.to_string());
 }
+
+/// The native publisher against the bed's token-auth registry (distribution's Bearer
+/// challenges, the bed's token server): anonymous tokens grant nothing, so the push is refused
+/// naming the registry; with an `auths` entry the token comes by GET with Basic credentials,
+/// with an `identitytoken` by the OAuth2 refresh-token POST; the pushed manifest is served.
+#[tokio::test]
+async fn token_registry_push_with_basic_credentials_and_identity_token() {
+    use base64::Engine as _;
+    let bed = require_bed!();
+    let tmp = tempfile::tempdir().unwrap();
+    let options = |cfg: &Path| RegistryOptions {
+        docker_config: Some(cfg.to_owned()),
+        ..RegistryOptions::default()
+    };
+    let target = |name: &str| -> Reference {
+        format!("{}/{}:v1", bed.registry_token, unique(name))
+            .parse()
+            .unwrap()
+    };
+    let token_log_entries = |repo: &str| -> Vec<serde_json::Value> {
+        fs_err::read_to_string(&bed.token_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["scopes"].to_string().contains(repo))
+            .collect()
+    };
+
+    let anonymous = RegistryClient::new(options(&tmp.path().join("none"))).unwrap();
+    let t = target("token-anon");
+    let err = build_and_push(&scratch_app(), &Target::Registry(t.clone()), &anonymous)
+        .await
+        .unwrap_err();
+    assert!(
+        chain(&err).contains(&bed.registry_token),
+        "the refusal names the registry: {}",
+        chain(&err)
+    );
+
+    for (name, entry, via) in [
+        (
+            "token-basic",
+            format!(
+                r#"{{"auth":"{}"}}"#,
+                base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    bed.registry_token_user, bed.registry_token_password
+                ))
+            ),
+            "get-basic",
+        ),
+        (
+            "token-identity",
+            format!(r#"{{"identitytoken":"{}"}}"#, bed.registry_token_password),
+            "post-refresh-token",
+        ),
+    ] {
+        let cfg = tmp.path().join(name);
+        fs_err::create_dir_all(&cfg).unwrap();
+        fs_err::write(
+            cfg.join("config.json"),
+            format!(r#"{{"auths":{{"{}":{entry}}}}}"#, bed.registry_token),
+        )
+        .unwrap();
+        let client = RegistryClient::new(options(&cfg)).unwrap();
+        let t = target(name);
+        let pushed = build_and_push(&scratch_app(), &Target::Registry(t.clone()), &client)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {}", chain(&e)));
+        assert_eq!(client.get_manifest(&t).await.unwrap().digest, pushed.digest);
+        let entries = token_log_entries(&t.repository);
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["via"] == via && e["status"] == 200 && e["account"] == "fastbuild"),
+            "{name}: expected a token by {via}: {entries:#?}"
+        );
+    }
+}

@@ -128,6 +128,12 @@ pub struct BuildOptions {
     pub cache_exports: Vec<CacheSpec>,
     /// Docker config directory for registry credentials (`$DOCKER_CONFIG` or `~/.docker` when `None`).
     pub docker_config_dir: Option<PathBuf>,
+    /// How the session reaches token services when it fetches registry tokens for the daemon
+    /// (CA files, insecure hosts, timeouts; see [`crate::DockerAuth`]); defaults when `None`.
+    pub token_registry: Option<fastbuild_oci::RegistryOptions>,
+    /// Leave token fetching to the daemon (it then gets the raw credentials):
+    /// `BUILDKIT_NO_CLIENT_TOKEN=1`.
+    pub no_client_tokens: bool,
     /// Export with the `oci` exporter into this OCI image layout directory instead of the
     /// `image` exporter (no push). The daemon streams the layout back as a tar over the
     /// session; it is unpacked here, merged with an existing layout's `index.json`, and the
@@ -349,6 +355,8 @@ impl Client {
                 secrets: opts.secrets.clone(),
                 auth: DockerAuth {
                     config_dir: opts.docker_config_dir.clone(),
+                    registry: opts.token_registry.clone(),
+                    no_client_tokens: opts.no_client_tokens,
                 },
                 stats: stats.clone(),
                 layout: layout.clone(),

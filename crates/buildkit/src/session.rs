@@ -188,7 +188,7 @@ impl Session {
                 config.dirs,
                 config.stats,
             )))
-            .add_service(AuthServer::new(AuthService { auth: config.auth }))
+            .add_service(AuthServer::new(AuthService::new(config.auth)))
             .add_service(SecretsServer::new(SecretsService {
                 secrets: config.secrets,
             }));

@@ -50,7 +50,9 @@ mod reference;
 pub mod transport;
 
 pub use auth::{Challenge, Credential, DockerConfig};
-pub use client::{FetchedManifest, RegistryClient, RegistryOptions, RetryPolicy, resolve_location};
+pub use client::{
+    FetchedManifest, GrantedToken, RegistryClient, RegistryOptions, RetryPolicy, resolve_location,
+};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use image::{BaseImage, ConfigOverrides, ImageSpec, MediaTypes, Platform, canonical_json};
