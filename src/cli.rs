@@ -24,7 +24,8 @@ Examples:
   fastbuild tilt > Tiltfile.fastbuild  Tiltfile fragment for every service
   fastbuild watch --deploy             rebuild on change, helm upgrade when the digest moves
 
-Exit codes: 0 success, 1 failure, 2 usage or project-file error, 130 interrupted.")]
+Exit codes: 0 success, 1 failure, 2 usage or project-file error, 130 interrupted (SIGINT),
+143 terminated (SIGTERM).")]
 pub struct Cli {
     /// Project file (default: `fastbuild.yaml` in the current directory or a parent).
     #[arg(
@@ -37,9 +38,11 @@ pub struct Cli {
     pub project_file: Option<PathBuf>,
 
     /// Progress output: `auto` (live view on a terminal, plain lines otherwise), `plain`,
-    /// `json` (one JSON object per line) or `quiet`.
-    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto, env = "FASTBUILD_PROGRESS")]
-    pub progress: ProgressMode,
+    /// `json` (one JSON object per line) or `quiet`. Default: `FASTBUILD_PROGRESS`, else
+    /// buildx's `BUILDKIT_PROGRESS` (`auto`, `tty`, `plain`, `quiet`, `rawjson` → `json`), else
+    /// `auto`.
+    #[arg(long, global = true, value_enum, env = "FASTBUILD_PROGRESS")]
+    pub progress: Option<ProgressMode>,
 
     /// Let the project file read (`fs.read=PATH`) or write (`fs.write=PATH`, `fs=PATH` for
     /// both; `PATH` may be `*`) outside its own directory. Repeatable, or comma-separated in

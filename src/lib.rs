@@ -26,7 +26,7 @@ use crate::cli::{Cli, Command};
 use crate::printer::Printer;
 use crate::settings::Project;
 
-/// The run was interrupted (Ctrl-C): exit code 130.
+/// The run was interrupted (Ctrl-C or SIGTERM): exit code 130 or 143.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]
 pub struct Interrupted;
@@ -39,11 +39,79 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     /// Bad flags, bad project file, unknown service.
     pub const USAGE: i32 = 2;
-    /// Interrupted by Ctrl-C.
+    /// Interrupted by Ctrl-C (SIGINT): 128 + 2.
     pub const INTERRUPTED: i32 = 130;
+    /// Terminated by SIGTERM (what CI runners, Tilt and `kill` send): 128 + 15.
+    pub const TERMINATED: i32 = 143;
+}
+
+/// The progress mode: `--progress` / `FASTBUILD_PROGRESS` when given, else buildx's
+/// `BUILDKIT_PROGRESS` (`tty` is the live view, `rawjson` the JSON lines), else `auto`. An
+/// unknown `BUILDKIT_PROGRESS` value is ignored with a warning (`Err` carries it).
+pub fn progress_mode(
+    flag: Option<cli::ProgressMode>,
+    buildkit_progress: Option<&str>,
+) -> (cli::ProgressMode, Option<String>) {
+    use cli::ProgressMode as M;
+    if let Some(m) = flag {
+        return (m, None);
+    }
+    match buildkit_progress.map(str::trim) {
+        None | Some("") => (M::Auto, None),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "auto" | "tty" => (M::Auto, None),
+            "plain" => (M::Plain, None),
+            "quiet" | "none" => (M::Quiet, None),
+            "rawjson" | "json" => (M::Json, None),
+            _ => (
+                M::Auto,
+                Some(format!(
+                    "BUILDKIT_PROGRESS=`{v}` is not one of auto, tty, plain, quiet, rawjson; \
+                     using auto (set --progress to choose)"
+                )),
+            ),
+        },
+    }
+}
+
+/// Which signal ended the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Interrupt,
+    Terminate,
+}
+
+/// Cancels `cancel` on SIGINT (Ctrl-C) or SIGTERM and records which came first.
+fn watch_signals(cancel: CancellationToken, stop: std::sync::Arc<std::sync::OnceLock<Stop>>) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        let which = tokio::select! {
+            r = tokio::signal::ctrl_c() => match r {
+                Ok(()) => Stop::Interrupt,
+                Err(_) => return,
+            },
+            () = terminate => Stop::Terminate,
+        };
+        let _ = stop.set(which);
+        cancel.cancel();
+    });
 }
 
 fn init_tracing(verbose: u8) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "warn",
@@ -54,7 +122,11 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
+        // Colours only for a person at a terminal: never into pipes, files or CI logs.
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .try_init();
 }
 
@@ -62,7 +134,14 @@ fn init_tracing(verbose: u8) {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    let printer = Printer::new(cli.progress);
+    let (mode, warning) = progress_mode(
+        cli.progress,
+        std::env::var("BUILDKIT_PROGRESS").ok().as_deref(),
+    );
+    let printer = Printer::new(mode);
+    if let Some(w) = warning {
+        printer.warn(&w);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,13 +153,10 @@ pub fn main() -> i32 {
         }
     };
     let cancel = CancellationToken::new();
-    let c = cancel.clone();
+    let stop = std::sync::Arc::new(std::sync::OnceLock::new());
+    let (c, s) = (cancel.clone(), stop.clone());
     let result = runtime.block_on(async move {
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                c.cancel();
-            }
-        });
+        watch_signals(c, s);
         run(cli, &printer, &cancel).await.map_err(|e| (e, printer))
     });
     // Every output is written by now (atomically, before `run` returned): do not wait for idle
@@ -90,8 +166,13 @@ pub fn main() -> i32 {
         Ok(()) => exit::OK,
         Err((e, printer)) => {
             if e.downcast_ref::<Interrupted>().is_some() {
-                printer.warn("interrupted; nothing partial was written");
-                return exit::INTERRUPTED;
+                return if stop.get() == Some(&Stop::Terminate) {
+                    printer.warn("terminated (SIGTERM); nothing partial was written");
+                    exit::TERMINATED
+                } else {
+                    printer.warn("interrupted; nothing partial was written");
+                    exit::INTERRUPTED
+                };
             }
             printer.error(&e);
             if e.chain()
@@ -169,5 +250,34 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
             let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
             watch::run(project, cli.project_file.clone(), &args, printer, cancel).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cli::ProgressMode as M;
+
+    #[test]
+    fn buildkit_progress_maps_onto_progress_below_the_flag() {
+        assert_eq!(
+            progress_mode(Some(M::Quiet), Some("plain")),
+            (M::Quiet, None)
+        );
+        assert_eq!(progress_mode(None, None), (M::Auto, None));
+        assert_eq!(progress_mode(None, Some("")), (M::Auto, None));
+        for (v, m) in [
+            ("auto", M::Auto),
+            ("tty", M::Auto),
+            ("plain", M::Plain),
+            ("PLAIN", M::Plain),
+            ("quiet", M::Quiet),
+            ("rawjson", M::Json),
+        ] {
+            assert_eq!(progress_mode(None, Some(v)), (m, None), "{v}");
+        }
+        let (m, w) = progress_mode(None, Some("fancy"));
+        assert_eq!(m, M::Auto);
+        assert!(w.unwrap().contains("BUILDKIT_PROGRESS=`fancy`"));
     }
 }

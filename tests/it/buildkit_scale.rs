@@ -340,16 +340,27 @@ async fn active_builds_with_marker(client: &Client, marker: &str) -> Vec<String>
         .collect()
 }
 
-/// Sends SIGINT to `pid` (what Ctrl-C in a terminal does).
-fn interrupt(pid: u32) {
+/// Sends `signal` (`INT`: what Ctrl-C in a terminal does; `TERM`: what CI runners, Tilt and
+/// `kill` send) to `pid`.
+fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()
         .expect("run kill");
-    assert!(status.success(), "kill -INT {pid}: {status}");
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
 }
 
 async fn ctrl_c_mid_build_exits_130_and_leaves_no_running_solve(bed: TestBed, daemon: Daemon) {
+    signal_mid_build_cancels_the_solve(bed, daemon, "INT", 130).await;
+}
+
+async fn sigterm_mid_build_exits_143_and_leaves_no_running_solve(bed: TestBed, daemon: Daemon) {
+    signal_mid_build_cancels_the_solve(bed, daemon, "TERM", 143).await;
+}
+
+/// `signal` during a `RUN` step: fastbuild exits with `code` promptly, the solve and the
+/// step's processes are gone from the daemon, and no CI output was written.
+async fn signal_mid_build_cancels_the_solve(bed: TestBed, daemon: Daemon, signal: &str, code: i32) {
     let client = Client::connect(bed.buildkit(daemon), None)
         .await
         .expect("connect to the bed's BuildKit");
@@ -363,19 +374,23 @@ async fn ctrl_c_mid_build_exits_130_and_leaves_no_running_solve(bed: TestBed, da
     )
     .unwrap();
     let marker = unique("ctrlc");
-    let mut child = tokio::process::Command::from(fastbuild_build(
-        &bed,
-        daemon,
-        ctx.path(),
-        &unique("scale/ctrlc"),
-        &marker,
-    ))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true)
-    .spawn()
-    .expect("spawn fastbuild");
+    let outputs = tempfile::tempdir().unwrap();
+    let (digest_out, metadata) = (
+        outputs.path().join("digest.txt"),
+        outputs.path().join("meta.json"),
+    );
+    let mut cmd = fastbuild_build(&bed, daemon, ctx.path(), &unique("scale/ctrlc"), &marker);
+    cmd.arg("--digest-out")
+        .arg(&digest_out)
+        .arg("--metadata-file")
+        .arg(&metadata);
+    let mut child = tokio::process::Command::from(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn fastbuild");
     let pid = child.id().unwrap();
 
     // Follow stderr; wait until the RUN step prints its first line.
@@ -413,18 +428,26 @@ async fn ctrl_c_mid_build_exits_130_and_leaves_no_running_solve(bed: TestBed, da
         "the RUN step's processes are visible"
     );
 
-    interrupt(pid);
+    send_signal(pid, signal);
     let interrupted = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
-        .expect("fastbuild exits within 10 s of SIGINT")
+        .unwrap_or_else(|_| panic!("fastbuild exits within 10 s of SIG{signal}"))
         .unwrap();
     let exit_after = interrupted.elapsed();
     let stderr = reader.await.unwrap();
     assert_eq!(
         status.code(),
-        Some(130),
-        "exit code after SIGINT ({status}); stderr:\n{stderr}"
+        Some(code),
+        "exit code after SIG{signal} ({status}); stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("nothing partial was written"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        !digest_out.exists() && !metadata.exists(),
+        "no CI output after SIG{signal}"
     );
 
     // Cancellation reaches the daemon asynchronously: poll for up to 10 s.
@@ -439,15 +462,15 @@ async fn ctrl_c_mid_build_exits_130_and_leaves_no_running_solve(bed: TestBed, da
     };
     assert!(
         solves.is_empty(),
-        "solves still running on the daemon 10 s after SIGINT: {solves:?} (was {active:?})"
+        "solves still running on the daemon 10 s after SIG{signal}: {solves:?} (was {active:?})"
     );
     assert!(
         procs.is_empty(),
-        "RUN step processes still running 10 s after SIGINT: {procs:?} (were {step_pids:?})"
+        "RUN step processes still running 10 s after SIG{signal}: {procs:?} (were {step_pids:?})"
     );
     note(&format!(
-        "fastbuild exited 130 {exit_after:.1?} after SIGINT; daemon idle for this build \
-         {:.1?} after SIGINT (solve {active:?}, step pids {step_pids:?})",
+        "fastbuild exited {code} {exit_after:.1?} after SIG{signal}; daemon idle for this build \
+         {:.1?} after it (solve {active:?}, step pids {step_pids:?})",
         interrupted.elapsed()
     ));
     // The daemon is still usable.
@@ -457,4 +480,5 @@ async fn ctrl_c_mid_build_exits_130_and_leaves_no_running_solve(bed: TestBed, da
 on_both_daemons!(
     large_context_syncs_with_bounded_rss_and_unchanged_rebuild_sends_no_file_data,
     ctrl_c_mid_build_exits_130_and_leaves_no_running_solve,
+    sigterm_mid_build_exits_143_and_leaves_no_running_solve,
 );

@@ -48,6 +48,7 @@ pub fn fastbuild(dir: &Path) -> Command {
         .env_remove("FASTBUILD_FILE")
         .env_remove("FASTBUILD_REGISTRY")
         .env_remove("FASTBUILD_PROGRESS")
+        .env_remove("BUILDKIT_PROGRESS")
         .env_remove("SOURCE_DATE_EPOCH");
     cmd
 }
@@ -689,4 +690,56 @@ fn helm_4_gets_rollback_on_failure_instead_of_the_deprecated_atomic() {
     );
     let out = run(fastbuild(dir.path()).arg("tilt").env("HELM", &bed.helm));
     assert!(stdout(&out).contains("\"--rollback-on-failure\","));
+}
+
+/// Logs (`-v`, `-vv`) going into a pipe or a CI log carry no ANSI colour codes, even with
+/// `NO_COLOR` unset; they are coloured only when stderr is a terminal.
+#[test]
+fn logs_into_a_pipe_carry_no_ansi_colours() {
+    let dir = example_project();
+    let out = run(fastbuild(dir.path())
+        .env_remove("NO_COLOR")
+        .args(["-vv", "tilt"]));
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("TRACE"), "-vv logs something: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escape in piped logs: {err:?}"
+    );
+}
+
+/// `BUILDKIT_PROGRESS` (buildx's variable) chooses the progress mode when neither
+/// `--progress` nor `FASTBUILD_PROGRESS` does: `rawjson` gives JSON lines on stdout, the flag
+/// wins over it, and an unknown value is a warning.
+#[test]
+fn buildkit_progress_is_honoured_below_the_flag() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let json_lines = |out: &Output| {
+        let text = stdout(out);
+        !text.trim().is_empty()
+            && text
+                .lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    };
+    let out = run(fastbuild(dir.path())
+        .env("BUILDKIT_PROGRESS", "rawjson")
+        .args(["build", "worker", "--no-push"]));
+    assert_ok(&out);
+    assert!(json_lines(&out), "JSON lines: {}", stdout(&out));
+    let out = run(fastbuild(dir.path())
+        .env("BUILDKIT_PROGRESS", "rawjson")
+        .args(["build", "worker", "--no-push", "--progress", "plain"]));
+    assert_ok(&out);
+    assert!(!json_lines(&out), "--progress wins: {}", stdout(&out));
+    let out = run(fastbuild(dir.path())
+        .env("BUILDKIT_PROGRESS", "sparkly")
+        .args(["build", "worker", "--no-push"]));
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("BUILDKIT_PROGRESS=`sparkly`"),
+        "{}",
+        stderr(&out)
+    );
 }
