@@ -105,7 +105,7 @@ pub fn render(checks: &[Check]) -> String {
 /// Runs the checks.
 pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>> {
     let flags = &args.service_flags;
-    let names = project.select(&[], flags)?;
+    let names = project.select_lenient(&[], flags)?;
     let plans: Vec<ServicePlan> = names
         .iter()
         .map(|n| project.plan(n, flags))

@@ -274,9 +274,31 @@ impl Project {
         })
     }
 
-    /// Names of the services selected by `names` (all when empty). With no project file and
-    /// no name, one ad-hoc service named after the repository flag or the context directory.
+    /// Names of the services selected by `names` (all when empty). Without a project file,
+    /// `--context` makes one ad-hoc service (named after `--repository` or the context
+    /// directory); without either, a usage error says what to create.
     pub fn select(&self, names: &[String], flags: &ServiceFlags) -> Result<Vec<String>> {
+        if self.file.is_none() && flags.context.is_none() {
+            return Err(UsageError(format!(
+                "no fastbuild.yaml in `{}` or a parent directory, and no `--context`: create \
+                 fastbuild.yaml beside your Dockerfile, for example\n\n\
+                 \x20 registry: localhost:5000\n\
+                 \x20 services:\n\
+                 \x20   api:\n\
+                 \x20     context: .\n\n\
+                 or build without one: fastbuild build --context DIR --repository NAME \
+                 --registry HOST (with `-f FILE` for a project file elsewhere)",
+                self.root.display()
+            ))
+            .into());
+        }
+        self.select_lenient(names, flags)
+    }
+
+    /// [`Self::select`], but without a project file and `--context` the ad-hoc service builds
+    /// the current directory: for `doctor`, which checks what it can and reports the missing
+    /// project file itself.
+    pub fn select_lenient(&self, names: &[String], flags: &ServiceFlags) -> Result<Vec<String>> {
         if names.is_empty() {
             if self.config.services.is_empty() {
                 let name = flags

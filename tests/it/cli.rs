@@ -561,12 +561,31 @@ fn unwritable_values_dir_fails_clearly_and_writes_nothing() {
     );
 }
 
+/// No project file and no `--context`: every command that builds or generates says what to
+/// create (exit 2), instead of inventing a service named after the directory; nothing is
+/// written.
 #[test]
 fn no_project_file_and_no_flags_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(fastbuild(dir.path()).args(["build", "--registry", "localhost:1"]));
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("Dockerfile"), "{}", stderr(&out));
+    for args in [
+        &["build", "--registry", "localhost:1"][..],
+        &["tilt"],
+        &["push", "api"],
+        &["helm", "api"],
+    ] {
+        let out = run(fastbuild(dir.path()).args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("no fastbuild.yaml")
+                && err.contains("--context")
+                && err.contains("services:")
+                && err.contains("Dockerfile"),
+            "{args:?}: {err}"
+        );
+        assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
+    }
+    assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 /// Paths and ports vary per run; snapshots filter them.
