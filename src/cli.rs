@@ -271,7 +271,8 @@ pub struct ServiceFlags {
     /// Values key for the digest (default `image.digest`; empty to omit).
     #[arg(long, value_name = "KEY")]
     pub digest_key: Option<String>,
-    /// Values key for the registry alone.
+    /// Values key for the registry host alone (`docker.io`); the repository key then holds
+    /// the path under it (`ameide/gw`), as Bitnami charts and Tilt's `helm_resource` expect.
     #[arg(long, value_name = "KEY")]
     pub registry_key: Option<String>,
     /// Values key for the tag (tag-only charts).

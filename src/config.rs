@@ -150,13 +150,15 @@ pub struct ValuesConfig {
     /// Values file path, relative to the project file
     /// (default `<values_dir>/<service>.values.yaml`).
     pub file: Option<PathBuf>,
-    /// Key receiving `<pull registry>/<repository>` (default `image.graph`; `null` to omit).
+    /// Key receiving `<pull registry>/<repository>` (default `image.graph`; `null` to omit);
+    /// with [`Self::registry_key`] set, only the path under the registry host (`ameide/gw`).
     #[serde(default = "default_repository_key")]
     pub repository_key: Option<String>,
     /// Key receiving `sha256:…` (default `image.digest`; `null` for tag-only charts).
     #[serde(default = "default_digest_key")]
     pub digest_key: Option<String>,
-    /// Key receiving the pull registry alone (default: none).
+    /// Key receiving the pull registry's host (`docker.io`; default: none). Bitnami's
+    /// `common.images.image` and Tilt's `helm_resource` join it with the repository key.
     pub registry_key: Option<String>,
     /// Key receiving the pushed tag (default: none; the interim for tag-only charts).
     pub tag_key: Option<String>,

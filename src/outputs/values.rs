@@ -32,12 +32,23 @@ enum Node {
 }
 
 /// Renders the values file for `image` with `keys`; `service` names it in the header.
+///
+/// Without `registry_key`, the repository key holds the whole `<registry>/<repository>` (the
+/// design note's `image.graph`). With it, they split as Bitnami's `common.images.image` and
+/// Tilt's `helm_resource` expect: the registry key holds the host (`docker.io`), the
+/// repository key the path under it (`ameide/gw`, a registry prefix included) — so the chart's
+/// `{registry}/{repository}` is the image, never the registry twice.
 pub fn render(service: &str, image: &ImageValues, keys: &ValuesConfig) -> Result<String, String> {
     let mut tree = Tree::default();
+    let (registry, repository) = if keys.registry_key.is_some() {
+        split_registry(image)
+    } else {
+        (image.pull_registry.clone(), image.repository.clone())
+    };
     let pairs = [
-        (&keys.repository_key, Some(image.repository.clone())),
+        (&keys.repository_key, Some(repository)),
         (&keys.digest_key, Some(image.digest.clone())),
-        (&keys.registry_key, Some(image.pull_registry.clone())),
+        (&keys.registry_key, Some(registry)),
         (&keys.tag_key, image.tag.clone()),
     ];
     for (key, value) in pairs {
@@ -56,6 +67,22 @@ pub fn render(service: &str, image: &ImageValues, keys: &ValuesConfig) -> Result
     );
     emit(&tree, 0, &mut out);
     Ok(out)
+}
+
+/// `(host, path under it)` of the image: `docker.io/ameide` + `docker.io/ameide/gw` →
+/// `("docker.io", "ameide/gw")`.
+fn split_registry(image: &ImageValues) -> (String, String) {
+    let host = image
+        .pull_registry
+        .split('/')
+        .next()
+        .unwrap_or(&image.pull_registry);
+    let path = image
+        .repository
+        .strip_prefix(host)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(&image.repository);
+    (host.to_owned(), path.to_owned())
 }
 
 fn insert(tree: &mut Tree, dotted: &str, value: String) -> Result<(), String> {
@@ -154,19 +181,72 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tag_only_and_registry_keys() {
-        let keys = ValuesConfig {
+    fn keys(repository: &str, digest: &str, registry: &str, tag: &str) -> ValuesConfig {
+        let key = |k: &str| (!k.is_empty()).then(|| k.to_owned());
+        ValuesConfig {
             file: None,
-            repository_key: Some("image.repository".into()),
-            digest_key: None,
-            registry_key: Some("image.registry".into()),
-            tag_key: Some("image.tag".into()),
+            repository_key: key(repository),
+            digest_key: key(digest),
+            registry_key: key(registry),
+            tag_key: key(tag),
+        }
+    }
+
+    /// One snapshot per key set users ask for: the design note's default, Bitnami's
+    /// `common.images.image` (registry + repository + digest), tag-only charts and Tilt's
+    /// `helm_resource` image keys (registry + repository + tag), a chart taking the whole
+    /// reference in one key. With a registry key the registry is never written twice.
+    #[test]
+    fn each_key_set_renders_as_charts_expect() {
+        let cases = [
+            ("default", ValuesConfig::default()),
+            (
+                "bitnami_registry_repository_digest",
+                keys("image.repository", "image.digest", "image.registry", ""),
+            ),
+            (
+                "tag_only_registry_repository_tag",
+                keys("image.repository", "", "image.registry", "image.tag"),
+            ),
+            (
+                "repository_and_tag_no_registry",
+                keys("image.repository", "", "", "image.tag"),
+            ),
+            (
+                "nested_custom_keys",
+                keys("app.image.name", "app.image.sha", "global.imageRegistry", ""),
+            ),
+        ];
+        for (name, keys) in cases {
+            let out = render("gw", &image(), &keys).unwrap();
+            insta::assert_snapshot!(name, out);
+        }
+        let out = render(
+            "gw",
+            &image(),
+            &keys("image.repository", "image.digest", "image.registry", ""),
+        )
+        .unwrap();
+        assert!(out.contains("  registry: docker.io\n"), "{out}");
+        assert!(out.contains("  repository: ameide/inference\n"), "{out}");
+    }
+
+    #[test]
+    fn a_registry_with_a_port_and_no_prefix_splits_at_the_host() {
+        let image = ImageValues {
+            pull_registry: "localhost:5000".into(),
+            repository: "localhost:5000/gw".into(),
+            digest: format!("sha256:{}", "b".repeat(64)),
+            tag: None,
         };
-        let out = render("gw", &image(), &keys).unwrap();
-        assert!(out.contains("  tag: fb-aaaaaaaaaaaa\n"), "{out}");
-        assert!(out.contains("  registry: docker.io/ameide\n"), "{out}");
-        assert!(!out.contains("digest"), "{out}");
+        let out = render(
+            "gw",
+            &image,
+            &keys("image.repository", "image.digest", "image.registry", ""),
+        )
+        .unwrap();
+        assert!(out.contains("  registry: localhost:5000\n"), "{out}");
+        assert!(out.contains("  repository: gw\n"), "{out}");
     }
 
     #[test]
