@@ -142,6 +142,15 @@ pub enum DigestFormat {
     Ref,
 }
 
+/// Shape of `--metadata-file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetadataFormat {
+    /// `docker buildx bake --metadata-file`: `{service: {containerimage.digest, …}}`.
+    Bake,
+    /// `docker buildx build --metadata-file`: one flat object (exactly one service).
+    Buildx,
+}
+
 /// Arguments of `build` and `push`.
 #[derive(Debug, Args, Default, Clone)]
 pub struct BuildArgs {
@@ -154,9 +163,19 @@ pub struct BuildArgs {
     /// What `--digest-out` holds.
     #[arg(long, value_enum, default_value_t = DigestFormat::Digest)]
     pub digest_format: DigestFormat,
-    /// CI: write buildx-compatible metadata JSON here (only on success).
+    /// CI: write build metadata JSON here (only on success): with a project file, `docker
+    /// buildx bake`'s shape, keyed by service (`{"api": {"containerimage.digest": …}}`), for
+    /// any number of services; without one, `docker buildx build`'s flat shape.
     #[arg(long, value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// Shape of `--metadata-file`: `bake` (keyed by service) or `buildx` (flat, one service).
+    /// Default: `bake` with a project file, `buildx` without.
+    #[arg(long, value_enum, value_name = "SHAPE")]
+    pub metadata_format: Option<MetadataFormat>,
+    /// CI: write one `repo@sha256:…` per line here, in service order (only when every service
+    /// succeeded), like ko's `--image-refs`.
+    #[arg(long, value_name = "FILE")]
+    pub image_refs: Option<PathBuf>,
     /// Write `repo:tag` here for Tilt's `outputs_image_ref_to` (the values file still pins the digest).
     #[arg(long, value_name = "FILE")]
     pub image_ref_out: Option<PathBuf>,
@@ -215,7 +234,8 @@ pub struct ServiceFlags {
     /// Image label `KEY=VALUE` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Platform, e.g. `linux/amd64` (repeatable).
+    /// Platform, e.g. `linux/amd64` (repeatable, or comma-separated:
+    /// `linux/amd64,linux/arm64`).
     #[arg(long = "platform", value_name = "OS/ARCH")]
     pub platforms: Vec<String>,
     /// Secret `id=NAME,src=FILE` or `id=NAME,env=VAR` (repeatable).
@@ -250,8 +270,9 @@ pub struct ServiceFlags {
     #[arg(long)]
     pub repository: Option<String>,
     /// Tag to push (default: content-derived `fb-<digest prefix>`; `$EXPECTED_REF` inside Tilt).
-    #[arg(long)]
-    pub tag: Option<String>,
+    /// Repeatable: every tag points at the one digest; the first is the one printed.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
     /// Reproducible images across checkouts (file times in layers clamped to SOURCE_DATE_EPOCH):
     /// `true` (the default for `push`) or `false` (the default for `build` and `watch`).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]

@@ -96,6 +96,9 @@ pub struct ServiceConfig {
     pub pull_registry: Option<String>,
     /// Tag to push (default: a content-derived `fb-<digest prefix>`).
     pub tag: Option<String>,
+    /// More tags for the same manifest.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Layer compression override.
     pub compression: Option<String>,
     /// Reproducible-image override (see the top-level key).
@@ -472,6 +475,7 @@ fn expand_project(p: &mut ProjectFile, ex: &mut Expand) -> Result<(), ConfigErro
         expand_opt(&at("registry"), &mut s.registry, ex)?;
         expand_opt(&at("pull_registry"), &mut s.pull_registry, ex)?;
         expand_opt(&at("tag"), &mut s.tag, ex)?;
+        expand_list(&at("tags"), &mut s.tags, ex)?;
         expand_opt(&at("compression"), &mut s.compression, ex)?;
         expand_list(&at("cache_from"), &mut s.cache_from, ex)?;
         expand_list(&at("cache_to"), &mut s.cache_to, ex)?;

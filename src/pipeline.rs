@@ -1,8 +1,9 @@
 //! The one-way pipeline behind `build` and `push`: settings → build → publish → outputs.
 //!
 //! Services build in parallel (bounded). Each successful service gets its values file; CI
-//! outputs (`--digest-out`, `--metadata-file`, `--image-ref-out`) are written only when every
-//! selected service succeeded. Nothing is written for a failed service.
+//! outputs (`--digest-out`, `--metadata-file`, `--image-refs`, `--image-ref-out`) are written
+//! only when every selected service succeeded, staged and renamed together. Nothing is written
+//! for a failed service.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::atomic::{self, WriteOutcome};
 use crate::builder::{self, ImageResult};
-use crate::cli::BuildArgs;
+use crate::cli::{BuildArgs, MetadataFormat};
 use crate::outputs::{metadata, values};
 use crate::printer::{Event, Printer, ServiceState};
 use crate::settings::{self, Destination, Project, ServicePlan, UsageError};
@@ -62,13 +63,32 @@ pub fn plans(project: &Project, args: &BuildArgs, flavor: Flavor) -> Result<Vec<
         settings::preflight(&plan)?;
         plans.push(plan);
     }
+    if plans.len() > 1 && (args.digest_out.is_some() || args.image_ref_out.is_some()) {
+        bail!(UsageError(
+            "`--digest-out` and `--image-ref-out` take exactly one service; name it, or use \
+             `--image-refs FILE` (one `repo@digest` per service) or `--metadata-file FILE` \
+             (keyed by service)"
+                .into()
+        ));
+    }
     if plans.len() > 1
-        && (args.digest_out.is_some()
-            || args.metadata_file.is_some()
-            || args.image_ref_out.is_some())
+        && args.metadata_file.is_some()
+        && metadata_format(project, args) == MetadataFormat::Buildx
     {
         bail!(UsageError(
-            "`--digest-out`, `--metadata-file` and `--image-ref-out` take exactly one service; name it".into()
+            "`--metadata-format buildx` writes one service's flat metadata; name the service, \
+             or use `--metadata-format bake` (keyed by service)"
+                .into()
+        ));
+    }
+    if args.image_refs.is_some()
+        && plans
+            .iter()
+            .any(|p| !matches!(p.destination, Destination::Registry { .. }))
+    {
+        bail!(UsageError(
+            "`--image-refs` lists pushed images; it cannot be used with `--no-push` or `--output`"
+                .into()
         ));
     }
     if plans.len() > 1 && args.output.is_some() {
@@ -77,6 +97,17 @@ pub fn plans(project: &Project, args: &BuildArgs, flavor: Flavor) -> Result<Vec<
         ));
     }
     Ok(plans)
+}
+
+/// The shape of `--metadata-file`: `--metadata-format`, else bake's (keyed by service) when a
+/// project file names the services, buildx's flat one for an ad-hoc `--context` build. Never
+/// chosen by how many services there are: adding one must not change a CI script's input.
+pub fn metadata_format(project: &Project, args: &BuildArgs) -> MetadataFormat {
+    args.metadata_format.unwrap_or(if project.file.is_some() {
+        MetadataFormat::Bake
+    } else {
+        MetadataFormat::Buildx
+    })
 }
 
 /// Builds every plan (bounded parallelism), forwarding progress to the printer.
@@ -195,6 +226,7 @@ pub async fn run(
         return Err(anyhow!(crate::Interrupted));
     }
     let mut failures = Vec::new();
+    let mut built: Vec<(&str, ImageResult)> = Vec::new();
     let width = plans.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for (plan, outcome) in plans.iter().zip(outcomes) {
         match outcome.result {
@@ -228,15 +260,13 @@ pub async fn run(
                         "digest": image.digest, "values_file": (pushed && write_values_files).then(|| plan.values_file.display().to_string()),
                     }));
                 }
-                if plans.len() == 1 {
-                    write_ci_outputs(args, &image)?;
-                }
+                built.push((&plan.name, image));
             }
             Err(e) => failures.push((plan.name.clone(), e)),
         }
     }
     match failures.len() {
-        0 => Ok(()),
+        0 => write_ci_outputs(args, metadata_format(project, args), &built),
         1 => {
             let (name, e) = failures.pop().expect("one failure");
             Err(e.context(format!("service `{name}` failed")))
@@ -250,22 +280,49 @@ pub async fn run(
     }
 }
 
-fn write_ci_outputs(args: &BuildArgs, image: &ImageResult) -> Result<()> {
+/// Writes the CI outputs of `built` (every selected service, in service order).
+fn write_ci_outputs(
+    args: &BuildArgs,
+    format: MetadataFormat,
+    built: &[(&str, ImageResult)],
+) -> Result<()> {
     // Everything is rendered before anything is written, so an output that cannot be produced
     // (`--image-ref-out` without a pushed tag) leaves none of the others behind.
     let mut files: Vec<(&std::path::Path, Vec<u8>)> = Vec::new();
+    // `plans` made sure the single-image outputs have exactly one service.
+    let single = || {
+        built
+            .first()
+            .map(|(_, image)| image)
+            .ok_or_else(|| anyhow!("no service was built"))
+    };
     if let Some(p) = &args.metadata_file {
-        let text = serde_json::to_string_pretty(&metadata::metadata_json(image))? + "\n";
+        let value = match format {
+            MetadataFormat::Buildx => metadata::metadata_json(single()?),
+            MetadataFormat::Bake => metadata::bake_metadata_json(built),
+        };
+        let text = serde_json::to_string_pretty(&value)? + "\n";
+        files.push((p, text.into_bytes()));
+    }
+    if let Some(p) = &args.image_refs {
+        let mut text = String::new();
+        for (_, image) in built {
+            text.push_str(&image.pinned());
+            text.push('\n');
+        }
         files.push((p, text.into_bytes()));
     }
     if let Some(p) = &args.image_ref_out {
-        let line = metadata::image_ref_line(image)
+        let line = metadata::image_ref_line(single()?)
             .ok_or_else(|| anyhow!("`--image-ref-out` needs a pushed tag"))?;
         files.push((p, line.into_bytes()));
     }
     if let Some(p) = &args.digest_out {
-        let line = metadata::digest_line(image, args.digest_format);
+        let line = metadata::digest_line(single()?, args.digest_format);
         files.push((p, line.into_bytes()));
+    }
+    if files.is_empty() {
+        return Ok(());
     }
     // Staged, then renamed together: one output that cannot be written leaves the others
     // (and every previous file) as they were.
@@ -301,11 +358,17 @@ mod tests {
             ..BuildArgs::default()
         };
         // No tag (not pushed): `--image-ref-out` cannot be written, so nothing is.
-        let err = write_ci_outputs(&args, &image(None)).unwrap_err();
+        let err =
+            write_ci_outputs(&args, MetadataFormat::Buildx, &[("app", image(None))]).unwrap_err();
         assert!(err.to_string().contains("--image-ref-out"), "{err:#}");
         assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 0);
 
-        write_ci_outputs(&args, &image(Some("fb-aaaaaaaaaaaa"))).unwrap();
+        write_ci_outputs(
+            &args,
+            MetadataFormat::Buildx,
+            &[("app", image(Some("fb-aaaaaaaaaaaa")))],
+        )
+        .unwrap();
         assert_eq!(
             fs_err::read_to_string(dir.path().join("ref.txt")).unwrap(),
             "127.0.0.1:5000/app:fb-aaaaaaaaaaaa\n"
@@ -326,7 +389,12 @@ mod tests {
             digest_out: Some(dir.path().join("not-a-dir/digest.txt")),
             ..BuildArgs::default()
         };
-        let err = write_ci_outputs(&args, &image(Some("fb-aaaaaaaaaaaa"))).unwrap_err();
+        let err = write_ci_outputs(
+            &args,
+            MetadataFormat::Bake,
+            &[("app", image(Some("fb-aaaaaaaaaaaa")))],
+        )
+        .unwrap_err();
         let msg = format!("{err:#}");
         assert!(
             msg.contains("none was written") && msg.contains("not-a-dir"),

@@ -61,6 +61,8 @@ pub enum Destination {
         repository: String,
         /// Tag to push; `None` = content-derived.
         tag: Option<String>,
+        /// More tags for the same manifest (`--tag` repeated, `tags:` in the project file).
+        extra_tags: Vec<String>,
         /// Plain HTTP allowed.
         insecure: bool,
     },
@@ -275,10 +277,10 @@ impl Project {
     }
 
     /// Names of the services selected by `names` (all when empty). Without a project file,
-    /// `--context` makes one ad-hoc service (named after `--repository` or the context
-    /// directory); without either, a usage error says what to create.
+    /// `--context` (or a native `--layer`) makes one ad-hoc service (named after `--repository`
+    /// or the context directory); without any, a usage error says what to create.
     pub fn select(&self, names: &[String], flags: &ServiceFlags) -> Result<Vec<String>> {
-        if self.file.is_none() && flags.context.is_none() {
+        if self.file.is_none() && flags.context.is_none() && flags.layers.is_empty() {
             return Err(UsageError(format!(
                 "no fastbuild.yaml in `{}` or a parent directory, and no `--context`: create \
                  fastbuild.yaml beside your Dockerfile, for example\n\n\
@@ -287,7 +289,8 @@ impl Project {
                  \x20   api:\n\
                  \x20     context: .\n\n\
                  or build without one: fastbuild build --context DIR --repository NAME \
-                 --registry HOST (with `-f FILE` for a project file elsewhere)",
+                 --registry HOST (natively: `--builder native --layer SRC:DEST` instead of \
+                 `--context`; `-f FILE` for a project file elsewhere)",
                 self.root.display()
             ))
             .into());
@@ -601,7 +604,17 @@ fn resolve(
         .clone()
         .or_else(|| svc.repository.clone())
         .unwrap_or_else(|| name.to_owned());
-    let tag = flags.tag.clone().or_else(|| svc.tag.clone());
+    // `--tag` (repeatable) replaces the project file's `tag` + `tags`; the first is the one
+    // printed and written for Tilt, all point at the one digest.
+    let mut tags: Vec<String> = if flags.tags.is_empty() {
+        svc.tag.iter().chain(&svc.tags).cloned().collect()
+    } else {
+        flags.tags.clone()
+    };
+    tags.dedup();
+    let mut tags = tags.into_iter();
+    let tag = tags.next();
+    let mut extra_tags: Vec<String> = tags.collect();
     let insecure_list: Vec<String> = cfg
         .insecure_registries
         .iter()
@@ -614,6 +627,11 @@ fn resolve(
         let reg = repo
             .rsplit_once('/')
             .map_or(host.clone(), |(r, _)| r.to_owned());
+        // Tilt's expected tag comes first; the configured ones still point at the digest.
+        if t.is_some() {
+            extra_tags.splice(0..0, tag.clone());
+            extra_tags.retain(|x| Some(x) != t.as_ref());
+        }
         (repo, t.or(tag), Some(host), Some(reg))
     } else if let Some(reg) = &registry {
         let reg = reg.trim_end_matches('/').to_owned();
@@ -650,11 +668,12 @@ fn resolve(
         format!("{}/{}", pull_registry.trim_end_matches('/'), repo_part)
     };
 
-    let platforms: Vec<String> = if flags.platforms.is_empty() {
-        svc.platforms.clone()
+    // `--platform linux/amd64,linux/arm64` and repeated flags alike (buildx accepts both).
+    let platforms = split_platforms(if flags.platforms.is_empty() {
+        &svc.platforms
     } else {
-        flags.platforms.clone()
-    };
+        &flags.platforms
+    });
     let mut labels = svc.labels.clone();
     labels.extend(kv_pairs(&flags.labels, "label")?);
 
@@ -813,6 +832,7 @@ fn resolve(
                 host,
                 repository: push_repo,
                 tag,
+                extra_tags,
                 insecure,
             }
         }
@@ -933,6 +953,17 @@ pub fn is_chart_reference(root: &Path, chart: &str) -> bool {
     }
 }
 
+/// Platforms given as a list, comma-separated, or both; duplicates dropped, order kept.
+fn split_platforms(given: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in given.iter().flat_map(|p| p.split(',')).map(str::trim) {
+        if !p.is_empty() && !out.iter().any(|o| o == p) {
+            out.push(p.to_owned());
+        }
+    }
+    out
+}
+
 /// Splits `repo[:tag][@digest]` into repo and tag (a port colon is not a tag).
 pub fn split_tag(reference: &str) -> (String, Option<String>) {
     let no_digest = reference.split('@').next().unwrap_or(reference);
@@ -1001,6 +1032,20 @@ pub fn preflight(plan: &ServicePlan) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platforms_split_on_commas_keep_order_and_drop_duplicates() {
+        let given = [
+            "linux/amd64,linux/arm64".to_owned(),
+            " linux/386 ".to_owned(),
+            "linux/amd64".to_owned(),
+            String::new(),
+        ];
+        assert_eq!(
+            split_platforms(&given),
+            ["linux/amd64", "linux/arm64", "linux/386"]
+        );
+    }
 
     #[test]
     fn split_tag_ignores_port_colon() {

@@ -93,10 +93,20 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
         Destination::Registry {
             repository,
             tag,
+            extra_tags,
             insecure,
             ..
         } => match tag {
-            Some(t) => (vec![format!("{repository}:{t}")], true, false, *insecure),
+            // Every name is pushed with the one manifest: all tags point at its digest.
+            Some(t) => (
+                std::iter::once(t)
+                    .chain(extra_tags)
+                    .map(|t| format!("{repository}:{t}"))
+                    .collect(),
+                true,
+                false,
+                *insecure,
+            ),
             None => (vec![repository.clone()], true, true, *insecure),
         },
         Destination::None => (Vec::new(), false, false, false),

@@ -156,6 +156,24 @@ pub async fn build(
             );
         }
     };
+    if let Destination::Registry {
+        repository,
+        extra_tags,
+        ..
+    } = &plan.destination
+    {
+        // The same manifest bytes under each further tag: one digest for all.
+        for t in extra_tags {
+            tag_manifest(plan, repository, &pushed.digest.to_string(), t)
+                .await
+                .with_context(|| {
+                    format!(
+                        "pushed `{repository}@{}` but could not tag it `{t}`",
+                        pushed.digest
+                    )
+                })?;
+        }
+    }
     let _ = events.send(Event::StepDone {
         service: plan.name.clone(),
         step,

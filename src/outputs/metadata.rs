@@ -1,6 +1,8 @@
 //! CI outputs: `--digest-out` (`sha256:…` or `repo@sha256:…`), `--metadata-file` (the JSON
-//! `docker buildx build --metadata-file` writes), and `--image-ref-out` (`repo:tag` for Tilt's
-//! `outputs_image_ref_to`, which rejects a bare digest reference).
+//! `docker buildx bake --metadata-file` writes, keyed by service, or the flat object of
+//! `docker buildx build --metadata-file`), `--image-refs` (one `repo@sha256:…` per service,
+//! like ko's) and `--image-ref-out` (`repo:tag` for Tilt's `outputs_image_ref_to`, which
+//! rejects a bare digest reference).
 
 use serde_json::{Value, json};
 
@@ -25,6 +27,16 @@ pub fn metadata_json(image: &ImageResult) -> Value {
     }
     m.insert("image.name".into(), json!(image.image_name()));
     Value::Object(m)
+}
+
+/// `docker buildx bake`'s metadata: one [`metadata_json`] object per service, keyed by name.
+pub fn bake_metadata_json(built: &[(&str, ImageResult)]) -> Value {
+    Value::Object(
+        built
+            .iter()
+            .map(|(name, image)| ((*name).to_owned(), metadata_json(image)))
+            .collect(),
+    )
 }
 
 /// `repo:tag` for Tilt, when there is a tag.

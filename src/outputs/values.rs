@@ -214,7 +214,12 @@ mod tests {
             ),
             (
                 "nested_custom_keys",
-                keys("app.image.name", "app.image.sha", "global.imageRegistry", ""),
+                keys(
+                    "app.image.name",
+                    "app.image.sha",
+                    "global.imageRegistry",
+                    "",
+                ),
             ),
         ];
         for (name, keys) in cases {

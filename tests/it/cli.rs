@@ -230,8 +230,11 @@ async fn push_writes_ci_outputs_only_on_success() {
     let digest = digest.trim().to_owned();
     // push does not write values files by default (CI).
     assert!(!dir.path().join("tilt-values/api.values.yaml").exists());
-    let m: serde_json::Value =
+    // A project file names the services: bake's shape, keyed by service, even for one.
+    let whole: serde_json::Value =
         serde_json::from_str(&fs_err::read_to_string(&meta).unwrap()).unwrap();
+    assert_eq!(whole.as_object().unwrap().len(), 1, "{whole:#}");
+    let m = whole["api"].clone();
     assert_eq!(m["containerimage.digest"], digest.as_str());
     assert_eq!(m["containerimage.descriptor"]["digest"], digest.as_str());
     assert!(m["containerimage.descriptor"]["size"].as_u64().unwrap() > 0);
@@ -281,7 +284,100 @@ async fn push_writes_ci_outputs_only_on_success() {
     assert_eq!(fs_err::read_to_string(&digest_out).unwrap().trim(), digest);
     let m2: serde_json::Value =
         serde_json::from_str(&fs_err::read_to_string(&meta).unwrap()).unwrap();
-    assert_eq!(m2, m);
+    assert_eq!(m2, whole);
+}
+
+/// CI with several services, as buildx bake and ko do it: one `--metadata-file` keyed by
+/// service and `--image-refs` with one `repo@digest` per service in service order, both written
+/// together; each digest is the manifest the registry serves. `--metadata-format buildx`
+/// (flat) takes one service; `--digest-out` with several says what to use instead.
+#[tokio::test]
+async fn push_of_several_services_writes_bake_metadata_and_image_refs() {
+    let bed = require_bed!();
+    let dir = example_project();
+    let meta = dir.path().join("out/meta.json");
+    let refs = dir.path().join("out/refs.txt");
+    let out = run(fastbuild(dir.path())
+        .args(["push", "--metadata-file"])
+        .arg(&meta)
+        .arg("--image-refs")
+        .arg(&refs));
+    assert_ok(&out);
+    let m: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&meta).unwrap()).unwrap();
+    let lines: Vec<String> = fs_err::read_to_string(&refs)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, service) in lines.iter().zip(["api", "worker"]) {
+        let (repo, digest) = line.split_once('@').unwrap();
+        assert_eq!(repo, format!("{}/{service}", bed.registry));
+        assert_eq!(m[service]["containerimage.digest"], digest, "{m:#}");
+        assert_eq!(
+            served_manifest_digest(&bed.registry, service, digest).await,
+            digest
+        );
+    }
+
+    let out = run(fastbuild(dir.path())
+        .args(["push", "--metadata-format", "buildx", "--metadata-file"])
+        .arg(&meta));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--metadata-format bake"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(fastbuild(dir.path())
+        .args(["push", "--digest-out"])
+        .arg(dir.path().join("out/d.txt")));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--image-refs"), "{}", stderr(&out));
+
+    let flat = dir.path().join("out/flat.json");
+    let out = run(fastbuild(dir.path())
+        .args([
+            "push",
+            "worker",
+            "--metadata-format",
+            "buildx",
+            "--metadata-file",
+        ])
+        .arg(&flat));
+    assert_ok(&out);
+    let f: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&flat).unwrap()).unwrap();
+    assert_eq!(
+        f["containerimage.digest"], m["worker"]["containerimage.digest"],
+        "{f:#}"
+    );
+}
+
+/// `--tag` repeated: every tag points at the one digest, for both builders.
+#[tokio::test]
+async fn repeated_tags_all_point_at_the_one_digest() {
+    let bed = require_bed!();
+    let dir = example_project();
+    let suffix = format!("{:x}", std::process::id());
+    for service in ["api", "worker"] {
+        let (a, b) = (format!("a-{suffix}"), format!("b-{suffix}"));
+        let refs = dir.path().join(format!("{service}.refs"));
+        let out = run(fastbuild(dir.path())
+            .args(["push", service, "--tag", &a, "--tag", &b, "--image-refs"])
+            .arg(&refs));
+        assert_ok(&out);
+        let line = fs_err::read_to_string(&refs).unwrap();
+        let digest = line.trim().split_once('@').unwrap().1.to_owned();
+        for t in [&a, &b] {
+            assert_eq!(
+                served_manifest_digest(&bed.registry, service, t).await,
+                digest,
+                "{service}:{t}"
+            );
+        }
+    }
 }
 
 #[test]

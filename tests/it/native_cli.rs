@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::Digest as _;
 
-use crate::cli::{assert_ok, fastbuild, served_manifest_digest};
+use crate::cli::{assert_ok, fastbuild, run, served_manifest_digest};
 use crate::common::{TestBed, repo_root, require_bed};
 
 const MIB: u64 = 1024 * 1024;
@@ -673,4 +673,61 @@ async fn bad_input_through_the_cli_is_one_clear_error_with_its_exit_code() {
 
     // None of the failures pushed a manifest.
     assert_eq!(tag_status(&bed, &repo, "v1").await, 404);
+}
+
+/// `--platform linux/amd64,linux/arm64` (comma-separated, as buildx takes it) gives the native
+/// builder both platforms: one index with a manifest per platform; a base without one of them
+/// is named in the error.
+#[tokio::test]
+async fn comma_separated_platforms_give_one_index_with_a_manifest_each() {
+    let bed = require_bed!();
+    let dir = workdir();
+    fs_err::create_dir(dir.path().join("data")).unwrap();
+    fs_err::write(dir.path().join("data/x"), "x\n").unwrap();
+    let repo = unique("platforms");
+    let out = run(native_build(
+        dir.path(),
+        &no_creds(dir.path()),
+        &bed.registry,
+        "scratch",
+        "data:/data",
+        &repo,
+    )
+    .args(["--platform", "linux/amd64,linux/arm64"]));
+    assert_ok(&out);
+    let index: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/v2/{repo}/manifests/v1", bed.registry))
+        .header("Accept", "application/vnd.oci.image.index.v1+json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{index:#}");
+
+    let out = run(native_build(
+        dir.path(),
+        &no_creds(dir.path()),
+        &bed.registry,
+        &bed.base_image,
+        "data:/data",
+        &unique("platforms-base"),
+    )
+    .args(["--platform", "linux/amd64,linux/arm64"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no `linux/arm64` image"), "{err}");
 }
