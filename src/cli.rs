@@ -106,7 +106,7 @@ Examples:
     /// Print the Tiltfile fragment wiring fastbuild into Tilt (local_resource + helm_resource).
     #[command(after_help = "\
 Examples:
-  fastbuild tilt > Tiltfile.fastbuild     then `load` or `include` it from your Tiltfile
+  fastbuild tilt > Tiltfile.fastbuild     then `include('Tiltfile.fastbuild')` in your Tiltfile
   fastbuild tilt api")]
     Tilt(TiltArgs),
     /// Check BuildKit, registries, credentials, helm/kubectl, charts and the values directory.
@@ -344,6 +344,10 @@ pub struct ServiceFlags {
     /// Helm `--timeout` (default 10m).
     #[arg(long)]
     pub timeout: Option<String>,
+    /// Do not roll a failed upgrade back (no `--atomic` / `--rollback-on-failure`): keeps the
+    /// failing state to debug in a dev loop. Per service: `helm: {rollback_on_failure: false}`.
+    #[arg(long)]
+    pub no_rollback_on_failure: bool,
 }
 
 /// Arguments of `helm`.
@@ -376,9 +380,14 @@ pub struct TiltArgs {
     /// The command Tilt runs for fastbuild.
     #[arg(long, default_value = "fastbuild")]
     pub fastbuild_command: String,
-    /// Helm binary whose version picks `--atomic` (Helm 3) or `--rollback-on-failure` (Helm 4).
+    /// The helm command the fragment asks for its version when Tilt loads it, to pick
+    /// `--atomic` (Helm 3) or `--rollback-on-failure` (Helm 4) on each developer's machine.
     #[arg(long, env = "HELM", default_value = "helm")]
     pub helm: String,
+    /// Also emit `update_settings(k8s_upsert_timeout_secs=600, …)`, which changes the whole
+    /// Tilt session (by default it is only suggested in a comment).
+    #[arg(long)]
+    pub session_settings: bool,
 }
 
 /// Arguments of `doctor`.

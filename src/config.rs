@@ -207,6 +207,10 @@ pub struct HelmConfig {
     pub flags: Vec<String>,
     /// `--timeout` (default `10m`, the design note's 600 s).
     pub timeout: Option<String>,
+    /// Roll the release back when the upgrade fails (`--atomic` / Helm 4's
+    /// `--rollback-on-failure`; default `true`, as the design note asks). `false` keeps the
+    /// failed state for debugging in a dev loop.
+    pub rollback_on_failure: Option<bool>,
 }
 
 /// A project file that failed to load.
@@ -568,6 +572,7 @@ const OTHER_KEYS: &[&str] = &[
     "values",
     "flags",
     "timeout",
+    "rollback_on_failure",
 ];
 
 /// Turns a serde message into one that says what to do: the closest known key for typos.

@@ -239,6 +239,7 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
                 &plans,
                 &args.fastbuild_command,
                 &args.helm,
+                args.session_settings,
             ));
             Ok(())
         }

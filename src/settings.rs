@@ -182,6 +182,8 @@ pub struct HelmPlan {
     pub flags: Vec<String>,
     /// Timeout.
     pub timeout: String,
+    /// Roll back a failed upgrade (`--atomic` / `--rollback-on-failure`).
+    pub rollback_on_failure: bool,
 }
 
 /// Everything needed to build, publish and write outputs for one service.
@@ -895,6 +897,8 @@ fn resolve(
                 .clone()
                 .or(h.timeout)
                 .unwrap_or_else(|| DEFAULT_HELM_TIMEOUT.into()),
+            rollback_on_failure: !flags.no_rollback_on_failure
+                && h.rollback_on_failure.unwrap_or(true),
         }
     });
     if let Some(h) = &helm {

@@ -38,12 +38,13 @@ pub fn argv(plan: &ServicePlan, helm_bin: &str) -> Result<Vec<String>> {
             plan.name
         )));
     };
-    Ok(argv_for(helm, &plan.values_file, rollback_flag(helm_bin)))
+    let rollback = helm.rollback_on_failure.then(|| rollback_flag(helm_bin));
+    Ok(argv_for(helm, &plan.values_file, rollback))
 }
 
 /// The argv for a Helm plan and the generated values file. The release and chart come last,
 /// after `--`, so that neither can ever be read as a flag.
-pub fn argv_for(helm: &HelmPlan, generated: &Path, rollback_flag: &str) -> Vec<String> {
+pub fn argv_for(helm: &HelmPlan, generated: &Path, rollback_flag: Option<&str>) -> Vec<String> {
     let mut a = vec!["upgrade".to_owned(), "--install".to_owned()];
     if let Some(ns) = &helm.namespace {
         a.push("--namespace".into());
@@ -58,7 +59,7 @@ pub fn argv_for(helm: &HelmPlan, generated: &Path, rollback_flag: &str) -> Vec<S
         a.push(v.display().to_string());
     }
     a.push("--wait".into());
-    a.push(rollback_flag.to_owned());
+    a.extend(rollback_flag.map(str::to_owned));
     a.push("--timeout".into());
     a.push(helm.timeout.clone());
     a.extend(helm.flags.iter().cloned());

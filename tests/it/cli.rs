@@ -803,8 +803,144 @@ fn helm_4_gets_rollback_on_failure_instead_of_the_deprecated_atomic() {
         line.contains(" --rollback-on-failure ") && !line.contains("--atomic"),
         "{line}"
     );
+    // The fragment picks the flag when Tilt loads it, from the helm there: the bed's Helm 4.
     let out = run(fastbuild(dir.path()).arg("tilt").env("HELM", &bed.helm));
-    assert!(stdout(&out).contains("\"--rollback-on-failure\","));
+    assert_ok(&out);
+    let calls = eval_tilt_fragment(&stdout(&out), None);
+    let flags = calls["helm_resource"][0]["flags"].to_string();
+    assert!(
+        flags.contains("--rollback-on-failure") && !flags.contains("--atomic"),
+        "{flags}"
+    );
+}
+
+/// Runs a Tilt fragment in python3 — Starlark's syntax and these expressions' semantics are a
+/// subset of Python's — with stand-ins for Tilt's builtins that record their calls; `local()`
+/// really runs its command in a shell (with `path` as `PATH` when given), as Tilt does when it
+/// loads a Tiltfile. Returns `{builtin: [kwargs and positional args of each call]}`.
+fn eval_tilt_fragment(text: &str, path: Option<&std::ffi::OsStr>) -> serde_json::Value {
+    const STUBS: &str = r#"
+import json, os, subprocess, sys
+calls = {}
+def record(kind):
+    def f(*args, **kwargs):
+        calls.setdefault(kind, []).append({"args": list(args), **kwargs})
+    return f
+def load(*args): pass
+def local(cmd, quiet=False, **kw):
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout
+env = dict(local=local, load=load, local_resource=record("local_resource"),
+           helm_resource=record("helm_resource"), update_settings=record("update_settings"))
+exec(compile(sys.stdin.read(), "Tiltfile.fastbuild", "exec"), env)
+print(json.dumps(calls))
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", STUBS])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let mut child = cmd.spawn().expect("python3");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "fragment did not run: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The fragment for a team: each helm resource waits for its build (and the dep-free
+/// sentinel), builds depend on nothing (no cycle), Helm 3 machines get `--atomic` and Helm 4
+/// ones `--rollback-on-failure` from the same file, `rollback_on_failure: false` drops the flag,
+/// session-wide settings only with `--session-settings`, every shell command quoted.
+#[test]
+fn tilt_fragment_orders_deploys_after_builds_and_suits_helm_3_and_4() {
+    let dir = example_project();
+    let bin = dir.path().join("fake-bin");
+    fs_err::create_dir_all(&bin).unwrap();
+    fake_helm(&bin.join("helm"), "exit 0");
+    // The default probes `helm` on the PATH of whoever runs Tilt (HELM would pin a path).
+    let out = run(fastbuild(dir.path()).arg("tilt").env_remove("HELM"));
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(!text.contains("\nupdate_settings("), "opt-in only:\n{text}");
+    let path_v3 = std::env::join_paths(
+        std::iter::once(bin.clone())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let calls = eval_tilt_fragment(&text, Some(&path_v3));
+    let locals = calls["local_resource"].as_array().unwrap();
+    for service in ["api", "worker"] {
+        let build = locals
+            .iter()
+            .find(|c| c["args"][0] == format!("{service}-build"))
+            .unwrap();
+        assert!(build.get("resource_deps").is_none(), "{build}");
+        let cmd = build["cmd"].as_str().unwrap();
+        assert_eq!(
+            shell_words::split(cmd).unwrap(),
+            ["fastbuild", "build", service, "--progress", "plain"]
+        );
+        let sentinel = locals
+            .iter()
+            .find(|c| c["args"][0] == format!("{service}-digest-ready"))
+            .unwrap();
+        assert_eq!(sentinel["resource_deps"], serde_json::json!([]));
+        let helm = calls["helm_resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["args"][0] == service)
+            .unwrap();
+        assert_eq!(
+            helm["resource_deps"],
+            serde_json::json!([
+                format!("{service}-build"),
+                format!("{service}-digest-ready")
+            ])
+        );
+        assert!(helm["flags"].to_string().contains("\"--atomic\""), "{helm}");
+    }
+
+    // rollback_on_failure: false for worker; --session-settings emits update_settings.
+    let yaml = dir.path().join("fastbuild.yaml");
+    let text = fs_err::read_to_string(&yaml).unwrap().replacen(
+        "      values:\n        - values/worker.yaml",
+        "      rollback_on_failure: false\n      values:\n        - values/worker.yaml",
+        1,
+    );
+    fs_err::write(&yaml, text).unwrap();
+    let out = run(fastbuild(dir.path())
+        .args(["tilt", "--session-settings"])
+        .env_remove("HELM"));
+    assert_ok(&out);
+    let calls = eval_tilt_fragment(&stdout(&out), Some(&path_v3));
+    assert_eq!(calls["update_settings"].as_array().unwrap().len(), 1);
+    let helm = &calls["helm_resource"];
+    let flags = |i: usize| helm[i]["flags"].to_string();
+    assert!(flags(0).contains("--atomic"), "{}", flags(0));
+    assert!(
+        !flags(1).contains("--atomic") && !flags(1).contains("--rollback"),
+        "{}",
+        flags(1)
+    );
+    // The same per-service choice reaches `fastbuild helm`, and the flag turns it off too.
+    let out = run(fastbuild(dir.path())
+        .args(["helm", "worker", "--print"])
+        .env_remove("HELM"));
+    assert_ok(&out);
+    assert!(!stdout(&out).contains("--atomic"), "{}", stdout(&out));
+    let out = run(fastbuild(dir.path())
+        .args(["helm", "api", "--print", "--no-rollback-on-failure"])
+        .env_remove("HELM"));
+    assert_ok(&out);
+    assert!(!stdout(&out).contains("--atomic"), "{}", stdout(&out));
 }
 
 /// Logs (`-v`, `-vv`) going into a pipe or a CI log carry no ANSI colour codes, even with
