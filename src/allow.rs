@@ -1,6 +1,8 @@
 //! What a project file may touch on the machine: paths inside its own root, unless the user
 //! allows more on the command line (`--allow fs.read=PATH`, `--allow fs.write=PATH`,
-//! `--allow fs=PATH` for both, `PATH` may be `*`), as `docker buildx bake --allow` does.
+//! `--allow fs=PATH` for both, `PATH` may be `*`), as `docker buildx bake --allow` does; and
+//! SSH forwarding (`ssh:`) only with `--allow ssh` (bake's `ssh` entitlement): a Dockerfile
+//! with `RUN --mount=type=ssh` can use a forwarded agent to log in anywhere your keys open.
 //!
 //! Stage: settings input. A checked-out repository is untrusted: its `fastbuild.yaml` must not
 //! be able to send `/home/me/.ssh` to a BuildKit daemon as a build context, read a secret file
@@ -20,6 +22,7 @@ pub struct Allow {
     write: Vec<PathBuf>,
     read_all: bool,
     write_all: bool,
+    ssh: bool,
 }
 
 impl Allow {
@@ -32,6 +35,10 @@ impl Allow {
             .flat_map(|s| s.split(','))
             .filter(|s| !s.is_empty())
         {
+            if spec.trim() == "ssh" {
+                allow.ssh = true;
+                continue;
+            }
             let Some((kind, path)) = spec.split_once('=') else {
                 return Err(bad_spec(spec));
             };
@@ -73,7 +80,7 @@ impl Allow {
 
 fn bad_spec(spec: &str) -> UsageError {
     UsageError(format!(
-        "invalid `--allow {spec}`: use `fs.read=PATH`, `fs.write=PATH` or `fs=PATH` (PATH may be `*`)"
+        "invalid `--allow {spec}`: use `fs.read=PATH`, `fs.write=PATH`, `fs=PATH` (PATH may be `*`) or `ssh`"
     ))
 }
 
@@ -146,6 +153,16 @@ pub fn check_project_paths(
     }
     for (name, s) in &config.services {
         let at = |k: &str| format!("services.{name}.{k}");
+        if !s.ssh.is_empty() && !allow.ssh {
+            return Err(UsageError(format!(
+                "{}: `{}` forwards your SSH agent or keys into the build (`{}`): a project file \
+                 may do that only with `--allow ssh` (then `RUN --mount=type=ssh` steps can use \
+                 them); if you trust it, pass `--allow ssh`, or give `--ssh` yourself",
+                file.display(),
+                at("ssh"),
+                s.ssh.join("`, `")
+            )));
+        }
         if let Some(c) = &s.context {
             check(&at("context"), c, false)?;
         }
@@ -245,5 +262,22 @@ mod tests {
         let both = Allow::parse(&["fs=*".to_owned()], cwd).unwrap();
         check_project_paths(&cfg, &file, &root, &both).unwrap();
         assert!(Allow::parse(&["net=host".to_owned()], cwd).is_err());
+    }
+
+    /// A project file's `ssh:` would hand the developer's agent to the build's `RUN` steps:
+    /// only with `--allow ssh` (bake's entitlement).
+    #[test]
+    fn ssh_forwarding_from_a_project_file_needs_allow_ssh() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("fastbuild.yaml");
+        let cfg = project("services:\n  a:\n    ssh: [default]\n");
+        let err = check_project_paths(&cfg, &file, root.path(), &Allow::default()).unwrap_err();
+        assert!(
+            err.0.contains("`services.a.ssh`") && err.0.contains("--allow ssh"),
+            "{}",
+            err.0
+        );
+        let allow = Allow::parse(&["ssh".to_owned()], root.path()).unwrap();
+        check_project_paths(&cfg, &file, root.path(), &allow).unwrap();
     }
 }

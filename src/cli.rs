@@ -241,6 +241,10 @@ pub struct ServiceFlags {
     /// Secret `id=NAME,src=FILE` or `id=NAME,env=VAR` (repeatable).
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
+    /// SSH agent forwarding for `RUN --mount=type=ssh`: `default` (SSH_AUTH_SOCK), `ID`, or
+    /// `ID=PATH[,PATH]` (an agent socket or key files; repeatable).
+    #[arg(long = "ssh", value_name = "default|ID[=PATH]")]
+    pub ssh: Vec<String>,
     /// Do not use the build cache.
     #[arg(long)]
     pub no_cache: bool,

@@ -85,6 +85,10 @@ pub struct ServiceConfig {
     /// Secrets for `RUN --mount=type=secret`: `id=NAME,src=FILE` or `id=NAME,env=VAR`.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// SSH forwarding for `RUN --mount=type=ssh`: `default`, `ID` or `ID=PATH[,PATH]` (as
+    /// `--ssh`). Needs `--allow ssh`: a project file must not hand your agent to a build.
+    #[serde(default)]
+    pub ssh: Vec<String>,
     /// Extra paths (files or directories) whose changes rebuild this service.
     #[serde(default)]
     pub watch: Vec<PathBuf>,
@@ -473,6 +477,7 @@ fn expand_project(p: &mut ProjectFile, ex: &mut Expand) -> Result<(), ConfigErro
         expand_map(&at("build_args"), &mut s.build_args, ex)?;
         expand_map(&at("labels"), &mut s.labels, ex)?;
         expand_list(&at("platforms"), &mut s.platforms, ex)?;
+        expand_list(&at("ssh"), &mut s.ssh, ex)?;
         expand_list(&at("secrets"), &mut s.secrets, ex)?;
         expand_paths(&at("watch"), &mut s.watch, ex)?;
         expand_opt(&at("repository"), &mut s.repository, ex)?;
@@ -537,6 +542,7 @@ const SERVICE_KEYS: &[&str] = &[
     "build_args",
     "labels",
     "platforms",
+    "ssh",
     "secrets",
     "watch",
     "repository",

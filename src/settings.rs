@@ -102,6 +102,8 @@ pub struct BuildkitPlan {
     pub platforms: Vec<String>,
     /// Secrets: id → source.
     pub secrets: Vec<SecretSpec>,
+    /// SSH agents or keys forwarded to `RUN --mount=type=ssh`, by ID.
+    pub ssh: BTreeMap<String, SshSpec>,
     /// No cache.
     pub no_cache: bool,
     /// Cache imports.
@@ -121,6 +123,72 @@ pub struct BuildkitTls {
     pub key: Option<PathBuf>,
     /// Server name.
     pub server_name: Option<String>,
+}
+
+/// What one `--ssh` ID forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshSpec {
+    /// A running agent's socket (`SSH_AUTH_SOCK`, or a socket path given).
+    Agent(PathBuf),
+    /// Private key files, loaded into an agent of the build's own.
+    Keys(Vec<PathBuf>),
+}
+
+/// Parses `--ssh` specs as buildx does: `default`, `ID` (both: the agent of `SSH_AUTH_SOCK`),
+/// `ID=PATH[,PATH…]` (one agent socket, or key files). Relative paths are taken from `root`.
+pub fn parse_ssh(specs: &[String], root: &Path) -> Result<BTreeMap<String, SshSpec>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let (id, paths) = match spec.split_once('=') {
+            Some((id, paths)) => (id.trim(), paths),
+            None => (spec.trim(), ""),
+        };
+        if id.is_empty() {
+            return Err(UsageError(format!(
+                "ssh `{spec}`: expected `default`, `ID` or `ID=PATH[,PATH]`"
+            ))
+            .into());
+        }
+        let paths: Vec<PathBuf> = paths
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| absolutize(root, Path::new(&expand_home(p))))
+            .collect();
+        let source = match paths.as_slice() {
+            [] => {
+                let sock = std::env::var_os("SSH_AUTH_SOCK")
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "ssh `{spec}` forwards your SSH agent, but SSH_AUTH_SOCK is not set: \
+                             start one (`eval $(ssh-agent)`, `ssh-add`), or give key files: \
+                             `--ssh {id}=~/.ssh/id_ed25519`"
+                        ))
+                    })?;
+                SshSpec::Agent(PathBuf::from(sock))
+            }
+            [one] if is_socket(one) => SshSpec::Agent(one.clone()),
+            _ => SshSpec::Keys(paths),
+        };
+        if out.insert(id.to_owned(), source).is_some() {
+            return Err(UsageError(format!("ssh id `{id}` is given twice")).into());
+        }
+    }
+    Ok(out)
+}
+
+fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// `~/…` with the home directory, as a shell would have expanded it on the command line.
+fn expand_home(p: &str) -> String {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => format!("{}/{rest}", home.to_string_lossy()),
+        _ => p.to_owned(),
+    }
 }
 
 /// A secret for `RUN --mount=type=secret`.
@@ -707,6 +775,12 @@ fn resolve(
                 .chain(&flags.secrets)
                 .map(|s| parse_secret(s, root))
                 .collect::<Result<Vec<_>>>()?;
+            // `--ssh` replaces the project file's `ssh:` (buildx has no merging either).
+            let ssh = if flags.ssh.is_empty() {
+                parse_ssh(&svc.ssh, root)?
+            } else {
+                parse_ssh(&flags.ssh, &std::env::current_dir()?)?
+            };
             let tls = if flags.buildkit_tls_ca.is_some()
                 || flags.buildkit_tls_cert.is_some()
                 || flags.buildkit_tls_server_name.is_some()
@@ -734,6 +808,7 @@ fn resolve(
                 labels,
                 platforms,
                 secrets,
+                ssh,
                 no_cache: flags.no_cache,
                 cache_from: svc
                     .cache_from
@@ -1036,6 +1111,28 @@ pub fn preflight(plan: &ServicePlan) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_specs_parse_like_buildx() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let key = dir.path().join("id_ed25519");
+        fs_err::write(&key, "not read here").unwrap();
+        let specs = [
+            format!("agent={}", sock.display()),
+            "keys=id_ed25519,other_key".to_owned(),
+        ];
+        let parsed = parse_ssh(&specs, dir.path()).unwrap();
+        assert_eq!(parsed["agent"], SshSpec::Agent(sock.clone()));
+        assert_eq!(
+            parsed["keys"],
+            SshSpec::Keys(vec![key.clone(), dir.path().join("other_key")])
+        );
+        let twice = [specs[0].clone(), specs[0].clone()];
+        assert!(parse_ssh(&twice, dir.path()).is_err());
+        assert!(parse_ssh(&["=x".to_owned()], dir.path()).is_err());
+    }
 
     #[test]
     fn platforms_split_on_commas_keep_order_and_drop_duplicates() {

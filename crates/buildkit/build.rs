@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "moby/filesync/v1/filesync.proto",
     "moby/filesync/v1/auth.proto",
     "moby/buildkit/secrets/v1/secrets.proto",
+    "moby/sshforward/v1/ssh.proto",
     "grpc/health/v1/health.proto",
 ];
 

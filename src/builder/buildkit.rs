@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use fastbuild_buildkit::patterns::{PatternMatcher, parse_dockerignore_bytes};
 use fastbuild_buildkit::{
     BuildOptions, CacheSpec, Client, Compression as BkCompression, ProgressEvent, SecretSource,
-    TlsOptions,
+    SshSource, TlsOptions,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -133,6 +133,17 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
         platforms: b.platforms.clone(),
         no_cache: b.no_cache,
         secrets,
+        ssh: b
+            .ssh
+            .iter()
+            .map(|(id, s)| {
+                let source = match s {
+                    crate::settings::SshSpec::Agent(p) => SshSource::Agent(p.clone()),
+                    crate::settings::SshSpec::Keys(k) => SshSource::Keys(k.clone()),
+                };
+                (id.clone(), source)
+            })
+            .collect(),
         image_names,
         push,
         push_by_digest,
@@ -377,6 +388,7 @@ mod tests {
             labels: BTreeMap::new(),
             platforms: Vec::new(),
             secrets: Vec::new(),
+            ssh: BTreeMap::new(),
             no_cache: false,
             cache_from: Vec::new(),
             cache_to: Vec::new(),

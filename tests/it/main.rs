@@ -1,5 +1,6 @@
 //! integration tests
 mod buildkit;
+mod buildkit_features;
 mod buildkit_oci;
 mod buildkit_scale;
 mod cli;

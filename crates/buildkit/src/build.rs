@@ -97,6 +97,9 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Secrets available to `RUN --mount=type=secret,id=…`.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// SSH agents available to `RUN --mount=type=ssh[,id=…]`, by ID (`default` when the mount
+    /// names none).
+    pub ssh: BTreeMap<String, crate::SshSource>,
     /// Image names (`registry/repo:tag`) to tag and push.
     pub image_names: Vec<String>,
     /// Push the image to the registry of its names.
@@ -346,6 +349,8 @@ impl Client {
         // The only exporter is number 0 of the request: the id the daemon sends back with its
         // file output.
         let layout = opts.oci_layout.clone().map(|dir| LayoutTarget::new(dir, 0));
+        // Private agents (key files) live until the build returns.
+        let ssh_agents = crate::ssh::SshAgents::start(&opts.ssh).await?;
         let session = Session::start(
             self,
             SessionConfig {
@@ -360,6 +365,7 @@ impl Client {
                 },
                 stats: stats.clone(),
                 layout: layout.clone(),
+                ssh: (!ssh_agents.is_empty()).then(|| ssh_agents.service()),
             },
         )?;
         let build_ref = new_id();

@@ -85,6 +85,9 @@ pub enum Error {
     /// The session tunnel could not be opened or broke.
     #[error("BuildKit session failed: {0}")]
     Session(String),
+    /// SSH forwarding could not be set up (`--ssh`).
+    #[error("{0}")]
+    Ssh(String),
 
     /// The Dockerfile does not parse.
     #[error("Dockerfile syntax error at {file}:{line}: {message}")]

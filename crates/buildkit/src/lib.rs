@@ -54,6 +54,7 @@ mod progress;
 pub mod proto;
 mod secrets;
 mod session;
+mod ssh;
 pub mod transport;
 
 pub use auth::{Credentials, DockerAuth};
@@ -63,4 +64,5 @@ pub use error::{Error, Result};
 pub use filesync::DirSyncStats;
 pub use progress::{LogStream, ProgressEvent};
 pub use secrets::SecretSource;
+pub use ssh::{DEFAULT_ID as SSH_DEFAULT_ID, SshSource};
 pub use transport::{Address, TlsOptions};

@@ -29,7 +29,9 @@ use crate::proto::moby::buildkit::v1::BytesMessage;
 use crate::proto::moby::filesync::v1::auth_server::AuthServer;
 use crate::proto::moby::filesync::v1::file_send_server::FileSendServer;
 use crate::proto::moby::filesync::v1::file_sync_server::FileSyncServer;
+use crate::proto::moby::sshforward::v1::ssh_server::SshServer;
 use crate::secrets::{HealthService, SecretSource, SecretsService};
+use crate::ssh::SshService;
 
 /// The methods the session serves, advertised one metadata entry each.
 const METHODS: &[&str] = &[
@@ -81,7 +83,15 @@ pub(crate) struct SessionConfig {
     pub(crate) stats: SyncStats,
     /// Where an exporter's file output (an OCI layout tar) goes, if the build has one.
     pub(crate) layout: Option<Arc<LayoutTarget>>,
+    /// SSH agents forwarded to `RUN --mount=type=ssh`, if any.
+    pub(crate) ssh: Option<SshService>,
 }
+
+/// The SSH forwarding methods, advertised when agents are forwarded.
+const SSH_METHODS: &[&str] = &[
+    "/moby.sshforward.v1.SSH/CheckAgent",
+    "/moby.sshforward.v1.SSH/ForwardAgent",
+];
 
 /// A running session; [`Session::close`] (or drop) ends it.
 pub(crate) struct Session {
@@ -121,6 +131,11 @@ impl Session {
                 "x-docker-expose-session-grpc-method",
                 value(crate::filesend::METHOD)?,
             );
+        }
+        if config.ssh.is_some() {
+            for method in SSH_METHODS {
+                md.append("x-docker-expose-session-grpc-method", value(method)?);
+            }
         }
 
         let mut tasks = tokio::task::JoinSet::new();
@@ -194,6 +209,9 @@ impl Session {
             }));
         if let Some(target) = config.layout {
             routes = routes.add_service(FileSendServer::new(FileSendService { target }));
+        }
+        if let Some(ssh) = config.ssh {
+            routes = routes.add_service(SshServer::new(ssh));
         }
         let routes = routes.prepare();
         let c = cancel.clone();

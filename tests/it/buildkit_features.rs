@@ -1,0 +1,225 @@
+//! BuildKit features users bring from `docker buildx build`, through both daemons of the bed:
+//! SSH agent forwarding (`--ssh`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fastbuild_buildkit::{BuildOptions, BuildResult, Client, Error, ProgressEvent, SshSource};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{Daemon, TestBed, on_both_daemons};
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{nanos:x}{:x}", std::process::id())
+}
+
+async fn build(
+    client: &Client,
+    opts: BuildOptions,
+) -> (Result<BuildResult, Error>, Vec<ProgressEvent>) {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let collector = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        events
+    });
+    let result = client.build(opts, tx, CancellationToken::new()).await;
+    (result, collector.await.unwrap())
+}
+
+fn logs(events: &[ProgressEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProgressEvent::Log { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Copies `/usr/bin/ssh-add` and the shared libraries `ldd` names into `root` at the same
+/// paths: the bed's base image is busybox, which has no SSH client.
+fn install_ssh_add(root: &Path) {
+    let copy = |from: &Path| {
+        let to = root.join(from.strip_prefix("/").unwrap());
+        fs_err::create_dir_all(to.parent().unwrap()).unwrap();
+        fs_err::copy(from, &to).unwrap();
+    };
+    let ssh_add = Path::new("/usr/bin/ssh-add");
+    copy(ssh_add);
+    let ldd = Command::new("ldd").arg(ssh_add).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux… (0x…)`
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|s| s.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            copy(&fs_err::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p)));
+            if fs_err::canonicalize(p).is_ok_and(|c| c != Path::new(p)) {
+                // Keep the name the binary asks for (the copy above is the link's target).
+                let real = fs_err::canonicalize(p).unwrap();
+                let to = root.join(p.strip_prefix('/').unwrap());
+                fs_err::create_dir_all(to.parent().unwrap()).unwrap();
+                fs_err::copy(&real, &to).unwrap();
+            }
+        }
+    }
+}
+
+/// An ssh-agent of the test's own (OpenSSH), killed on drop.
+struct Agent {
+    socket: PathBuf,
+    child: std::process::Child,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_agent(dir: &Path) -> Agent {
+    let socket = dir.join("agent.sock");
+    let child = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent (openssh-client) is needed for this test");
+    for _ in 0..250 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Agent { socket, child }
+}
+
+/// A new ed25519 key in `dir`; returns (private key path, `SHA256:…` fingerprint).
+fn new_key(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("id_ed25519");
+    let ok = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "fastbuild-test",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    (key, fingerprint)
+}
+
+/// `RUN --mount=type=ssh ssh-add -l` sees the forwarded key — from a running agent (its
+/// socket, as `--ssh default` passes SSH_AUTH_SOCK) and from a key file (loaded into a private
+/// agent for the build); a named ID reaches `--mount=type=ssh,id=…`; without `--ssh` the step
+/// fails. The key's private half never appears in the build's output.
+async fn ssh_agent_is_forwarded_to_run_mounts(bed: TestBed, daemon: Daemon) {
+    let client = Client::connect(bed.buildkit(daemon), None)
+        .await
+        .expect("connect to the bed's BuildKit");
+    let keys = tempfile::tempdir().unwrap();
+    let (key, fingerprint) = new_key(keys.path());
+    let agent = start_agent(keys.path());
+    let added = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+
+    let ctx = tempfile::tempdir().unwrap();
+    install_ssh_add(&ctx.path().join("rootfs"));
+    let marker = uuid_like();
+    fs_err::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "ARG BASE\nFROM ${{BASE}}\nCOPY rootfs/ /\n\
+             RUN --mount=type=ssh echo {marker} && ssh-add -l\n\
+             RUN --mount=type=ssh,id=deploy echo {marker} && ssh-add -l\n"
+        ),
+    )
+    .unwrap();
+    let opts = |ssh: BTreeMap<String, SshSource>| BuildOptions {
+        context: ctx.path().to_owned(),
+        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
+        no_cache: true,
+        ssh,
+        ..BuildOptions::default()
+    };
+
+    for (how, ssh) in [
+        (
+            "agent socket",
+            BTreeMap::from([
+                ("default".to_owned(), SshSource::Agent(agent.socket.clone())),
+                ("deploy".to_owned(), SshSource::Agent(agent.socket.clone())),
+            ]),
+        ),
+        (
+            "key file",
+            BTreeMap::from([
+                ("default".to_owned(), SshSource::Keys(vec![key.clone()])),
+                ("deploy".to_owned(), SshSource::Keys(vec![key.clone()])),
+            ]),
+        ),
+    ] {
+        let (result, events) = build(&client, opts(ssh)).await;
+        let logs = logs(&events);
+        result.unwrap_or_else(|e| panic!("{how}: {e}\n{logs}"));
+        assert_eq!(
+            logs.matches(&fingerprint).count(),
+            2,
+            "{how}: both mounts list the key: {logs}"
+        );
+        let private = fs_err::read_to_string(&key).unwrap();
+        let body = private.lines().nth(1).unwrap();
+        assert!(
+            !logs.contains(body),
+            "{how}: private key material in the output"
+        );
+    }
+
+    // No agent for `deploy`: the build fails, naming it.
+    let (result, events) = build(
+        &client,
+        opts(BTreeMap::from([(
+            "default".to_owned(),
+            SshSource::Agent(agent.socket.clone()),
+        )])),
+    )
+    .await;
+    let err = result.expect_err("a mount of an ID that is not forwarded fails");
+    let text = format!("{err} {}", logs(&events));
+    assert!(text.contains("deploy"), "{text}");
+}
+
+on_both_daemons!(ssh_agent_is_forwarded_to_run_mounts);
