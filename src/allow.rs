@@ -169,6 +169,11 @@ pub fn check_project_paths(
         if let Some(d) = &s.dockerfile {
             check(&at("dockerfile"), d, false)?;
         }
+        for (name, value) in &s.contexts {
+            if !value.contains("://") {
+                check(&at(&format!("contexts.{name}")), Path::new(value), false)?;
+            }
+        }
         for (i, spec) in s.secrets.iter().enumerate() {
             let src = spec.split(',').find_map(|part| {
                 part.split_once('=')

@@ -245,6 +245,18 @@ pub struct ServiceFlags {
     /// `ID=PATH[,PATH]` (an agent socket or key files; repeatable).
     #[arg(long = "ssh", value_name = "default|ID[=PATH]")]
     pub ssh: Vec<String>,
+    /// Named context for `COPY --from=NAME` / `FROM NAME`: `NAME=DIR` (synced with its own
+    /// `.dockerignore`) or `NAME=docker-image://REF` (repeatable).
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// SBOM attestation: `true`, `false`, or scanner attributes (`generator=IMAGE`). Off by
+    /// default: attestations change the index digest on every build.
+    #[arg(long, value_name = "true|false|ATTRS", num_args = 0..=1, default_missing_value = "true")]
+    pub sbom: Option<String>,
+    /// Provenance attestation: `true` (`mode=min`), `false`, `mode=min` or `mode=max`. Off by
+    /// default: attestations change the index digest on every build.
+    #[arg(long, value_name = "true|false|mode=min|max", num_args = 0..=1, default_missing_value = "true")]
+    pub provenance: Option<String>,
     /// Do not use the build cache.
     #[arg(long)]
     pub no_cache: bool,

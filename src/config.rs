@@ -89,6 +89,14 @@ pub struct ServiceConfig {
     /// `--ssh`). Needs `--allow ssh`: a project file must not hand your agent to a build.
     #[serde(default)]
     pub ssh: Vec<String>,
+    /// Named contexts (`--build-context`): name → directory (relative to the project file) or
+    /// `docker-image://REF`.
+    #[serde(default)]
+    pub contexts: BTreeMap<String, String>,
+    /// SBOM attestation, as `--sbom` (default: none).
+    pub sbom: Option<String>,
+    /// Provenance attestation, as `--provenance` (default: none).
+    pub provenance: Option<String>,
     /// Extra paths (files or directories) whose changes rebuild this service.
     #[serde(default)]
     pub watch: Vec<PathBuf>,
@@ -478,6 +486,9 @@ fn expand_project(p: &mut ProjectFile, ex: &mut Expand) -> Result<(), ConfigErro
         expand_map(&at("labels"), &mut s.labels, ex)?;
         expand_list(&at("platforms"), &mut s.platforms, ex)?;
         expand_list(&at("ssh"), &mut s.ssh, ex)?;
+        expand_map(&at("contexts"), &mut s.contexts, ex)?;
+        expand_opt(&at("sbom"), &mut s.sbom, ex)?;
+        expand_opt(&at("provenance"), &mut s.provenance, ex)?;
         expand_list(&at("secrets"), &mut s.secrets, ex)?;
         expand_paths(&at("watch"), &mut s.watch, ex)?;
         expand_opt(&at("repository"), &mut s.repository, ex)?;
@@ -543,6 +554,9 @@ const SERVICE_KEYS: &[&str] = &[
     "labels",
     "platforms",
     "ssh",
+    "contexts",
+    "sbom",
+    "provenance",
     "secrets",
     "watch",
     "repository",

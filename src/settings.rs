@@ -104,6 +104,12 @@ pub struct BuildkitPlan {
     pub secrets: Vec<SecretSpec>,
     /// SSH agents or keys forwarded to `RUN --mount=type=ssh`, by ID.
     pub ssh: BTreeMap<String, SshSpec>,
+    /// Named contexts: directories (absolute) or images.
+    pub named_contexts: BTreeMap<String, NamedContextSpec>,
+    /// `attest:sbom` value, when asked for.
+    pub sbom: Option<String>,
+    /// `attest:provenance` value, when asked for.
+    pub provenance: Option<String>,
     /// No cache.
     pub no_cache: bool,
     /// Cache imports.
@@ -123,6 +129,61 @@ pub struct BuildkitTls {
     pub key: Option<PathBuf>,
     /// Server name.
     pub server_name: Option<String>,
+}
+
+/// A named context (`--build-context NAME=…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContextSpec {
+    /// A directory.
+    Dir(PathBuf),
+    /// `docker-image://REF`.
+    Image(String),
+}
+
+/// Parses `NAME=DIR` / `NAME=docker-image://REF` (relative directories from `root`).
+pub fn parse_named_context(name: &str, value: &str, root: &Path) -> Result<NamedContextSpec> {
+    if name.is_empty() || matches!(name, "context" | "dockerfile") || name.contains(',') {
+        return Err(UsageError(format!(
+            "build context `{name}={value}`: the name must be non-empty, without commas, and not \
+             `context` or `dockerfile`"
+        ))
+        .into());
+    }
+    if let Some(reference) = value.strip_prefix("docker-image://") {
+        if reference.is_empty() {
+            return Err(UsageError(format!(
+                "build context `{name}={value}`: `docker-image://` needs an image reference"
+            ))
+            .into());
+        }
+        return Ok(NamedContextSpec::Image(reference.to_owned()));
+    }
+    if let Some((scheme, _)) = value.split_once("://") {
+        return Err(UsageError(format!(
+            "build context `{name}={value}`: `{scheme}://` is not supported; use a directory or \
+             `docker-image://REF` (`oci-layout://` needs a session content store, not served yet)"
+        ))
+        .into());
+    }
+    let dir = absolutize(root, Path::new(value));
+    if !dir.is_dir() {
+        return Err(UsageError(format!(
+            "build context `{name}`: `{}` is not a directory",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(NamedContextSpec::Dir(dir))
+}
+
+/// `--sbom` / `--provenance` as buildx takes them: `false` (or absent) → none; `true` → the
+/// default (`""` for SBOM, `mode=min` for provenance); anything else passed through.
+fn attestation(value: Option<&str>, default: &str) -> Option<String> {
+    match value.map(str::trim) {
+        None | Some("false" | "0" | "") => None,
+        Some("true" | "1") => Some(default.to_owned()),
+        Some(other) => Some(other.to_owned()),
+    }
 }
 
 /// What one `--ssh` ID forwards.
@@ -775,6 +836,29 @@ fn resolve(
                 .chain(&flags.secrets)
                 .map(|s| parse_secret(s, root))
                 .collect::<Result<Vec<_>>>()?;
+            let mut named_contexts = BTreeMap::new();
+            for (name, value) in &svc.contexts {
+                named_contexts.insert(name.clone(), parse_named_context(name, value, root)?);
+            }
+            let cwd = std::env::current_dir()?;
+            for spec in &flags.build_contexts {
+                let (name, value) = spec.split_once('=').ok_or_else(|| {
+                    UsageError(format!(
+                        "`--build-context {spec}`: expected `NAME=DIR` or `NAME=docker-image://REF`"
+                    ))
+                })?;
+                named_contexts.insert(name.to_owned(), parse_named_context(name, value, &cwd)?);
+            }
+            for ctx in named_contexts.values() {
+                if let NamedContextSpec::Dir(dir) = ctx {
+                    watch_paths.push(dir.clone());
+                }
+            }
+            let sbom = attestation(flags.sbom.as_deref().or(svc.sbom.as_deref()), "");
+            let provenance = attestation(
+                flags.provenance.as_deref().or(svc.provenance.as_deref()),
+                "mode=min",
+            );
             // `--ssh` replaces the project file's `ssh:` (buildx has no merging either).
             let ssh = if flags.ssh.is_empty() {
                 parse_ssh(&svc.ssh, root)?
@@ -809,6 +893,9 @@ fn resolve(
                 platforms,
                 secrets,
                 ssh,
+                named_contexts,
+                sbom,
+                provenance,
                 no_cache: flags.no_cache,
                 cache_from: svc
                     .cache_from
@@ -1111,6 +1198,34 @@ pub fn preflight(plan: &ServicePlan) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_contexts_and_attestations_parse_like_buildx() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::create_dir(dir.path().join("core")).unwrap();
+        assert_eq!(
+            parse_named_context("core", "core", dir.path()).unwrap(),
+            NamedContextSpec::Dir(dir.path().join("core"))
+        );
+        assert_eq!(
+            parse_named_context("alpine", "docker-image://reg:5000/alpine:3", dir.path()).unwrap(),
+            NamedContextSpec::Image("reg:5000/alpine:3".into())
+        );
+        for (name, value, says) in [
+            ("core", "missing", "is not a directory"),
+            ("x", "oci-layout://dir", "not supported"),
+            ("x", "docker-image://", "needs an image reference"),
+            ("context", "core", "not `context`"),
+        ] {
+            let e = parse_named_context(name, value, dir.path()).unwrap_err().to_string();
+            assert!(e.contains(says), "{name}={value}: {e}");
+        }
+        assert_eq!(attestation(None, "mode=min"), None);
+        assert_eq!(attestation(Some("false"), "mode=min"), None);
+        assert_eq!(attestation(Some("true"), "mode=min").as_deref(), Some("mode=min"));
+        assert_eq!(attestation(Some("true"), "").as_deref(), Some(""));
+        assert_eq!(attestation(Some("mode=max"), "mode=min").as_deref(), Some("mode=max"));
+    }
 
     #[test]
     fn ssh_specs_parse_like_buildx() {

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use fastbuild_buildkit::patterns::{PatternMatcher, parse_dockerignore_bytes};
 use fastbuild_buildkit::{
-    BuildOptions, CacheSpec, Client, Compression as BkCompression, ProgressEvent, SecretSource,
-    SshSource, TlsOptions,
+    BuildOptions, CacheSpec, Client, Compression as BkCompression, NamedContext, ProgressEvent,
+    SecretSource, SshSource, TlsOptions,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -144,6 +144,19 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
                 (id.clone(), source)
             })
             .collect(),
+        named_contexts: b
+            .named_contexts
+            .iter()
+            .map(|(name, c)| {
+                let c = match c {
+                    crate::settings::NamedContextSpec::Dir(d) => NamedContext::Dir(d.clone()),
+                    crate::settings::NamedContextSpec::Image(r) => NamedContext::Image(r.clone()),
+                };
+                (name.clone(), c)
+            })
+            .collect(),
+        sbom: b.sbom.clone(),
+        provenance: b.provenance.clone(),
         image_names,
         push,
         push_by_digest,
@@ -389,6 +402,9 @@ mod tests {
             platforms: Vec::new(),
             secrets: Vec::new(),
             ssh: BTreeMap::new(),
+            named_contexts: BTreeMap::new(),
+            sbom: None,
+            provenance: None,
             no_cache: false,
             cache_from: Vec::new(),
             cache_to: Vec::new(),

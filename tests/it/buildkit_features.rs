@@ -1,11 +1,15 @@
 //! BuildKit features users bring from `docker buildx build`, through both daemons of the bed:
-//! SSH agent forwarding (`--ssh`).
+//! SSH agent forwarding (`--ssh`), named contexts (`--build-context`), attestations on request
+//! (`--provenance`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fastbuild_buildkit::{BuildOptions, BuildResult, Client, Error, ProgressEvent, SshSource};
+use fastbuild_buildkit::{
+    BuildOptions, BuildResult, Client, Error, NamedContext, ProgressEvent, SshSource,
+};
+use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -222,4 +226,131 @@ async fn ssh_agent_is_forwarded_to_run_mounts(bed: TestBed, daemon: Daemon) {
     assert!(text.contains("deploy"), "{text}");
 }
 
-on_both_daemons!(ssh_agent_is_forwarded_to_run_mounts);
+/// `--build-context core=DIR` serves `COPY --from=core` with the directory's own
+/// `.dockerignore` applied (an excluded file never reaches the image), and
+/// `--build-context base=docker-image://REF` replaces `FROM base`.
+async fn named_contexts_serve_copy_from_and_from(bed: TestBed, daemon: Daemon) {
+    let client = Client::connect(bed.buildkit(daemon), None)
+        .await
+        .expect("connect to the bed's BuildKit");
+    let ctx = tempfile::tempdir().unwrap();
+    let core = tempfile::tempdir().unwrap();
+    fs_err::write(core.path().join("lib.txt"), "core library\n").unwrap();
+    fs_err::write(core.path().join("secret.txt"), "never sent\n").unwrap();
+    fs_err::write(core.path().join(".dockerignore"), "secret.txt\n").unwrap();
+    let marker = uuid_like();
+    fs_err::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM base\nCOPY --from=core . /core\n\
+             RUN echo {marker} && cat /core/lib.txt && test ! -e /core/secret.txt && ls -a /core\n"
+        ),
+    )
+    .unwrap();
+    let opts = BuildOptions {
+        context: ctx.path().to_owned(),
+        no_cache: true,
+        named_contexts: BTreeMap::from([
+            ("core".to_owned(), NamedContext::Dir(core.path().to_owned())),
+            (
+                "base".to_owned(),
+                NamedContext::Image(bed.base_image.clone()),
+            ),
+        ]),
+        ..BuildOptions::default()
+    };
+    let (result, events) = build(&client, opts).await;
+    let logs = logs(&events);
+    result.unwrap_or_else(|e| panic!("{e}\n{logs}"));
+    assert!(logs.contains("core library"), "{logs}");
+    assert!(!logs.contains("secret.txt"), "{logs}");
+}
+
+/// Fetches `repo:tag` from the plain registry with the index and manifest media types.
+async fn manifest(bed: &TestBed, repo: &str, tag: &str) -> (String, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/v2/{repo}/manifests/{tag}", bed.registry))
+        .header(
+            "Accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "{repo}:{tag}: {}",
+        resp.status()
+    );
+    let bytes = resp.bytes().await.unwrap();
+    (
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
+        serde_json::from_slice(&bytes).unwrap(),
+    )
+}
+
+/// Provenance only when asked: without it the pushed image is one manifest whose digest a
+/// no-op rebuild keeps; with `mode=max` the pushed index holds an attestation manifest beside
+/// the image, and the digest reported is the index's.
+async fn provenance_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
+    let client = Client::connect(bed.buildkit(daemon), None)
+        .await
+        .expect("connect to the bed's BuildKit");
+    let ctx = tempfile::tempdir().unwrap();
+    fs_err::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "ARG BASE\nFROM ${{BASE}}\nRUN echo {} > /marker\n",
+            uuid_like()
+        ),
+    )
+    .unwrap();
+    let repo = format!("features/provenance-{}", uuid_like());
+    let opts = |tag: &str, provenance: Option<&str>| BuildOptions {
+        context: ctx.path().to_owned(),
+        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
+        image_names: vec![format!("{}/{repo}:{tag}", bed.registry)],
+        push: true,
+        registry_insecure: true,
+        oci_mediatypes: Some(true),
+        provenance: provenance.map(str::to_owned),
+        ..BuildOptions::default()
+    };
+    let (plain, events) = build(&client, opts("plain", None)).await;
+    let plain = plain.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
+    let (again, _) = build(&client, opts("plain", None)).await;
+    assert_eq!(
+        again.unwrap().digest,
+        plain.digest,
+        "no-op rebuild, same digest"
+    );
+    let (served, m) = manifest(&bed, &repo, "plain").await;
+    assert_eq!(served, plain.digest);
+    assert_eq!(
+        m["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+        "{m:#}"
+    );
+
+    let (with, events) = build(&client, opts("prov", Some("mode=max"))).await;
+    let with = with.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
+    let (served, index) = manifest(&bed, &repo, "prov").await;
+    assert_eq!(served, with.digest);
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index:#}"
+    );
+    let manifests = index["manifests"].as_array().unwrap();
+    assert!(
+        manifests
+            .iter()
+            .any(|m| m["annotations"]["vnd.docker.reference.type"] == "attestation-manifest"),
+        "{index:#}"
+    );
+    assert_ne!(with.digest, plain.digest);
+}
+
+on_both_daemons!(
+    ssh_agent_is_forwarded_to_run_mounts,
+    named_contexts_serve_copy_from_and_from,
+    provenance_is_attached_only_on_request,
+);

@@ -100,6 +100,14 @@ pub struct BuildOptions {
     /// SSH agents available to `RUN --mount=type=ssh[,id=…]`, by ID (`default` when the mount
     /// names none).
     pub ssh: BTreeMap<String, crate::SshSource>,
+    /// Named contexts (`--build-context NAME=…`): `COPY --from=NAME`, `FROM NAME`.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+    /// SBOM attestation (`attest:sbom`): `Some("")` for the default scanner, or its
+    /// attributes (`generator=IMAGE`); `None` for none.
+    pub sbom: Option<String>,
+    /// Provenance attestation (`attest:provenance`): `Some("mode=min")` / `Some("mode=max")`;
+    /// `None` for none (attestations change the index digest on every build).
+    pub provenance: Option<String>,
     /// Image names (`registry/repo:tag`) to tag and push.
     pub image_names: Vec<String>,
     /// Push the image to the registry of its names.
@@ -144,6 +152,18 @@ pub struct BuildOptions {
     /// (standalone buildkitd, or dockerd with the containerd image store).
     pub oci_layout: Option<PathBuf>,
 }
+
+/// What a named context is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory, synced over the session with its own `.dockerignore`.
+    Dir(PathBuf),
+    /// An image (`docker-image://REF`).
+    Image(String),
+}
+
+/// Session directory names the build itself uses; a named context may not take them.
+const RESERVED_DIRS: &[&str] = &["context", "dockerfile"];
 
 /// The OCI descriptor of the exported image (`containerimage.descriptor`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +283,38 @@ fn prepare(opts: &BuildOptions) -> Result<Prepared> {
         let json = serde_json::to_string(&opts.cache_imports).expect("cache specs serialize");
         fa.insert("cache-imports".to_owned(), json);
     }
+    if let Some(sbom) = &opts.sbom {
+        fa.insert("attest:sbom".to_owned(), sbom.clone());
+    }
+    if let Some(provenance) = &opts.provenance {
+        fa.insert("attest:provenance".to_owned(), provenance.clone());
+    }
+    let mut named_dirs = BTreeMap::new();
+    for (name, ctx) in &opts.named_contexts {
+        if name.is_empty() || RESERVED_DIRS.contains(&name.as_str()) || name.contains(',') {
+            return Err(Error::InvalidOptions(format!(
+                "`{name}` cannot name a build context (empty, reserved or with a comma)"
+            )));
+        }
+        let value = match ctx {
+            NamedContext::Image(reference) => format!("docker-image://{reference}"),
+            NamedContext::Dir(dir) => {
+                let real = fs_err::canonicalize(dir).map_err(|e| Error::Io {
+                    path: dir.clone(),
+                    source: e,
+                })?;
+                if !real.is_dir() {
+                    return Err(Error::InvalidOptions(format!(
+                        "the build context `{name}` (`{}`) is not a directory",
+                        dir.display()
+                    )));
+                }
+                named_dirs.insert(name.clone(), real);
+                format!("local:{name}")
+            }
+        };
+        fa.insert(format!("context:{name}"), value);
+    }
 
     let mut ea = BTreeMap::new();
     if !opts.image_names.is_empty() {
@@ -317,10 +369,11 @@ fn prepare(opts: &BuildOptions) -> Result<Prepared> {
         ..control::CacheOptions::default()
     };
 
-    let dirs = BTreeMap::from([
+    let mut dirs = BTreeMap::from([
         ("context".to_owned(), context),
         ("dockerfile".to_owned(), dockerfile_dir.to_owned()),
     ]);
+    dirs.extend(named_dirs);
     Ok(Prepared {
         dirs,
         frontend_attrs: fa,

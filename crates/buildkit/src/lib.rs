@@ -58,7 +58,9 @@ mod ssh;
 pub mod transport;
 
 pub use auth::{Credentials, DockerAuth};
-pub use build::{BuildOptions, BuildResult, CacheSpec, Compression, ImageDescriptor, validate};
+pub use build::{
+    BuildOptions, BuildResult, CacheSpec, Compression, ImageDescriptor, NamedContext, validate,
+};
 pub use client::{ActiveBuild, Client, ServerInfo, WorkerInfo};
 pub use error::{Error, Result};
 pub use filesync::DirSyncStats;
