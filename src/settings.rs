@@ -1217,14 +1217,22 @@ mod tests {
             ("x", "docker-image://", "needs an image reference"),
             ("context", "core", "not `context`"),
         ] {
-            let e = parse_named_context(name, value, dir.path()).unwrap_err().to_string();
+            let e = parse_named_context(name, value, dir.path())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(says), "{name}={value}: {e}");
         }
         assert_eq!(attestation(None, "mode=min"), None);
         assert_eq!(attestation(Some("false"), "mode=min"), None);
-        assert_eq!(attestation(Some("true"), "mode=min").as_deref(), Some("mode=min"));
+        assert_eq!(
+            attestation(Some("true"), "mode=min").as_deref(),
+            Some("mode=min")
+        );
         assert_eq!(attestation(Some("true"), "").as_deref(), Some(""));
-        assert_eq!(attestation(Some("mode=max"), "mode=min").as_deref(), Some("mode=max"));
+        assert_eq!(
+            attestation(Some("mode=max"), "mode=min").as_deref(),
+            Some("mode=max")
+        );
     }
 
     #[test]

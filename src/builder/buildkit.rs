@@ -61,8 +61,15 @@ pub fn plaintext_remote_warning(b: &BuildkitPlan) -> Option<String> {
     })
 }
 
-/// Parses `type=registry,ref=…` / `type=inline` into a cache spec.
+/// Parses `type=registry,ref=…` / `type=inline` into a cache spec; a bare `REF` (buildx's
+/// shorthand) is `type=registry,ref=REF`.
 pub fn cache_spec(spec: &str) -> Result<CacheSpec> {
+    if !spec.contains('=') && !spec.trim().is_empty() {
+        return Ok(CacheSpec {
+            kind: "registry".into(),
+            attrs: BTreeMap::from([("ref".to_owned(), spec.trim().to_owned())]),
+        });
+    }
     let mut kind = None;
     let mut attrs = BTreeMap::new();
     for part in spec.split(',') {
@@ -384,6 +391,20 @@ pub async fn probe(b: &BuildkitPlan) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_specs_take_buildx_shorthand() {
+        let bare = cache_spec("localhost:5000/app:cache").unwrap();
+        assert_eq!(bare.kind, "registry");
+        assert_eq!(bare.attrs["ref"], "localhost:5000/app:cache");
+        let full = cache_spec("type=registry,ref=r/app:c,mode=max").unwrap();
+        assert_eq!(
+            (full.kind.as_str(), full.attrs["mode"].as_str()),
+            ("registry", "max")
+        );
+        assert_eq!(cache_spec("type=inline").unwrap().kind, "inline");
+        assert!(cache_spec("type=registry,ref").is_err());
+    }
 
     fn plan(address: &str, tls: bool) -> BuildkitPlan {
         BuildkitPlan {

@@ -1,6 +1,6 @@
 //! BuildKit features users bring from `docker buildx build`, through both daemons of the bed:
 //! SSH agent forwarding (`--ssh`), named contexts (`--build-context`), attestations on request
-//! (`--provenance`).
+//! (`--provenance`), the registry cache on a cold daemon.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Daemon, TestBed, on_both_daemons};
+use crate::common::{Daemon, OwnBuildkitd, TestBed, on_both_daemons, require_bed};
 
 fn uuid_like() -> String {
     let nanos = std::time::SystemTime::now()
@@ -354,3 +354,100 @@ on_both_daemons!(
     named_contexts_serve_copy_from_and_from,
     provenance_is_attached_only_on_request,
 );
+
+fn cached_steps(events: &[ProgressEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProgressEvent::VertexCached { name, .. } if name.contains("RUN ") => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The registry cache, proven cold: a build exports `--cache-to type=registry,mode=max`; a
+/// brand-new buildkitd (empty state: what a CI runner starts with) then answers every `RUN`
+/// step from `--cache-from` (given as buildx's bare-reference shorthand), while the same cold
+/// start without it runs them all. A daemon of the test's own: pruning a shared one would
+/// disturb the tests running beside this one.
+#[tokio::test]
+async fn registry_cache_turns_every_step_into_a_hit_on_a_cold_daemon() {
+    let bed = require_bed!();
+    let ctx = tempfile::tempdir().unwrap();
+    let marker = uuid_like();
+    fs_err::write(
+        ctx.path().join("Dockerfile"),
+        format!("ARG BASE\nFROM ${{BASE}}\nRUN echo {marker} > /one\nRUN echo {marker} > /two\n"),
+    )
+    .unwrap();
+    let cache_ref = format!("{}/features/cache-{marker}:buildcache", bed.registry);
+    let repo = format!("{}/features/cached-{marker}", bed.registry);
+    let spec = |s: &str| fastbuild_buildkit::CacheSpec {
+        kind: "registry".into(),
+        attrs: s
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    let opts = |imports: Vec<fastbuild_buildkit::CacheSpec>,
+                exports: Vec<fastbuild_buildkit::CacheSpec>,
+                tag: &str| BuildOptions {
+        context: ctx.path().to_owned(),
+        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
+        image_names: vec![format!("{repo}:{tag}")],
+        push: true,
+        registry_insecure: true,
+        cache_imports: imports,
+        cache_exports: exports,
+        ..BuildOptions::default()
+    };
+
+    let first = OwnBuildkitd::start(&bed);
+    let client = Client::connect(&first.address, None).await.unwrap();
+    let (r, events) = build(
+        &client,
+        opts(
+            vec![],
+            vec![spec(&format!("ref={cache_ref},mode=max"))],
+            "one",
+        ),
+    )
+    .await;
+    let one = r.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
+    assert!(
+        cached_steps(&events).is_empty(),
+        "{:?}",
+        cached_steps(&events)
+    );
+    drop(client);
+    drop(first);
+
+    // Cold, without the cache: every RUN step runs.
+    let cold = OwnBuildkitd::start(&bed);
+    let client = Client::connect(&cold.address, None).await.unwrap();
+    let (r, events) = build(&client, opts(vec![], vec![], "cold")).await;
+    r.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
+    assert!(
+        cached_steps(&events).is_empty(),
+        "{:?}",
+        cached_steps(&events)
+    );
+    drop(client);
+    drop(cold);
+
+    // Cold, with the cache (the shorthand `--cache-from REF`): every RUN step is a hit, and
+    // the image is the first one.
+    let warm = OwnBuildkitd::start(&bed);
+    let client = Client::connect(&warm.address, None).await.unwrap();
+    let shorthand = fastbuild::builder::buildkit::cache_spec(&cache_ref).unwrap();
+    let (r, events) = build(&client, opts(vec![shorthand], vec![], "warm")).await;
+    let warm_result = r.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
+    let hits = cached_steps(&events);
+    assert_eq!(
+        hits.len(),
+        2,
+        "both RUN steps from the registry cache: {hits:?}"
+    );
+    assert_eq!(warm_result.digest, one.digest);
+}

@@ -257,3 +257,108 @@ macro_rules! on_both_daemons {
 }
 #[allow(unused_imports)]
 pub(crate) use on_both_daemons;
+
+/// A standalone buildkitd of a test's own (the bed's binary, a fresh state directory, its own
+/// unix socket): for what must not disturb the shared daemons — a cold cache, a daemon to kill.
+/// Killed, and its state removed, on drop.
+#[allow(dead_code)]
+pub struct OwnBuildkitd {
+    /// `unix://…` address.
+    pub address: String,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl OwnBuildkitd {
+    /// Starts one (oci worker, runc, overlayfs, host network, the bed's plain registries as
+    /// HTTP) and waits until it answers.
+    pub fn start(bed: &TestBed) -> OwnBuildkitd {
+        let buildkitd = bed.buildctl.with_file_name("buildkitd");
+        // Under the bed's state directory: on the same file system as its daemons (overlayfs
+        // needs a real one, not the tmpfs some machines mount on /tmp).
+        let base = std::env::var_os("FASTBUILD_TESTBED_DIR")
+            .map_or_else(std::env::temp_dir, PathBuf::from);
+        let dir = tempfile::Builder::new()
+            .prefix("own-buildkitd-")
+            .tempdir_in(base)
+            .expect("a state directory for buildkitd");
+        let socket = dir.path().join("buildkitd.sock");
+        let config = dir.path().join("buildkitd.toml");
+        let runc = which("runc").expect("runc on PATH");
+        let mut toml = format!(
+            "root = {:?}\n[grpc]\n  address = [\"unix://{}\"]\n\
+             [worker.oci]\n  enabled = true\n  snapshotter = \"overlayfs\"\n  binary = {:?}\n  \
+             networkMode = \"host\"\n[worker.containerd]\n  enabled = false\n",
+            dir.path().join("root"),
+            socket.display(),
+            runc,
+        );
+        for reg in [&bed.registry, &bed.registry_token] {
+            toml.push_str(&format!("[registry.\"{reg}\"]\n  http = true\n"));
+        }
+        fs_err::write(&config, toml).unwrap();
+        let log = fs_err::File::create(dir.path().join("buildkitd.log"))
+            .unwrap()
+            .into_parts()
+            .0;
+        let child = Command::new(&buildkitd)
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", buildkitd.display()));
+        let address = format!("unix://{}", socket.display());
+        let mut own = OwnBuildkitd {
+            address,
+            child,
+            dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let ok = Command::new(&bed.buildctl)
+                .args(["--addr", &own.address, "debug", "workers"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return own;
+            }
+            if let Ok(Some(status)) = own.child.try_wait() {
+                panic!(
+                    "buildkitd exited ({status}): {}",
+                    fs_err::read_to_string(own.dir.path().join("buildkitd.log"))
+                        .unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "buildkitd did not answer within 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the daemon now (SIGKILL), keeping its state directory until drop.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnBuildkitd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Its overlay mounts go with the process; anything left is removed with the dir.
+    }
+}
+
+/// The first `name` on `PATH`.
+#[allow(dead_code)]
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
