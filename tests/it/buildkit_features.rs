@@ -349,7 +349,158 @@ async fn provenance_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
     assert_ne!(with.digest, plain.digest);
 }
 
+/// `--platform linux/amd64,linux/386` from a multi-platform base, `RUN` steps included (both
+/// run natively on x86_64): one pushed index with a manifest per platform, each image's `RUN`
+/// output for its own platform, and the digest reported is the index's.
+async fn multi_platform_build_pushes_one_index(bed: TestBed, daemon: Daemon) {
+    let client = Client::connect(bed.buildkit(daemon), None)
+        .await
+        .expect("connect to the bed's BuildKit");
+    let ctx = tempfile::tempdir().unwrap();
+    let marker = uuid_like();
+    fs_err::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "ARG BASE\nFROM ${{BASE}}\nARG TARGETPLATFORM\n\
+             RUN echo \"{marker} $TARGETPLATFORM $(uname -m)\" > /platform && cat /platform\n"
+        ),
+    )
+    .unwrap();
+    let repo = format!("features/multi-{marker}");
+    let opts = BuildOptions {
+        context: ctx.path().to_owned(),
+        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image_multi.clone())]),
+        platforms: vec!["linux/amd64".into(), "linux/386".into()],
+        image_names: vec![format!("{}/{repo}:v1", bed.registry)],
+        push: true,
+        registry_insecure: true,
+        oci_mediatypes: Some(true),
+        ..BuildOptions::default()
+    };
+    let (result, events) = build(&client, opts).await;
+    let logs = logs(&events);
+    let result = result.unwrap_or_else(|e| panic!("{e}\n{logs}"));
+    assert!(logs.contains(&format!("{marker} linux/amd64")), "{logs}");
+    assert!(logs.contains(&format!("{marker} linux/386")), "{logs}");
+    let (served, index) = manifest(&bed, &repo, "v1").await;
+    assert_eq!(served, result.digest, "the reported digest is the index's");
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["platform"]["architecture"] != "unknown")
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/386"], "{index:#}");
+}
+
+/// An SBOM generator of the test's own, per BuildKit's scanner protocol (the image's command
+/// runs with the image to scan at `$BUILDKIT_SCAN_SOURCE` and writes in-toto statements into
+/// `$BUILDKIT_SCAN_DESTINATION`): busybox and a shell script that counts the files. Docker's
+/// own scanner image (syft) lives on Docker Hub, out of these machines' reach. Built and pushed
+/// by fastbuild's native builder; returns its `repo@digest`.
+async fn sbom_scanner_image(bed: &TestBed) -> String {
+    use fastbuild_oci::{BaseImage, ConfigOverrides, ImageSpec, LayerSpec, RegistryClient, Target};
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(
+        dir.path().join("scan.sh"),
+        "#!/bin/sh\nn=$(find \"$BUILDKIT_SCAN_SOURCE\" -type f | wc -l)\n\
+         printf '{\"_type\":\"https://in-toto.io/Statement/v0.1\",\"predicateType\":\"https://spdx.dev/Document\",\
+         \"subject\":[],\"predicate\":{\"spdxVersion\":\"SPDX-2.3\",\"SPDXID\":\"SPDXRef-DOCUMENT\",\
+         \"name\":\"fastbuild-test-scan\",\"dataLicense\":\"CC0-1.0\",\"comment\":\"files: %s\"}}' \"$n\" \
+         > \"$BUILDKIT_SCAN_DESTINATION/sbom.spdx.json\"\n",
+    )
+    .unwrap();
+    let spec = ImageSpec {
+        base: BaseImage::Reference(bed.base_image.clone()),
+        platforms: vec!["linux/amd64".parse().unwrap()],
+        layers: vec![LayerSpec::new([(dir.path().join("scan.sh"), "/scan.sh")])],
+        config: ConfigOverrides {
+            cmd: Some(vec!["/bin/sh".into(), "/scan.sh".into()]),
+            ..ConfigOverrides::default()
+        },
+        ..ImageSpec::default()
+    };
+    let repo = format!("{}/features/sbom-scanner", bed.registry);
+    let client = RegistryClient::new(fastbuild_oci::RegistryOptions {
+        docker_config: Some(dir.path().join("no-docker-config")),
+        ..fastbuild_oci::RegistryOptions::default()
+    })
+    .unwrap();
+    let pushed = fastbuild_oci::build_and_push(
+        &spec,
+        &Target::Registry(format!("{repo}:v1").parse().unwrap()),
+        &client,
+    )
+    .await
+    .unwrap();
+    format!("{repo}@{}", pushed.digest)
+}
+
+/// `--sbom` on request: the pushed index carries an SPDX attestation made by the scanner
+/// (here the test's own generator image, see [`sbom_scanner_image`]); without it, none.
+async fn sbom_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
+    let scanner = sbom_scanner_image(&bed).await;
+    let client = Client::connect(bed.buildkit(daemon), None)
+        .await
+        .expect("connect to the bed's BuildKit");
+    let ctx = tempfile::tempdir().unwrap();
+    fs_err::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "ARG BASE\nFROM ${{BASE}}\nRUN echo {} > /marker\n",
+            uuid_like()
+        ),
+    )
+    .unwrap();
+    let repo = format!("features/sbom-{}", uuid_like());
+    let opts = |tag: &str, sbom: Option<String>| BuildOptions {
+        context: ctx.path().to_owned(),
+        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
+        image_names: vec![format!("{}/{repo}:{tag}", bed.registry)],
+        push: true,
+        registry_insecure: true,
+        oci_mediatypes: Some(true),
+        sbom,
+        ..BuildOptions::default()
+    };
+    let (with, events) = build(&client, opts("sbom", Some(format!("generator={scanner}")))).await;
+    let with = with.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
+    let (served, index) = manifest(&bed, &repo, "sbom").await;
+    assert_eq!(served, with.digest);
+    let attestation = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["vnd.docker.reference.type"] == "attestation-manifest")
+        .unwrap_or_else(|| panic!("no attestation manifest: {index:#}"))
+        .clone();
+    let (_, att) = manifest(&bed, &repo, attestation["digest"].as_str().unwrap()).await;
+    assert!(
+        att["layers"].as_array().unwrap().iter().any(|l| {
+            l["annotations"]["in-toto.io/predicate-type"] == "https://spdx.dev/Document"
+        }),
+        "{att:#}"
+    );
+
+    let (without, _) = build(&client, opts("plain", None)).await;
+    let (_, m) = manifest(&bed, &repo, "plain").await;
+    assert_eq!(
+        m["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+        "{m:#}"
+    );
+    assert_ne!(without.unwrap().digest, with.digest);
+}
+
 on_both_daemons!(
+    sbom_is_attached_only_on_request,
+    multi_platform_build_pushes_one_index,
     ssh_agent_is_forwarded_to_run_mounts,
     named_contexts_serve_copy_from_and_from,
     provenance_is_attached_only_on_request,

@@ -37,6 +37,9 @@ pub struct TestBed {
     pub docker_host: String,
     /// `host:port/base/busybox:latest` in the plain registry (`FASTBUILD_TEST_BASE_IMAGE`).
     pub base_image: String,
+    /// `host:port/base/busybox-multi:latest`: an index of linux/amd64 and linux/386
+    /// (`FASTBUILD_TEST_BASE_IMAGE_MULTI`).
+    pub base_image_multi: String,
     /// Path of the helm v4 binary (`HELM`).
     pub helm: PathBuf,
     /// `unix:///…/buildkitd.sock`: the upstream standalone buildkitd (`FASTBUILD_TEST_BUILDKITD`).
@@ -63,7 +66,7 @@ pub enum Daemon {
 }
 
 /// The variables `scripts/testbed start` exports that every test may rely on.
-pub const VARS: [&str; 20] = [
+pub const VARS: [&str; 21] = [
     "FASTBUILD_TEST_REGISTRY",
     "FASTBUILD_TEST_REGISTRY_TLS",
     "FASTBUILD_TEST_REGISTRY_TLS_CA",
@@ -76,6 +79,7 @@ pub const VARS: [&str; 20] = [
     "BUILDKIT_HOST",
     "DOCKER_HOST",
     "FASTBUILD_TEST_BASE_IMAGE",
+    "FASTBUILD_TEST_BASE_IMAGE_MULTI",
     "HELM",
     "FASTBUILD_TEST_BUILDKITD",
     "FASTBUILD_TEST_BUILDKITD_TCP",
@@ -107,6 +111,7 @@ impl TestBed {
             buildkit_host: var("BUILDKIT_HOST")?,
             docker_host: var("DOCKER_HOST")?,
             base_image: var("FASTBUILD_TEST_BASE_IMAGE")?,
+            base_image_multi: var("FASTBUILD_TEST_BASE_IMAGE_MULTI")?,
             helm: var("HELM")?.into(),
             buildkitd: var("FASTBUILD_TEST_BUILDKITD")?,
             buildkitd_tcp: var("FASTBUILD_TEST_BUILDKITD_TCP")?,
@@ -194,6 +199,7 @@ impl fmt::Debug for TestBed {
             .field("buildkit_host", &self.buildkit_host)
             .field("docker_host", &self.docker_host)
             .field("base_image", &self.base_image)
+            .field("base_image_multi", &self.base_image_multi)
             .field("helm", &self.helm)
             .field("buildkitd", &self.buildkitd)
             .field("buildkitd_tcp", &self.buildkitd_tcp)

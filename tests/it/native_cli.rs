@@ -731,3 +731,71 @@ async fn comma_separated_platforms_give_one_index_with_a_manifest_each() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has no `linux/arm64` image"), "{err}");
 }
+
+/// The native builder from a multi-platform base: `--platform linux/amd64,linux/386` gives one
+/// index with a manifest per platform, each on its own base manifest and all with the same
+/// added layer; the values file pins the index digest the registry serves.
+#[tokio::test]
+async fn multi_platform_base_gives_an_index_and_the_values_pin_it() {
+    let bed = require_bed!();
+    let dir = workdir();
+    fs_err::create_dir(dir.path().join("data")).unwrap();
+    fs_err::write(dir.path().join("data/x"), "x\n").unwrap();
+    let repo = unique("multi");
+    let out = run(native_cmd(dir.path())
+        .args([
+            "build",
+            "app",
+            "--builder",
+            "native",
+            "--layer",
+            "data:/data",
+        ])
+        .args(["--base", &bed.base_image_multi, "--registry", &bed.registry])
+        .args(["--repository", &repo, "--platform", "linux/amd64,linux/386"])
+        .args(["--values-dir", "values"])
+        .arg("--docker-config")
+        .arg(no_creds(dir.path())));
+    assert_ok(&out);
+    let values = fs_err::read_to_string(dir.path().join("values/app.values.yaml")).unwrap();
+    let values: serde_json::Value = serde_saphyr::from_str(&values).unwrap();
+    let digest = values["image"]["digest"].as_str().unwrap().to_owned();
+    let get = |reference: String| {
+        let url = format!("http://{}/v2/{repo}/manifests/{reference}", bed.registry);
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header(
+                    "Accept",
+                    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+                )
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        served_manifest_digest(&bed.registry, &repo, &digest).await,
+        digest
+    );
+    let index = get(digest.clone()).await;
+    let manifests = index["manifests"].as_array().unwrap();
+    let platforms: Vec<&str> = manifests
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["amd64", "386"], "{index:#}");
+    let mut added = Vec::new();
+    let mut bases = Vec::new();
+    for m in manifests {
+        let image = get(m["digest"].as_str().unwrap().to_owned()).await;
+        let layers = image["layers"].as_array().unwrap();
+        bases.push(layers[0]["digest"].clone());
+        added.push(layers.last().unwrap()["digest"].clone());
+    }
+    assert_eq!(added[0], added[1], "the same added layer on each platform");
+    assert_ne!(bases[0], bases[1], "each platform on its own base");
+}
