@@ -293,15 +293,16 @@ impl OwnBuildkitd {
         let config = dir.path().join("buildkitd.toml");
         let runc = which("runc").expect("runc on PATH");
         let mut toml = format!(
-            "root = {:?}\n[grpc]\n  address = [\"unix://{}\"]\n\
-             [worker.oci]\n  enabled = true\n  snapshotter = \"overlayfs\"\n  binary = {:?}\n  \
+            "root = \"{}\"\n[grpc]\n  address = [\"unix://{}\"]\n\
+             [worker.oci]\n  enabled = true\n  snapshotter = \"overlayfs\"\n  binary = \"{}\"\n  \
              networkMode = \"host\"\n[worker.containerd]\n  enabled = false\n",
-            dir.path().join("root"),
+            dir.path().join("root").display(),
             socket.display(),
-            runc,
+            runc.display(),
         );
         for reg in [&bed.registry, &bed.registry_token] {
-            toml.push_str(&format!("[registry.\"{reg}\"]\n  http = true\n"));
+            use std::fmt::Write as _;
+            let _ = write!(toml, "[registry.\"{reg}\"]\n  http = true\n");
         }
         fs_err::write(&config, toml).unwrap();
         let log = fs_err::File::create(dir.path().join("buildkitd.log"))
