@@ -994,3 +994,48 @@ fn buildkit_progress_is_honoured_below_the_flag() {
         stderr(&out)
     );
 }
+
+/// A named context directory is an input of its service: the Tilt fragment's build resource
+/// lists it in `deps` (as watch does), and a project file may not name one outside itself.
+#[test]
+fn named_context_directories_are_inputs_and_stay_inside_the_project() {
+    let dir = example_project();
+    fs_err::create_dir_all(dir.path().join("packages/core")).unwrap();
+    let yaml = dir.path().join("fastbuild.yaml");
+    let text = fs_err::read_to_string(&yaml).unwrap().replacen(
+        "    context: services/api\n",
+        "    context: services/api\n    contexts: {core: packages/core}\n",
+        1,
+    );
+    fs_err::write(&yaml, &text).unwrap();
+    let out = run(fastbuild(dir.path()).arg("tilt"));
+    assert_ok(&out);
+    let calls = eval_tilt_fragment(&stdout(&out), None);
+    let build = calls["local_resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["args"][0] == "api-build")
+        .unwrap()
+        .clone();
+    assert!(
+        build["deps"].to_string().contains("packages/core"),
+        "{build}"
+    );
+
+    fs_err::write(
+        &yaml,
+        text.replace(
+            "contexts: {core: packages/core}",
+            "contexts: {core: ../elsewhere}",
+        ),
+    )
+    .unwrap();
+    let out = run(fastbuild(dir.path()).arg("tilt"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("services.api.contexts.core"),
+        "{}",
+        stderr(&out)
+    );
+}
