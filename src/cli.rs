@@ -122,6 +122,20 @@ Examples:
   fastbuild watch api --deploy    rebuild api on change and helm upgrade it
   fastbuild watch --poll          when inotify watches are exhausted")]
     Watch(WatchArgs),
+    /// List the digests each service was pinned to, newest first (`.fastbuild/history.jsonl`).
+    #[command(after_help = "\
+Examples:
+  fastbuild history                every service
+  fastbuild history api --json     one JSON object per line")]
+    History(HistoryArgs),
+    /// Pin a service's values file to an earlier digest, after checking the registry still has
+    /// it; `--deploy` runs the Helm invocation.
+    #[command(after_help = "\
+Examples:
+  fastbuild rollback api                     the digest before the current one
+  fastbuild rollback api --steps 2 --deploy
+  fastbuild rollback api --to sha256:4f0c…")]
+    Rollback(RollbackArgs),
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  fastbuild completions bash > /etc/bash_completion.d/fastbuild"
@@ -176,6 +190,10 @@ pub struct BuildArgs {
     /// succeeded), like ko's `--image-refs`.
     #[arg(long, value_name = "FILE")]
     pub image_refs: Option<PathBuf>,
+    /// CI: write the service's Helm values file here too (for Helmfile), with the configured
+    /// keys, in the same run that pushes (only on success; one service).
+    #[arg(long, value_name = "FILE")]
+    pub values_out: Option<PathBuf>,
     /// Write `repo:tag` here for Tilt's `outputs_image_ref_to` (the values file still pins the digest).
     #[arg(long, value_name = "FILE")]
     pub image_ref_out: Option<PathBuf>,
@@ -404,6 +422,40 @@ pub struct TiltArgs {
     /// Tilt session (by default it is only suggested in a comment).
     #[arg(long)]
     pub session_settings: bool,
+}
+
+/// Arguments of `history`.
+#[derive(Debug, Args, Clone)]
+pub struct HistoryArgs {
+    /// Services (default: all).
+    pub services: Vec<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many records per service (newest).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+/// Arguments of `rollback`.
+#[derive(Debug, Args, Clone)]
+pub struct RollbackArgs {
+    /// The service.
+    pub service: String,
+    /// The digest to pin (`sha256:…`).
+    #[arg(long, value_name = "DIGEST", conflicts_with = "steps")]
+    pub to: Option<String>,
+    /// How many distinct digests back in the service's history (default 1).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Run the service's `helm upgrade` afterwards.
+    #[arg(long)]
+    pub deploy: bool,
+    /// Helm binary.
+    #[arg(long, env = "HELM", default_value = "helm")]
+    pub helm: String,
+    #[command(flatten)]
+    pub service_flags: ServiceFlags,
 }
 
 /// Arguments of `doctor`.

@@ -12,9 +12,11 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod history;
 pub mod outputs;
 pub mod pipeline;
 pub mod printer;
+pub mod rollback;
 pub mod settings;
 pub mod watch;
 
@@ -242,6 +244,14 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
                 args.session_settings,
             ));
             Ok(())
+        }
+        Command::History(args) => {
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
+            rollback::list(&project, &args, printer)
+        }
+        Command::Rollback(args) => {
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
+            rollback::rollback(&project, &args, printer).await
         }
         Command::Doctor(args) => {
             let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;

@@ -63,9 +63,11 @@ pub fn plans(project: &Project, args: &BuildArgs, flavor: Flavor) -> Result<Vec<
         settings::preflight(&plan)?;
         plans.push(plan);
     }
-    if plans.len() > 1 && (args.digest_out.is_some() || args.image_ref_out.is_some()) {
+    if plans.len() > 1
+        && (args.digest_out.is_some() || args.image_ref_out.is_some() || args.values_out.is_some())
+    {
         bail!(UsageError(
-            "`--digest-out` and `--image-ref-out` take exactly one service; name it, or use \
+            "`--digest-out`, `--values-out` and `--image-ref-out` take exactly one service; name it, or use \
              `--image-refs FILE` (one `repo@digest` per service) or `--metadata-file FILE` \
              (keyed by service)"
                 .into()
@@ -81,13 +83,14 @@ pub fn plans(project: &Project, args: &BuildArgs, flavor: Flavor) -> Result<Vec<
                 .into()
         ));
     }
-    if args.image_refs.is_some()
+    if (args.image_refs.is_some() || args.values_out.is_some())
         && plans
             .iter()
             .any(|p| !matches!(p.destination, Destination::Registry { .. }))
     {
         bail!(UsageError(
-            "`--image-refs` lists pushed images; it cannot be used with `--no-push` or `--output`"
+            "`--image-refs` and `--values-out` describe pushed images; they cannot be used with \
+             `--no-push` or `--output`"
                 .into()
         ));
     }
@@ -177,18 +180,61 @@ pub async fn build_all(
     out
 }
 
-/// Writes the values file of one built service; returns whether it changed.
-pub fn write_values(plan: &ServicePlan, image: &ImageResult) -> Result<WriteOutcome> {
+/// The values file text of `plan` pinned to `digest` (with `tag` for a tag key).
+pub fn values_text(plan: &ServicePlan, digest: &str, tag: Option<String>) -> Result<String> {
     let iv = values::ImageValues {
         pull_registry: plan.pull_registry.clone(),
         repository: plan.pull_repository.clone(),
-        digest: image.digest.clone(),
-        tag: image.tag.clone(),
+        digest: digest.to_owned(),
+        tag,
     };
-    let text =
-        values::render(&plan.name, &iv, &plan.values_keys).map_err(|e| anyhow!(UsageError(e)))?;
+    values::render(&plan.name, &iv, &plan.values_keys).map_err(|e| anyhow!(UsageError(e)))
+}
+
+/// Writes the values file of one built service; returns whether it changed.
+pub fn write_values(plan: &ServicePlan, image: &ImageResult) -> Result<WriteOutcome> {
+    let text = values_text(plan, &image.digest, image.tag.clone())?;
     atomic::write_if_changed(&plan.values_file, text.as_bytes())
         .with_context(|| format!("failed to write the values file of `{}`", plan.name))
+}
+
+/// Appends a build of `plan` to the project's history (a warning, never a failure, when the
+/// journal cannot be written: the image is pushed and the values file written either way).
+pub fn record_history(
+    plan: &ServicePlan,
+    image: &ImageResult,
+    values_written: bool,
+    printer: &Printer,
+) {
+    if !matches!(plan.destination, Destination::Registry { .. }) {
+        return;
+    }
+    let record = crate::history::Record {
+        service: plan.name.clone(),
+        repository: plan.pull_repository.clone(),
+        digest: image.digest.clone(),
+        time: crate::history::now(),
+        kind: crate::history::Kind::Build,
+        builder: match plan.builder {
+            settings::BuilderPlan::Buildkit(_) => "buildkit",
+            settings::BuilderPlan::Native(_) => "native",
+        }
+        .to_owned(),
+        git: crate::history::git_state(&plan.root),
+        values_file: values_written.then(|| {
+            plan.values_file
+                .strip_prefix(&plan.root)
+                .unwrap_or(&plan.values_file)
+                .display()
+                .to_string()
+        }),
+    };
+    if let Err(e) = crate::history::Journal::new(&plan.root).append(&record) {
+        printer.warn(&format!(
+            "could not record `{}` in the history ({e:#}); the image and values file are fine",
+            plan.name
+        ));
+    }
 }
 
 /// `fastbuild build` / `fastbuild push`.
@@ -226,7 +272,7 @@ pub async fn run(
         return Err(anyhow!(crate::Interrupted));
     }
     let mut failures = Vec::new();
-    let mut built: Vec<(&str, ImageResult)> = Vec::new();
+    let mut built: Vec<(&ServicePlan, ImageResult)> = Vec::new();
     let width = plans.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for (plan, outcome) in plans.iter().zip(outcomes) {
         match outcome.result {
@@ -260,7 +306,8 @@ pub async fn run(
                         "digest": image.digest, "values_file": (pushed && write_values_files).then(|| plan.values_file.display().to_string()),
                     }));
                 }
-                built.push((&plan.name, image));
+                record_history(plan, &image, pushed && write_values_files, printer);
+                built.push((plan, image));
             }
             Err(e) => failures.push((plan.name.clone(), e)),
         }
@@ -284,7 +331,7 @@ pub async fn run(
 fn write_ci_outputs(
     args: &BuildArgs,
     format: MetadataFormat,
-    built: &[(&str, ImageResult)],
+    built: &[(&ServicePlan, ImageResult)],
 ) -> Result<()> {
     // Everything is rendered before anything is written, so an output that cannot be produced
     // (`--image-ref-out` without a pushed tag) leaves none of the others behind.
@@ -299,7 +346,11 @@ fn write_ci_outputs(
     if let Some(p) = &args.metadata_file {
         let value = match format {
             MetadataFormat::Buildx => metadata::metadata_json(single()?),
-            MetadataFormat::Bake => metadata::bake_metadata_json(built),
+            MetadataFormat::Bake => {
+                let named: Vec<(&str, &ImageResult)> =
+                    built.iter().map(|(p, i)| (p.name.as_str(), i)).collect();
+                metadata::bake_metadata_json(&named)
+            }
         };
         let text = serde_json::to_string_pretty(&value)? + "\n";
         files.push((p, text.into_bytes()));
@@ -321,6 +372,15 @@ fn write_ci_outputs(
         let line = metadata::digest_line(single()?, args.digest_format);
         files.push((p, line.into_bytes()));
     }
+    if let Some(p) = &args.values_out {
+        let (plan, image) = built
+            .first()
+            .ok_or_else(|| anyhow!("no service was built"))?;
+        files.push((
+            p,
+            values_text(plan, &image.digest, image.tag.clone())?.into_bytes(),
+        ));
+    }
     if files.is_empty() {
         return Ok(());
     }
@@ -334,6 +394,23 @@ fn write_ci_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plan of a one-service project in a temp dir (kept alive by the returned guard).
+    fn plan() -> (tempfile::TempDir, ServicePlan) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fastbuild.yaml");
+        fs_err::write(
+            &file,
+            "registry: 127.0.0.1:5000\nservices:\n  app:\n    context: .\n",
+        )
+        .unwrap();
+        fs_err::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        let project = Project::load(Some(&file), &[]).unwrap();
+        let plan = project
+            .plan("app", &crate::cli::ServiceFlags::default())
+            .unwrap();
+        (dir, plan)
+    }
 
     fn image(tag: Option<&str>) -> ImageResult {
         ImageResult {
@@ -350,6 +427,7 @@ mod tests {
 
     #[test]
     fn ci_outputs_are_all_or_nothing() {
+        let (_project, app) = plan();
         let dir = tempfile::tempdir().unwrap();
         let args = BuildArgs {
             metadata_file: Some(dir.path().join("meta.json")),
@@ -359,14 +437,14 @@ mod tests {
         };
         // No tag (not pushed): `--image-ref-out` cannot be written, so nothing is.
         let err =
-            write_ci_outputs(&args, MetadataFormat::Buildx, &[("app", image(None))]).unwrap_err();
+            write_ci_outputs(&args, MetadataFormat::Buildx, &[(&app, image(None))]).unwrap_err();
         assert!(err.to_string().contains("--image-ref-out"), "{err:#}");
         assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 0);
 
         write_ci_outputs(
             &args,
             MetadataFormat::Buildx,
-            &[("app", image(Some("fb-aaaaaaaaaaaa")))],
+            &[(&app, image(Some("fb-aaaaaaaaaaaa")))],
         )
         .unwrap();
         assert_eq!(
@@ -381,6 +459,7 @@ mod tests {
     /// directory failed.
     #[test]
     fn an_unwritable_ci_output_leaves_every_previous_output_intact() {
+        let (_project, app) = plan();
         let dir = tempfile::tempdir().unwrap();
         fs_err::write(dir.path().join("meta.json"), "previous\n").unwrap();
         fs_err::write(dir.path().join("not-a-dir"), "a file\n").unwrap();
@@ -392,7 +471,7 @@ mod tests {
         let err = write_ci_outputs(
             &args,
             MetadataFormat::Bake,
-            &[("app", image(Some("fb-aaaaaaaaaaaa")))],
+            &[(&app, image(Some("fb-aaaaaaaaaaaa")))],
         )
         .unwrap_err();
         let msg = format!("{err:#}");

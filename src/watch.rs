@@ -450,6 +450,10 @@ pub async fn run(
                                 false
                             }
                         };
+                        // Every new digest is history; an unchanged rebuild is not.
+                        if changed {
+                            pipeline::record_history(&slot.plan, &image, outcome.is_ok(), printer);
+                        }
                         if printer.is_json() {
                             printer.json(&serde_json::json!({
                                 "event": "result", "service": service, "digest": image.digest,

@@ -30,7 +30,7 @@ pub fn metadata_json(image: &ImageResult) -> Value {
 }
 
 /// `docker buildx bake`'s metadata: one [`metadata_json`] object per service, keyed by name.
-pub fn bake_metadata_json(built: &[(&str, ImageResult)]) -> Value {
+pub fn bake_metadata_json(built: &[(&str, &ImageResult)]) -> Value {
     Value::Object(
         built
             .iter()

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod conformance;
 mod doctor;
+mod history;
 mod native_cli;
 mod oci;
 mod testbed;

@@ -1,0 +1,306 @@
+//! The digest history of a project: every successful build or push, and every rollback,
+//! appends one JSON line to `.fastbuild/history.jsonl` beside `fastbuild.yaml` — what
+//! `fastbuild history` lists and `fastbuild rollback` goes back through.
+//!
+//! Stage: output (written after a service succeeded), read by the `history` and `rollback`
+//! commands. Safe under concurrent fastbuild processes: appends and the occasional trim happen
+//! under an exclusive `flock` of `.fastbuild/history.lock`, each record is one `write` of one
+//! line, and a trim rewrites the file through a temp file and a rename. Bounded: past
+//! [`MAX_RECORDS`] the oldest records are dropped. A corrupt or truncated line (a crash, a
+//! hand edit) is skipped with a warning, never fatal.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+/// Records kept; older ones are dropped when the journal grows past it by a tenth.
+pub const MAX_RECORDS: usize = 1000;
+/// The journal, relative to the project root.
+pub const JOURNAL: &str = ".fastbuild/history.jsonl";
+const LOCK: &str = ".fastbuild/history.lock";
+
+/// What made a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `build`, `push` or `watch` pushed this digest.
+    Build,
+    /// `rollback` pinned this (earlier) digest again.
+    Rollback,
+}
+
+/// The checkout a build came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitState {
+    /// `HEAD`'s commit.
+    pub commit: String,
+    /// Uncommitted changes to tracked files (`None`: could not be told).
+    pub dirty: Option<bool>,
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Service.
+    pub service: String,
+    /// Repository as the cluster pulls it (what the values file pins).
+    pub repository: String,
+    /// `sha256:…`.
+    pub digest: String,
+    /// Seconds since the Unix epoch (UTC).
+    pub time: u64,
+    /// What made it.
+    pub kind: Kind,
+    /// `buildkit` or `native` (empty for a rollback).
+    #[serde(default)]
+    pub builder: String,
+    /// The checkout, when the project is in a git work tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitState>,
+    /// The values file written, relative to the project root, when one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values_file: Option<String>,
+}
+
+impl Record {
+    /// `YYYY-MM-DD HH:MM:SS` UTC.
+    pub fn time_shown(&self) -> String {
+        let secs = self.time;
+        let days = i64::try_from(secs / 86_400).unwrap_or(0);
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Seconds since the epoch, now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The git state of `root`'s work tree, if it is one. `git` runs with the repository's
+/// fsmonitor hook disabled (a hook would be a program the checkout chooses); a clone carries no
+/// `.git/config` of the remote's, so no other configured program comes with an untrusted
+/// repository.
+pub fn git_state(root: &Path) -> Option<GitState> {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(["-c", "core.fsmonitor=false", "--no-optional-locks"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--verify", "-q", "HEAD"])?;
+    if commit.is_empty() {
+        return None;
+    }
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
+    Some(GitState { commit, dirty })
+}
+
+/// The journal of the project at `root`.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    root: PathBuf,
+}
+
+impl Journal {
+    /// The journal of the project at `root`.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+        }
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> PathBuf {
+        self.root.join(JOURNAL)
+    }
+
+    /// Appends `record` (trimming the journal to [`MAX_RECORDS`] when it has grown past it).
+    pub fn append(&self, record: &Record) -> Result<()> {
+        let dir = self.root.join(".fastbuild");
+        fs_err::create_dir_all(&dir)?;
+        let lock = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(LOCK))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock {}", self.root.join(LOCK).display()))?;
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        let path = self.path();
+        {
+            let mut f = fs_err::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            f.write_all(line.as_bytes())?;
+        }
+        let (records, _) = self.read()?;
+        if records.len() > MAX_RECORDS + MAX_RECORDS / 10 {
+            let keep = &records[records.len() - MAX_RECORDS..];
+            let mut text = String::new();
+            for r in keep {
+                text.push_str(&serde_json::to_string(r)?);
+                text.push('\n');
+            }
+            crate::atomic::write(&path, text.as_bytes())?;
+        }
+        // The lock goes with `lock`.
+        Ok(())
+    }
+
+    /// Every readable record, oldest first, and a warning per line that could not be read.
+    pub fn read(&self) -> Result<(Vec<Record>, Vec<String>)> {
+        let path = self.path();
+        let bytes = match fs_err::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut records = Vec::new();
+        let mut warnings = Vec::new();
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(line) {
+                Ok(r) => records.push(r),
+                Err(e) => warnings.push(format!(
+                    "{}:{}: skipped a line that is not a history record ({e})",
+                    path.display(),
+                    i + 1
+                )),
+            }
+        }
+        Ok((records, warnings))
+    }
+}
+
+/// The distinct digests `service` was pinned to, newest first (a digest pinned again counts
+/// where it was pinned last).
+pub fn digests_newest_first(records: &[Record], service: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in records.iter().rev().filter(|r| r.service == service) {
+        if !out.contains(&r.digest) {
+            out.push(r.digest.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(service: &str, digest: char, time: u64) -> Record {
+        Record {
+            service: service.into(),
+            repository: format!("localhost:5000/{service}"),
+            digest: format!("sha256:{}", digest.to_string().repeat(64)),
+            time,
+            kind: Kind::Build,
+            builder: "native".into(),
+            git: None,
+            values_file: None,
+        }
+    }
+
+    #[test]
+    fn appends_reads_and_skips_corrupt_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path());
+        j.append(&record("api", 'a', 1)).unwrap();
+        fs_err::OpenOptions::new()
+            .append(true)
+            .open(j.path())
+            .unwrap()
+            .write_all(b"{\"service\": \"api\", \"trunc\n")
+            .unwrap();
+        j.append(&record("api", 'b', 2)).unwrap();
+        let (records, warnings) = j.read().unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("history.jsonl:2"), "{warnings:?}");
+    }
+
+    #[test]
+    fn the_journal_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path());
+        for i in 0..(MAX_RECORDS + MAX_RECORDS / 10 + 5) {
+            j.append(&record("api", 'a', i as u64)).unwrap();
+        }
+        let (records, _) = j.read().unwrap();
+        assert!(
+            records.len() <= MAX_RECORDS + MAX_RECORDS / 10,
+            "{}",
+            records.len()
+        );
+        assert_eq!(
+            records.last().unwrap().time,
+            (MAX_RECORDS + MAX_RECORDS / 10 + 4) as u64
+        );
+    }
+
+    #[test]
+    fn digests_are_distinct_newest_first() {
+        let rs = [
+            record("api", 'a', 1),
+            record("api", 'b', 2),
+            record("web", 'c', 3),
+            record("api", 'a', 4),
+            record("api", 'd', 5),
+        ];
+        let d: Vec<char> = digests_newest_first(&rs, "api")
+            .iter()
+            .map(|d| d.chars().last().unwrap())
+            .collect();
+        assert_eq!(d, ['d', 'a', 'b']);
+    }
+
+    #[test]
+    fn times_are_shown_in_utc() {
+        let mut r = record("api", 'a', 0);
+        assert_eq!(r.time_shown(), "1970-01-01 00:00:00");
+        r.time = 1_796_083_200; // 2026-12-01
+        assert_eq!(r.time_shown(), "2026-12-01 00:00:00");
+        r.time = 951_825_599; // 2000-02-29 11:59:59
+        assert_eq!(r.time_shown(), "2000-02-29 11:59:59");
+    }
+}
