@@ -175,7 +175,54 @@ pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>>
             checks.push(gitignore_check(plan));
         }
     }
+    for plan in &plans {
+        if let Some(c) = generated_in_context_check(plan) {
+            checks.push(c);
+        }
+    }
     Ok(checks)
+}
+
+/// A BuildKit context that holds what every build rewrites (the values files, `.fastbuild/`
+/// with the history) sends a changed context each time: the next build's digest moves even
+/// when nothing else did. Warns unless `.dockerignore` excludes them.
+fn generated_in_context_check(plan: &ServicePlan) -> Option<Check> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let BuilderPlan::Buildkit(b) = &plan.builder else {
+        return None;
+    };
+    let excluder = builder::buildkit::excluder(b);
+    let generated = [plan.values_file.clone(), plan.root.join(".fastbuild")];
+    let sent: Vec<String> = generated
+        .iter()
+        .filter_map(|p| {
+            let rel = p.strip_prefix(&b.context).ok()?;
+            let excluded = excluder
+                .as_ref()
+                .is_some_and(|m| m.matches(rel.as_os_str().as_bytes()));
+            (!excluded).then(|| rel.display().to_string())
+        })
+        .collect();
+    if sent.is_empty() {
+        return None;
+    }
+    Some(check(
+        format!("context {}", plan.name),
+        Status::Warn,
+        format!(
+            "the build context `{}` includes {}, which every build rewrites: the next build's \
+             context then differs and its digest moves; add {} to `.dockerignore`",
+            b.context.display(),
+            sent.iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(" and "),
+            sent.iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
 }
 
 async fn registry_check(host: &str, insecure: bool) -> Check {

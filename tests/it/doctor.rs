@@ -121,3 +121,51 @@ fn doctor_warns_when_values_are_not_git_ignored_and_buildkit_is_down() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A BuildKit context at the project root would send the values files and `.fastbuild/` (the
+/// history) that every build rewrites: doctor says to `.dockerignore` them, and is quiet once
+/// they are.
+#[test]
+fn doctor_warns_when_the_context_holds_what_every_build_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(
+        dir.path().join("fastbuild.yaml"),
+        "registry: 127.0.0.1:1\nvalues_dir: tilt-values\nservices:\n  app:\n    context: .\n",
+    )
+    .unwrap();
+    fs_err::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY . /\n").unwrap();
+    let warning = |out: &std::process::Output| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "context app")
+            .map(|c| c["detail"].as_str().unwrap().to_owned())
+    };
+    let out = run(fastbuild(dir.path()).args([
+        "doctor",
+        "--json",
+        "--buildkit",
+        "unix:///nonexistent.sock",
+    ]));
+    let w = warning(&out).expect("a context warning");
+    assert!(
+        w.contains("tilt-values/app.values.yaml")
+            && w.contains(".fastbuild")
+            && w.contains(".dockerignore"),
+        "{w}"
+    );
+    fs_err::write(
+        dir.path().join(".dockerignore"),
+        "tilt-values\n.fastbuild\n",
+    )
+    .unwrap();
+    let out = run(fastbuild(dir.path()).args([
+        "doctor",
+        "--json",
+        "--buildkit",
+        "unix:///nonexistent.sock",
+    ]));
+    assert_eq!(warning(&out), None);
+}
