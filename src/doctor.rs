@@ -197,10 +197,10 @@ fn generated_in_context_check(plan: &ServicePlan) -> Option<Check> {
         .iter()
         .filter_map(|p| {
             let rel = p.strip_prefix(&b.context).ok()?;
-            let excluded = excluder
+            let ignored = excluder
                 .as_ref()
                 .is_some_and(|m| m.matches(rel.as_os_str().as_bytes()));
-            (!excluded).then(|| rel.display().to_string())
+            (!ignored).then(|| rel.display().to_string())
         })
         .collect();
     if sent.is_empty() {
