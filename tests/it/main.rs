@@ -6,6 +6,7 @@ mod buildkit_scale;
 mod cli;
 mod common;
 mod conformance;
+mod connhelper;
 mod doctor;
 mod history;
 mod native_cli;

@@ -42,6 +42,7 @@
 mod auth;
 mod build;
 mod client;
+pub mod connhelper;
 mod error;
 mod filesend;
 mod filesync;

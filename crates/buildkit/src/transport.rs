@@ -4,7 +4,10 @@
 //! - `tcp://host:port`: plain TCP, or TLS (mTLS with a client cert) when [`TlsOptions`] is given;
 //! - `docker-unix:///path`, `docker://` (then `DOCKER_HOST`, else `/var/run/docker.sock`):
 //!   the BuildKit embedded in dockerd, reached by `POST /grpc` with `Upgrade: h2c` on the Docker
-//!   API socket, then h2c gRPC on the upgraded connection (one upgrade per connection).
+//!   API socket, then h2c gRPC on the upgraded connection (one upgrade per connection);
+//! - connection helpers, as buildctl's: `docker-container://`, `podman-container://`,
+//!   `nerdctl-container://`, `kube-pod://`, `ssh://` — gRPC over the stdio of a command
+//!   running `buildctl dial-stdio` where the daemon is (see [`crate::connhelper`]).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -53,6 +56,8 @@ pub enum Address {
         /// Port.
         port: u16,
     },
+    /// A connection helper: gRPC over the stdio of this command.
+    Command(crate::connhelper::HelperCommand),
 }
 
 impl Address {
@@ -73,6 +78,11 @@ impl Address {
                 return Err(invalid("the socket path is empty"));
             }
             return Ok(Self::DockerUnix(PathBuf::from(path)));
+        }
+        match crate::connhelper::parse(address) {
+            Ok(Some(cmd)) => return Ok(Self::Command(cmd)),
+            Ok(None) => {}
+            Err(reason) => return Err(invalid(&reason)),
         }
         if let Some(rest) = address.strip_prefix("tcp://") {
             let (host, port) =
@@ -103,7 +113,9 @@ impl Address {
             )));
         }
         Err(invalid(
-            "expected `unix://`, `tcp://`, `docker-unix://` or `docker://`",
+            "expected `unix://`, `tcp://`, `docker-unix://`, `docker://`, or a connection helper: \
+             `docker-container://`, `podman-container://`, `nerdctl-container://`, `kube-pod://`, \
+             `ssh://`",
         ))
     }
 }
@@ -189,6 +201,7 @@ impl Dialer {
                 stream.set_nodelay(true)?;
                 docker_upgrade(Box::pin(stream)).await?
             }
+            Address::Command(cmd) => Box::pin(crate::connhelper::CommandConn::spawn(cmd)?),
         };
         Ok(TokioIo::new(io))
     }
@@ -364,7 +377,7 @@ mod tests {
             "tcp://nohost",
             "unix://",
             "docker://ctx",
-            "kube-pod://x",
+            "kube-pod://X_",
         ] {
             let err = Address::parse(bad).unwrap_err().to_string();
             assert!(err.contains("BUILDKIT_HOST"), "{err}");

@@ -1,0 +1,118 @@
+//! Connection helpers (`docker-container://`, `podman-container://`, `nerdctl-container://`,
+//! `kube-pod://`, `ssh://`): fastbuild runs the command buildctl's helper runs and speaks gRPC
+//! over its stdio; the session (file sync, auth) goes through it too.
+//!
+//! No container engine other than the bed's dockerd, no cluster and no remote host can run on
+//! these machines, so each command is a stand-in on `PATH` that records its argv and then does
+//! what the real one does at the far end: `buildctl dial-stdio` (the bed's upstream buildctl)
+//! to the bed's standalone buildkitd. The argv must be exactly buildctl's.
+
+use std::path::Path;
+
+use crate::cli::{assert_ok, example_project, fastbuild, run};
+use crate::common::{TestBed, require_bed};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A stand-in `program` in `bin` that appends its argv (one line, words separated by `|`) to
+/// `log` and relays stdio to the bed's buildkitd with `buildctl dial-stdio`.
+fn stand_in(bin: &Path, program: &str, bed: &TestBed, log: &Path) {
+    let script = format!(
+        "#!/bin/sh\n\
+         (printf '%s' {program}; for a in \"$@\"; do printf '|%s' \"$a\"; done; echo) >> '{log}'\n\
+         exec '{buildctl}' --addr '{addr}' dial-stdio\n",
+        log = log.display(),
+        buildctl = bed.buildctl.display(),
+        addr = bed.buildkitd,
+    );
+    let path = bin.join(program);
+    fs_err::write(&path, script).unwrap();
+    fs_err::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+fn path_with(bin: &Path) -> std::ffi::OsString {
+    std::env::join_paths(std::iter::once(bin.to_owned()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap()
+}
+
+/// Every helper scheme builds and pushes the example's BuildKit service (its context synced
+/// through the session over the command's stdio), running exactly buildctl's argv.
+#[test]
+fn every_connection_helper_builds_and_pushes_through_its_command() {
+    let bed = require_bed!();
+    let dir = example_project();
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("argv.log");
+    for program in ["docker", "podman", "nerdctl", "kubectl", "ssh"] {
+        stand_in(bin.path(), program, &bed, &log);
+    }
+    let cases: [(&str, &str); 6] = [
+        (
+            "docker-container://buildx_buildkit_fb0",
+            "docker|exec|-i|buildx_buildkit_fb0|buildctl|dial-stdio",
+        ),
+        (
+            "docker-container://bk?context=colima",
+            "docker|--context=colima|exec|-i|bk|buildctl|dial-stdio",
+        ),
+        (
+            "podman-container://bk",
+            "podman|exec|-i|bk|buildctl|dial-stdio",
+        ),
+        (
+            "nerdctl-container://bk?namespace=buildkit",
+            "nerdctl|exec|--namespace|buildkit|-i|bk|buildctl|dial-stdio",
+        ),
+        (
+            "kube-pod://buildkitd-0?namespace=ci&container=buildkitd",
+            "kubectl|--context=|--namespace=ci|exec|--container=buildkitd|-i|buildkitd-0|--|buildctl|dial-stdio",
+        ),
+        (
+            "ssh://builder@build-host:2222/run/buildkit/buildkitd.sock",
+            "ssh|-l|builder|-p|2222|--|build-host|buildctl|--addr|unix:///run/buildkit/buildkitd.sock|dial-stdio",
+        ),
+    ];
+    for (address, argv) in cases {
+        let _ = fs_err::remove_file(&log);
+        let out = run(fastbuild(dir.path())
+            .env("PATH", path_with(bin.path()))
+            .args(["build", "api", "--no-cache", "--buildkit", address]));
+        assert_ok(&out);
+        let recorded = fs_err::read_to_string(&log).unwrap();
+        assert!(
+            recorded.lines().next() == Some(argv),
+            "{address}: ran {recorded:?}, buildctl runs {argv:?}"
+        );
+    }
+}
+
+/// A helper command that fails (no such container) is reported with its own stderr and exit
+/// status, naming the command.
+#[test]
+fn a_failing_helper_command_is_reported_with_its_stderr() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let bin = tempfile::tempdir().unwrap();
+    let docker = bin.path().join("docker");
+    fs_err::write(
+        &docker,
+        "#!/bin/sh\necho 'Error response from daemon: No such container: nope' >&2\nexit 1\n",
+    )
+    .unwrap();
+    fs_err::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run(fastbuild(dir.path())
+        .env("PATH", path_with(bin.path()))
+        .args(["build", "api", "--buildkit", "docker-container://nope"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("docker exec -i nope buildctl dial-stdio")
+            && err.contains("No such container: nope")
+            && err.contains("exit status: 1"),
+        "{err}"
+    );
+}
