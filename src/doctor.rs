@@ -137,13 +137,17 @@ pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>>
                 continue;
             }
             let name = format!("buildkit {}", b.address);
+            let why = format!("chosen by {}", b.address_source);
             match tokio::time::timeout(Duration::from_secs(10), builder::buildkit::probe(b)).await {
-                Ok(Ok(report)) => checks.push(check(name, Status::Ok, report)),
-                Ok(Err(e)) => checks.push(check(name, Status::Fail, format!("{e:#}"))),
+                Ok(Ok(report)) => checks.push(check(name, Status::Ok, format!("{report}; {why}"))),
+                Ok(Err(e)) => checks.push(check(name, Status::Fail, format!("{e:#}; {why}"))),
                 Err(_) => checks.push(check(
                     name,
                     Status::Fail,
-                    "no answer within 10 s; is the daemon running? set BUILDKIT_HOST or --buildkit",
+                    format!(
+                        "no answer within 10 s; is the daemon running? set BUILDKIT_HOST or \
+                         --buildkit; {why}"
+                    ),
                 )),
             }
         }

@@ -74,6 +74,8 @@ pub enum Destination {
 
 /// How a service is built.
 #[derive(Debug, Clone, PartialEq)]
+// One plan per service, built once per run: the size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum BuilderPlan {
     /// Dockerfile on BuildKit.
     Buildkit(BuildkitPlan),
@@ -86,6 +88,8 @@ pub enum BuilderPlan {
 pub struct BuildkitPlan {
     /// Daemon address.
     pub address: String,
+    /// Where the address came from (shown by `doctor`).
+    pub address_source: String,
     /// TLS for `tcp://`.
     pub tls: Option<BuildkitTls>,
     /// Context directory (absolute).
@@ -818,11 +822,26 @@ fn resolve(
 
     let builder = match kind {
         BuilderKind::Buildkit => {
-            let address = flags
-                .buildkit
+            let docker_config = flags
+                .docker_config
                 .clone()
-                .or_else(|| cfg.buildkit.clone())
-                .unwrap_or_else(default_buildkit_address);
+                .or_else(|| cfg.docker_config.clone())
+                .map(|p| abs(&p));
+            let (address, address_source, default_tls) = if let Some(a) = &flags.buildkit {
+                let from_env = std::env::var("BUILDKIT_HOST").ok().as_deref() == Some(a.as_str());
+                let source = if from_env {
+                    "BUILDKIT_HOST"
+                } else {
+                    "--buildkit"
+                };
+                (a.clone(), source.to_owned(), None)
+            } else if let Some(a) = &cfg.buildkit {
+                (a.clone(), "`buildkit:` in fastbuild.yaml".to_owned(), None)
+            } else {
+                let e = crate::builder::docker_endpoint::resolve(docker_config.as_deref())
+                    .map_err(|e| UsageError(format!("{e:#}")))?;
+                (e.address, e.source, e.tls)
+            };
             let dockerfile = flags
                 .dockerfile
                 .as_deref()
@@ -876,7 +895,7 @@ fn resolve(
                     server_name: flags.buildkit_tls_server_name.clone(),
                 })
             } else {
-                None
+                default_tls
             };
             watch_paths.push(context.clone());
             if !dockerfile.starts_with(&context) {
@@ -884,6 +903,7 @@ fn resolve(
             }
             BuilderPlan::Buildkit(BuildkitPlan {
                 address,
+                address_source,
                 tls,
                 context,
                 dockerfile,
@@ -1141,16 +1161,6 @@ pub fn split_tag(reference: &str) -> (String, Option<String>) {
         ),
         None => (no_digest.to_owned(), None),
     }
-}
-
-/// `BUILDKIT_HOST`, else `DOCKER_HOST` as `docker-…`, else the default Docker socket.
-pub fn default_buildkit_address() -> String {
-    if let Ok(h) = std::env::var("DOCKER_HOST")
-        && let Some(p) = h.strip_prefix("unix://")
-    {
-        return format!("docker-unix://{p}");
-    }
-    "docker-unix:///var/run/docker.sock".into()
 }
 
 /// Error for a service without a registry.

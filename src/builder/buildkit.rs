@@ -409,6 +409,7 @@ mod tests {
     fn plan(address: &str, tls: bool) -> BuildkitPlan {
         BuildkitPlan {
             address: address.to_owned(),
+            address_source: "--buildkit".to_owned(),
             tls: tls.then_some(crate::settings::BuildkitTls {
                 ca: None,
                 cert: None,

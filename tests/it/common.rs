@@ -53,6 +53,8 @@ pub struct TestBed {
     pub buildctl: PathBuf,
     /// Upstream `crane` (`CRANE`).
     pub crane: PathBuf,
+    /// The docker CLI of the same version as dockerd (`DOCKER_CLI`).
+    pub docker_cli: PathBuf,
 }
 
 /// The two BuildKit daemons of the bed; the BuildKit tests run against each.
@@ -66,7 +68,7 @@ pub enum Daemon {
 }
 
 /// The variables `scripts/testbed start` exports that every test may rely on.
-pub const VARS: [&str; 21] = [
+pub const VARS: [&str; 22] = [
     "FASTBUILD_TEST_REGISTRY",
     "FASTBUILD_TEST_REGISTRY_TLS",
     "FASTBUILD_TEST_REGISTRY_TLS_CA",
@@ -88,6 +90,7 @@ pub const VARS: [&str; 21] = [
     "FASTBUILD_TEST_BUILDKITD_TLS_KEY",
     "BUILDCTL",
     "CRANE",
+    "DOCKER_CLI",
 ];
 
 fn var(name: &str) -> Option<String> {
@@ -122,6 +125,7 @@ impl TestBed {
             ],
             buildctl: var("BUILDCTL")?.into(),
             crane: var("CRANE")?.into(),
+            docker_cli: var("DOCKER_CLI")?.into(),
         })
     }
 
@@ -206,6 +210,7 @@ impl fmt::Debug for TestBed {
             .field("buildkitd_tls", &self.buildkitd_tls)
             .field("buildctl", &self.buildctl)
             .field("crane", &self.crane)
+            .field("docker_cli", &self.docker_cli)
             .finish()
     }
 }

@@ -116,3 +116,90 @@ fn a_failing_helper_command_is_reported_with_its_stderr() {
         "{err}"
     );
 }
+
+/// The default BuildKit is the one of the Docker endpoint the docker CLI would use: with no
+/// `--buildkit`, `BUILDKIT_HOST` or `DOCKER_HOST`, the current context of the Docker config
+/// (written by the real `docker context create` / `docker context use` of the bed's docker CLI),
+/// then `DOCKER_CONTEXT` over it, then `DOCKER_HOST` over both; doctor says which and why.
+#[test]
+fn docker_contexts_choose_the_default_buildkit_as_the_docker_cli_does() {
+    let bed = require_bed!();
+    let docker_cli = bed.docker_cli.clone();
+    let config = tempfile::tempdir().unwrap();
+    let sock = bed.docker_socket();
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new(&docker_cli)
+            .env("DOCKER_CONFIG", config.path())
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker {args:?}: {}", stderr(&out));
+    };
+    let host = format!("host=unix://{}", sock.display());
+    docker(&["context", "create", "fbctx", "--docker", &host]);
+    docker(&["context", "create", "other", "--docker", &host]);
+    docker(&["context", "use", "fbctx"]);
+
+    let dir = example_project();
+    let fb = |extra_env: &[(&str, String)], args: &[&str]| {
+        let mut cmd = fastbuild(dir.path());
+        cmd.env("DOCKER_CONFIG", config.path())
+            .env_remove("BUILDKIT_HOST")
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        run(cmd.args(args))
+    };
+    let buildkit_check = |out: &std::process::Output| -> (String, String) {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"].as_str().unwrap().starts_with("buildkit "))
+            .unwrap()
+            .clone();
+        (
+            c["name"].as_str().unwrap().to_owned(),
+            c["detail"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    let out = fb(&[], &["build", "api"]);
+    assert_ok(&out);
+    let (name, detail) = buildkit_check(&fb(&[], &["doctor", "--json"]));
+    assert_eq!(name, format!("buildkit docker-unix://{}", sock.display()));
+    assert!(
+        detail.contains("Docker context `fbctx` (currentContext in"),
+        "{detail}"
+    );
+
+    let (_, detail) = buildkit_check(&fb(
+        &[("DOCKER_CONTEXT", "other".into())],
+        &["doctor", "--json"],
+    ));
+    assert!(
+        detail.contains("Docker context `other` (DOCKER_CONTEXT)"),
+        "{detail}"
+    );
+    let (_, detail) = buildkit_check(&fb(
+        &[
+            ("DOCKER_CONTEXT", "other".into()),
+            ("DOCKER_HOST", format!("unix://{}", sock.display())),
+        ],
+        &["doctor", "--json"],
+    ));
+    assert!(detail.contains("chosen by DOCKER_HOST"), "{detail}");
+
+    let out = fb(&[("DOCKER_CONTEXT", "nope".into())], &["build", "api"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Docker context `nope` is not in the context store"),
+        "{}",
+        stderr(&out)
+    );
+}

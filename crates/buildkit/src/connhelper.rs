@@ -208,6 +208,31 @@ pub fn parse(address: &str) -> Result<Option<HelperCommand>, String> {
     Ok(Some(cmd))
 }
 
+/// The docker CLI's command for an `ssh://[USER@]HOST[:PORT]` Docker endpoint:
+/// `ssh [-l USER] [-p PORT] -- HOST docker system dial-stdio` (the Docker API over stdio).
+pub fn docker_ssh(address: &str) -> Result<HelperCommand, String> {
+    let url = url::Url::parse(address).map_err(|e| format!("not a valid URL: {e}"))?;
+    let host = url.host_str().unwrap_or_default();
+    if !plain_word(host) || url.query().is_some() || !matches!(url.path(), "" | "/") {
+        return Err("expected `ssh://[USER@]HOST[:PORT]`".into());
+    }
+    let mut args: Vec<String> = Vec::new();
+    if !url.username().is_empty() {
+        if !plain_word(url.username()) {
+            return Err(format!("bad user name `{}`", url.username()));
+        }
+        args.extend(["-l".to_owned(), url.username().to_owned()]);
+    }
+    if let Some(port) = url.port() {
+        args.extend(["-p".to_owned(), port.to_string()]);
+    }
+    args.extend(["--", host, "docker", "system", "dial-stdio"].map(str::to_owned));
+    Ok(HelperCommand {
+        program: "ssh".into(),
+        args,
+    })
+}
+
 /// What the relay saw when the command's stdout ended.
 #[derive(Default)]
 struct Ended {
@@ -509,6 +534,28 @@ mod tests {
             ["ssh", "--", "builder.example", "buildctl", "dial-stdio"]
         );
         assert_eq!(parse("unix:///x").unwrap(), None);
+    }
+
+    /// The docker CLI's `ssh://` endpoint command.
+    #[test]
+    fn docker_ssh_runs_docker_system_dial_stdio() {
+        let c = docker_ssh("ssh://me@box:2222").unwrap();
+        assert_eq!(
+            std::iter::once(c.program).chain(c.args).collect::<Vec<_>>(),
+            [
+                "ssh",
+                "-l",
+                "me",
+                "-p",
+                "2222",
+                "--",
+                "box",
+                "docker",
+                "system",
+                "dial-stdio"
+            ]
+        );
+        assert!(docker_ssh("ssh://box/path").is_err());
     }
 
     #[test]

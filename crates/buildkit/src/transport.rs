@@ -58,6 +58,9 @@ pub enum Address {
     },
     /// A connection helper: gRPC over the stdio of this command.
     Command(crate::connhelper::HelperCommand),
+    /// dockerd's API over the stdio of a command (`ssh … docker system dial-stdio`, the docker
+    /// CLI's `ssh://` endpoints), upgraded to gRPC via `POST /grpc`.
+    DockerCommand(crate::connhelper::HelperCommand),
 }
 
 impl Address {
@@ -88,6 +91,16 @@ impl Address {
             let (host, port) =
                 parse_host_port(rest).ok_or_else(|| invalid("expected `tcp://host:port`"))?;
             return Ok(Self::Tcp { host, port });
+        }
+        if let Some(rest) = address.strip_prefix("docker-tcp://") {
+            let (host, port) = parse_host_port(rest)
+                .ok_or_else(|| invalid("expected `docker-tcp://host:port`"))?;
+            return Ok(Self::DockerTcp { host, port });
+        }
+        if address.starts_with("docker-ssh://") {
+            let ssh = address.replacen("docker-ssh://", "ssh://", 1);
+            let cmd = crate::connhelper::docker_ssh(&ssh).map_err(|r| invalid(&r))?;
+            return Ok(Self::DockerCommand(cmd));
         }
         if let Some(rest) = address.strip_prefix("docker://") {
             if !rest.is_empty() {
@@ -152,11 +165,14 @@ impl Dialer {
         let address = Address::parse(address_str)?;
         let tls = match (tls, &address) {
             (None, _) => None,
-            (Some(opts), Address::Tcp { host, .. }) => Some(tls_config(address_str, host, opts)?),
+            (Some(opts), Address::Tcp { host, .. } | Address::DockerTcp { host, .. }) => {
+                Some(tls_config(address_str, host, opts)?)
+            }
             (Some(_), _) => {
                 return Err(Error::InvalidAddress {
                     address: address_str.to_owned(),
-                    reason: "TLS settings apply only to `tcp://` addresses".to_owned(),
+                    reason: "TLS settings apply only to `tcp://` and `docker-tcp://` addresses"
+                        .to_owned(),
                 });
             }
         };
@@ -199,9 +215,19 @@ impl Dialer {
             Address::DockerTcp { host, port } => {
                 let stream = TcpStream::connect((host.as_str(), *port)).await?;
                 stream.set_nodelay(true)?;
-                docker_upgrade(Box::pin(stream)).await?
+                match &self.tls {
+                    None => docker_upgrade(Box::pin(stream)).await?,
+                    Some((config, name)) => {
+                        let connector = tokio_rustls::TlsConnector::from(config.clone());
+                        let tls = connector.connect(name.clone(), stream).await?;
+                        docker_upgrade(Box::pin(tls)).await?
+                    }
+                }
             }
             Address::Command(cmd) => Box::pin(crate::connhelper::CommandConn::spawn(cmd)?),
+            Address::DockerCommand(cmd) => {
+                docker_upgrade(Box::pin(crate::connhelper::CommandConn::spawn(cmd)?)).await?
+            }
         };
         Ok(TokioIo::new(io))
     }
@@ -371,6 +397,17 @@ mod tests {
             Address::parse("docker-unix:///var/run/docker.sock").unwrap(),
             Address::DockerUnix("/var/run/docker.sock".into())
         );
+        assert_eq!(
+            Address::parse("docker-tcp://10.0.0.5:2376").unwrap(),
+            Address::DockerTcp {
+                host: "10.0.0.5".into(),
+                port: 2376
+            }
+        );
+        assert!(matches!(
+            Address::parse("docker-ssh://me@box").unwrap(),
+            Address::DockerCommand(_)
+        ));
         for bad in [
             "",
             "http://x",
