@@ -218,8 +218,9 @@ pub struct BuildArgs {
 #[derive(Debug, Args, Default, Clone)]
 #[command(next_help_heading = "Service settings (override fastbuild.yaml, or replace it)")]
 pub struct ServiceFlags {
-    /// Builder: `buildkit` or `native`.
-    #[arg(long, value_name = "KIND")]
+    /// Builder: `buildkit`, `native`, or the name of a buildx builder (`docker buildx ls`;
+    /// BuildKit through it, as `docker buildx build --builder NAME`; also `BUILDX_BUILDER`).
+    #[arg(long, value_name = "KIND|NAME")]
     pub builder: Option<String>,
     /// BuildKit address: `docker-unix:///var/run/docker.sock`, `unix:///run/buildkit/buildkitd.sock`,
     /// `tcp://host:1234`, `docker://`.

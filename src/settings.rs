@@ -711,12 +711,8 @@ fn resolve(
     let kind = match flags.builder.as_deref() {
         Some("buildkit") => BuilderKind::Buildkit,
         Some("native") => BuilderKind::Native,
-        Some(other) => {
-            return Err(UsageError(format!(
-                "unknown builder `{other}`; use `buildkit` or `native`"
-            ))
-            .into());
-        }
+        // Any other name is a buildx builder: BuildKit, reached through it.
+        Some(_) => BuilderKind::Buildkit,
         None if !flags.layers.is_empty() || flags.base.is_some() => {
             if project.config.services.contains_key(name) {
                 svc.builder
@@ -827,21 +823,8 @@ fn resolve(
                 .clone()
                 .or_else(|| cfg.docker_config.clone())
                 .map(|p| abs(&p));
-            let (address, address_source, default_tls) = if let Some(a) = &flags.buildkit {
-                let from_env = std::env::var("BUILDKIT_HOST").ok().as_deref() == Some(a.as_str());
-                let source = if from_env {
-                    "BUILDKIT_HOST"
-                } else {
-                    "--buildkit"
-                };
-                (a.clone(), source.to_owned(), None)
-            } else if let Some(a) = &cfg.buildkit {
-                (a.clone(), "`buildkit:` in fastbuild.yaml".to_owned(), None)
-            } else {
-                let e = crate::builder::docker_endpoint::resolve(docker_config.as_deref())
-                    .map_err(|e| UsageError(format!("{e:#}")))?;
-                (e.address, e.source, e.tls)
-            };
+            let (address, address_source, default_tls) =
+                buildkit_address(flags, cfg.buildkit.as_deref(), docker_config.as_deref())?;
             let dockerfile = flags
                 .dockerfile
                 .as_deref()
@@ -1161,6 +1144,65 @@ pub fn split_tag(reference: &str) -> (String, Option<String>) {
         ),
         None => (no_digest.to_owned(), None),
     }
+}
+
+/// The BuildKit address of a service, its TLS files when they come with it, and why: `--buildkit`
+/// / `BUILDKIT_HOST`, then a buildx builder named by `--builder NAME` / `BUILDX_BUILDER`, then
+/// `buildkit:` in the project file, then buildx's current builder, then the Docker endpoint the
+/// docker CLI would use. `buildx://NAME` names a buildx builder wherever an address goes.
+fn buildkit_address(
+    flags: &ServiceFlags,
+    configured: Option<&str>,
+    docker_config: Option<&Path>,
+) -> Result<(String, String, Option<BuildkitTls>)> {
+    use crate::builder::{buildx, docker_endpoint};
+    let usage = |e: anyhow::Error| UsageError(format!("{e:#}"));
+    let docker = || docker_endpoint::resolve(docker_config).map_err(usage);
+    let builder = |name: &str, why: String| -> Result<(String, String, Option<BuildkitTls>)> {
+        let endpoint = docker()?;
+        let dir = docker_endpoint::config_dir(docker_config).unwrap_or_default();
+        let r = buildx::resolve(&dir, name, &endpoint.host).map_err(usage)?;
+        Ok((r.address, why, r.tls))
+    };
+    let given = |a: &str, why: String| match a.strip_prefix("buildx://") {
+        Some(name) => builder(name, format!("buildx builder `{name}` ({why})")),
+        None => Ok((a.to_owned(), why, None)),
+    };
+    if let Some(a) = &flags.buildkit {
+        let from_env = std::env::var("BUILDKIT_HOST").ok().as_deref() == Some(a.as_str());
+        return given(
+            a,
+            if from_env {
+                "BUILDKIT_HOST"
+            } else {
+                "--buildkit"
+            }
+            .to_owned(),
+        );
+    }
+    match flags.builder.as_deref() {
+        Some("buildkit" | "native") | None => {}
+        Some(name) => return builder(name, format!("buildx builder `{name}` (--builder)")),
+    }
+    if let Some(name) = std::env::var("BUILDX_BUILDER")
+        .ok()
+        .filter(|n| !n.is_empty())
+    {
+        return builder(&name, format!("buildx builder `{name}` (BUILDX_BUILDER)"));
+    }
+    if let Some(a) = configured {
+        return given(a, "`buildkit:` in fastbuild.yaml".to_owned());
+    }
+    let endpoint = docker()?;
+    if let Some(dir) = docker_endpoint::config_dir(docker_config)
+        && let Some(name) = buildx::current(&dir, &endpoint.host)
+    {
+        return builder(
+            &name,
+            format!("buildx builder `{name}` (buildx's current builder, `docker buildx use`)"),
+        );
+    }
+    Ok((endpoint.address, endpoint.source, endpoint.tls))
 }
 
 /// Error for a service without a registry.

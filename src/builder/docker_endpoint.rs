@@ -17,6 +17,8 @@ use crate::settings::BuildkitTls;
 /// The resolved default BuildKit endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerEndpoint {
+    /// The Docker endpoint (`unix:///var/run/docker.sock`, `tcp://…`, `ssh://…`).
+    pub host: String,
     /// A BuildKit address (`docker-unix://…`, `docker-tcp://…`, `docker-ssh://…`).
     pub address: String,
     /// TLS files for a `tcp://` Docker endpoint.
@@ -26,7 +28,7 @@ pub struct DockerEndpoint {
 }
 
 /// The Docker config directory: `$DOCKER_CONFIG`, else `~/.docker`.
-fn config_dir(explicit: Option<&Path>) -> Option<PathBuf> {
+pub fn config_dir(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
         // `docker_config` may name the file itself.
         return Some(if p.is_file() {
@@ -160,6 +162,7 @@ fn endpoint(host: &str, tls: Option<BuildkitTls>, source: String) -> Result<Dock
         );
     };
     Ok(DockerEndpoint {
+        host: host.to_owned(),
         address,
         tls: if host.starts_with("tcp://") {
             tls

@@ -6,6 +6,7 @@
 //! — never from a registry lookup afterwards.
 
 pub mod buildkit;
+pub mod buildx;
 pub mod docker_endpoint;
 pub mod native;
 

@@ -203,3 +203,127 @@ fn docker_contexts_choose_the_default_buildkit_as_the_docker_cli_does() {
         stderr(&out)
     );
 }
+
+/// buildx builders by name, from the instance store the real `docker buildx create` writes
+/// (the bed's buildx 0.13 as a docker CLI plugin): a `remote` builder on the standalone
+/// buildkitd's mutual-TLS listener builds with `--builder`, with `BUILDX_BUILDER`, and as
+/// buildx's current builder (`docker buildx use`), doctor saying which; a
+/// `docker-container` builder is reached as `docker-container://buildx_buildkit_<node>`
+/// (here through the recording stand-in: starting its container needs a BuildKit image, which
+/// these machines cannot pull); errors name the builder.
+#[test]
+fn buildx_builders_are_reached_by_name() {
+    let bed = require_bed!();
+    let config = tempfile::tempdir().unwrap();
+    let plugins = config.path().join("cli-plugins");
+    fs_err::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(
+        std::env::var("DOCKER_BUILDX").expect("DOCKER_BUILDX from the bed"),
+        plugins.join("docker-buildx"),
+    )
+    .unwrap();
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new(&bed.docker_cli)
+            .env("DOCKER_CONFIG", config.path())
+            .env("DOCKER_HOST", &bed.docker_host)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker {args:?}: {}", stderr(&out));
+    };
+    let [ca, cert, key] = bed.buildkitd_tls.clone();
+    docker(&[
+        "buildx",
+        "create",
+        "--name",
+        "fbremote",
+        "--driver",
+        "remote",
+        "--driver-opt",
+        &format!(
+            "cacert={},cert={},key={},servername=localhost",
+            ca.display(),
+            cert.display(),
+            key.display()
+        ),
+        &bed.buildkitd_tcp,
+    ]);
+    docker(&[
+        "buildx",
+        "create",
+        "--name",
+        "fbcont",
+        "--driver",
+        "docker-container",
+    ]);
+
+    let dir = example_project();
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("argv.log");
+    stand_in(bin.path(), "docker", &bed, &log);
+    let fb = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = fastbuild(dir.path());
+        cmd.env("DOCKER_CONFIG", config.path())
+            .env("DOCKER_HOST", &bed.docker_host)
+            .env("PATH", path_with(bin.path()))
+            .env_remove("BUILDKIT_HOST")
+            .env_remove("BUILDX_BUILDER");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run(cmd.args(args))
+    };
+    let doctor_detail = |env: &[(&str, &str)]| -> (String, String) {
+        let out = fb(env, &["doctor", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"].as_str().unwrap().starts_with("buildkit "))
+            .unwrap()
+            .clone();
+        (
+            c["name"].as_str().unwrap().to_owned(),
+            c["detail"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    assert_ok(&fb(
+        &[],
+        &["build", "api", "--no-cache", "--builder", "fbremote"],
+    ));
+    assert_ok(&fb(
+        &[("BUILDX_BUILDER", "fbremote")],
+        &["build", "api", "--no-cache"],
+    ));
+    let (name, detail) = doctor_detail(&[("BUILDX_BUILDER", "fbremote")]);
+    assert_eq!(name, format!("buildkit {}", bed.buildkitd_tcp));
+    assert!(
+        detail.contains("buildx builder `fbremote` (BUILDX_BUILDER)"),
+        "{detail}"
+    );
+
+    docker(&["buildx", "use", "fbremote"]);
+    assert_ok(&fb(&[], &["build", "api", "--no-cache"]));
+    let (_, detail) = doctor_detail(&[]);
+    assert!(detail.contains("buildx's current builder"), "{detail}");
+
+    let _ = fs_err::remove_file(&log);
+    assert_ok(&fb(
+        &[],
+        &["build", "api", "--no-cache", "--builder", "fbcont"],
+    ));
+    assert_eq!(
+        fs_err::read_to_string(&log).unwrap().lines().next(),
+        Some("docker|exec|-i|buildx_buildkit_fbcont0|buildctl|dial-stdio")
+    );
+
+    let out = fb(&[], &["build", "api", "--builder", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no buildx builder `nosuch`"),
+        "{}",
+        stderr(&out)
+    );
+}
