@@ -709,9 +709,8 @@ fn resolve(
     let abs = |p: &Path| absolutize(root, p);
 
     let kind = match flags.builder.as_deref() {
-        Some("buildkit") => BuilderKind::Buildkit,
         Some("native") => BuilderKind::Native,
-        // Any other name is a buildx builder: BuildKit, reached through it.
+        // `buildkit`, or the name of a buildx builder: BuildKit (reached through it).
         Some(_) => BuilderKind::Buildkit,
         None if !flags.layers.is_empty() || flags.base.is_some() => {
             if project.config.services.contains_key(name) {
