@@ -12,6 +12,26 @@ use serde::Deserialize;
 /// File names looked for, in this order, in the current directory and its parents.
 pub const PROJECT_FILE_NAMES: &[&str] = &["fastbuild.yaml", "fastbuild.yml"];
 
+/// One BuildKit address, or a pool of them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Addresses {
+    /// One daemon.
+    One(String),
+    /// A pool.
+    Pool(Vec<String>),
+}
+
+impl Addresses {
+    /// The addresses, in the order given.
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Self::One(a) => vec![a.clone()],
+            Self::Pool(p) => p.clone(),
+        }
+    }
+}
+
 /// The whole project file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -20,8 +40,10 @@ pub struct ProjectFile {
     pub registry: Option<String>,
     /// Registry as the cluster pulls from it (e.g. `registry:5000` in k3d). Default: `registry`.
     pub pull_registry: Option<String>,
-    /// BuildKit address (`docker-unix:///var/run/docker.sock`, `unix://…`, `tcp://…`).
-    pub buildkit: Option<String>,
+    /// BuildKit address (`docker-unix:///var/run/docker.sock`, `unix://…`, `tcp://…`, a
+    /// connection helper, `buildx://NAME`), or a list of them: a pool of daemons over which
+    /// services are spread, each sticking to one (see `settings::pool_order`).
+    pub buildkit: Option<Addresses>,
     /// Directory for generated values files, relative to the project file.
     pub values_dir: Option<PathBuf>,
     /// Registries reached over plain HTTP (loopback is always allowed).
@@ -471,7 +493,11 @@ fn expand_map(
 fn expand_project(p: &mut ProjectFile, ex: &mut Expand) -> Result<(), ConfigError> {
     expand_opt("registry", &mut p.registry, ex)?;
     expand_opt("pull_registry", &mut p.pull_registry, ex)?;
-    expand_opt("buildkit", &mut p.buildkit, ex)?;
+    match &mut p.buildkit {
+        Some(Addresses::One(a)) => ex("buildkit", a)?,
+        Some(Addresses::Pool(list)) => expand_list("buildkit", list, ex)?,
+        None => {}
+    }
     expand_opt_path("values_dir", &mut p.values_dir, ex)?;
     expand_list("insecure_registries", &mut p.insecure_registries, ex)?;
     expand_paths("registry_ca", &mut p.registry_ca, ex)?;

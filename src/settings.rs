@@ -90,6 +90,9 @@ pub struct BuildkitPlan {
     pub address: String,
     /// Where the address came from (shown by `doctor`).
     pub address_source: String,
+    /// Every daemon this service may build on, in order: the address first, then the rest of
+    /// a pool (rendezvous order), tried when one is unreachable or dies mid-build.
+    pub pool: Vec<String>,
     /// TLS for `tcp://`.
     pub tls: Option<BuildkitTls>,
     /// Context directory (absolute).
@@ -822,8 +825,32 @@ fn resolve(
                 .clone()
                 .or_else(|| cfg.docker_config.clone())
                 .map(|p| abs(&p));
-            let (address, address_source, default_tls) =
-                buildkit_address(flags, cfg.buildkit.as_deref(), docker_config.as_deref())?;
+            let configured: Vec<String> = cfg
+                .buildkit
+                .as_ref()
+                .map(crate::config::Addresses::list)
+                .unwrap_or_default();
+            let (address, address_source, default_tls) = buildkit_address(
+                flags,
+                configured.first().map(String::as_str),
+                docker_config.as_deref(),
+            )?;
+            // A pool in the project file (and nothing given over it): this service's order.
+            let (address, address_source, pool) = if configured.len() > 1
+                && address_source == CONFIGURED_SOURCE
+            {
+                let pool = pool_order(name, &configured);
+                (
+                    pool[0].clone(),
+                    format!(
+                        "the pool in `buildkit:` of fastbuild.yaml (first of {} for this service)",
+                        pool.len()
+                    ),
+                    pool,
+                )
+            } else {
+                (address.clone(), address_source, vec![address])
+            };
             let dockerfile = flags
                 .dockerfile
                 .as_deref()
@@ -886,6 +913,7 @@ fn resolve(
             BuilderPlan::Buildkit(BuildkitPlan {
                 address,
                 address_source,
+                pool,
                 tls,
                 context,
                 dockerfile,
@@ -1145,6 +1173,34 @@ pub fn split_tag(reference: &str) -> (String, Option<String>) {
     }
 }
 
+const CONFIGURED_SOURCE: &str = "`buildkit:` in fastbuild.yaml";
+
+/// The pool `addresses` in the order `service` tries them: rendezvous (highest random weight)
+/// hashing on the service name, so each service keeps going to the same daemon (and its
+/// cache), a service moves only when its daemon leaves the pool, and the services spread
+/// evenly. Never a scheduler of our own: the order is a pure function of names.
+pub fn pool_order(service: &str, addresses: &[String]) -> Vec<String> {
+    use sha2::Digest as _;
+    let mut scored: Vec<(Vec<u8>, &String)> = addresses
+        .iter()
+        .map(|a| {
+            let mut h = sha2::Sha256::new();
+            h.update(service.as_bytes());
+            h.update([0]);
+            h.update(a.as_bytes());
+            (h.finalize().to_vec(), a)
+        })
+        .collect();
+    scored.sort_by(|x, y| y.0.cmp(&x.0));
+    let mut out: Vec<String> = Vec::new();
+    for (_, a) in scored {
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 /// The BuildKit address of a service, its TLS files when they come with it, and why: `--buildkit`
 /// / `BUILDKIT_HOST`, then a buildx builder named by `--builder NAME` / `BUILDX_BUILDER`, then
 /// `buildkit:` in the project file, then buildx's current builder, then the Docker endpoint the
@@ -1190,7 +1246,7 @@ fn buildkit_address(
         return builder(&name, format!("buildx builder `{name}` (BUILDX_BUILDER)"));
     }
     if let Some(a) = configured {
-        return given(a, "`buildkit:` in fastbuild.yaml".to_owned());
+        return given(a, CONFIGURED_SOURCE.to_owned());
     }
     let endpoint = docker()?;
     if let Some(dir) = docker_endpoint::config_dir(docker_config)
@@ -1306,6 +1362,39 @@ mod tests {
         let twice = [specs[0].clone(), specs[0].clone()];
         assert!(parse_ssh(&twice, dir.path()).is_err());
         assert!(parse_ssh(&["=x".to_owned()], dir.path()).is_err());
+    }
+
+    /// Rendezvous hashing: every service has a stable first choice, ten services use both of
+    /// two daemons, and removing a daemon moves only the services that preferred it.
+    #[test]
+    fn pool_order_is_sticky_spread_and_moves_little() {
+        let pool: Vec<String> = ["tcp://a:1234", "tcp://b:1234", "tcp://c:1234"]
+            .map(str::to_owned)
+            .to_vec();
+        let services: Vec<String> = (0..10).map(|i| format!("svc{i}")).collect();
+        let first = |pool: &[String]| -> Vec<String> {
+            services
+                .iter()
+                .map(|s| pool_order(s, pool)[0].clone())
+                .collect()
+        };
+        let before = first(&pool);
+        assert_eq!(before, first(&pool), "stable");
+        for a in &pool {
+            assert!(before.contains(a), "{a} unused: {before:?}");
+        }
+        let without_b: Vec<String> = pool
+            .iter()
+            .filter(|a| !a.contains("//b"))
+            .cloned()
+            .collect();
+        let after = first(&without_b);
+        for (b, a) in before.iter().zip(&after) {
+            if !b.contains("//b") {
+                assert_eq!(a, b, "a service not on b stays put");
+            }
+        }
+        assert_eq!(pool_order("x", &pool).len(), 3);
     }
 
     #[test]

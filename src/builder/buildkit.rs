@@ -252,14 +252,33 @@ fn forward(service: &str, ev: ProgressEvent) -> Option<Event> {
 }
 
 /// Builds with BuildKit, pushing through its image exporter.
-pub async fn build(
+/// Whether `e` says the daemon is not there (unreachable, or the connection died mid-build).
+fn daemon_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<fastbuild_buildkit::Error>(),
+            Some(
+                fastbuild_buildkit::Error::Unreachable { .. }
+                    | fastbuild_buildkit::Error::ConnectionLost { .. }
+            )
+        )
+    })
+}
+
+/// One solve of `plan` on the daemon at `address`.
+async fn solve_on(
     plan: &ServicePlan,
     b: &BuildkitPlan,
+    address: &str,
+    opts: BuildOptions,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
-) -> Result<ImageResult> {
-    let opts = options(plan, b)?;
-    let client = Client::connect(&b.address, tls(b))
+) -> Result<fastbuild_buildkit::BuildResult> {
+    // In a pool, TLS settings belong to its TCP members (the others are sockets or helpers);
+    // for one address they are checked by the transport (TLS for a socket is an error).
+    let tcp = address.starts_with("tcp://") || address.starts_with("docker-tcp://");
+    let tls = tls(b).filter(|_| tcp || b.pool.len() <= 1);
+    let client = Client::connect(address, tls)
         .await
         .with_context(|| format!("cannot reach BuildKit for service `{}`", plan.name))?;
     let (tx, mut rx) = mpsc::channel::<ProgressEvent>(256);
@@ -273,7 +292,48 @@ pub async fn build(
     });
     let result = client.build(opts, tx, cancel).await;
     let _ = fwd.await;
-    let res = result.with_context(|| format!("BuildKit build of `{}` failed", plan.name))?;
+    result.with_context(|| format!("BuildKit build of `{}` failed", plan.name))
+}
+
+pub async fn build(
+    plan: &ServicePlan,
+    b: &BuildkitPlan,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
+) -> Result<ImageResult> {
+    let opts = options(plan, b)?;
+    // A pool: the next daemon when one is unreachable or dies mid-build (never for a build
+    // that failed on its own: that would fail the same way elsewhere).
+    let mut attempt = 0;
+    let res = loop {
+        let address = b.pool.get(attempt).unwrap_or(&b.address);
+        match solve_on(
+            plan,
+            b,
+            address,
+            opts.clone(),
+            events.clone(),
+            cancel.clone(),
+        )
+        .await
+        {
+            Ok(res) => break res,
+            Err(e) if attempt + 1 < b.pool.len() && !cancel.is_cancelled() && daemon_gone(&e) => {
+                let next = &b.pool[attempt + 1];
+                let _ = events.send(Event::Note {
+                    service: Some(plan.name.clone()),
+                    message: format!(
+                        "warning: BuildKit at `{address}` is unreachable or went away; building \
+                         on `{next}` ({})",
+                        e.root_cause()
+                    ),
+                });
+                tracing::warn!(service = %plan.name, %address, %next, "BuildKit unavailable, next in the pool: {e:#}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let descriptor = res
         .descriptor
         .as_ref()
@@ -410,6 +470,7 @@ mod tests {
         BuildkitPlan {
             address: address.to_owned(),
             address_source: "--buildkit".to_owned(),
+            pool: vec![address.to_owned()],
             tls: tls.then_some(crate::settings::BuildkitTls {
                 ca: None,
                 cert: None,

@@ -3,6 +3,7 @@
 //! (`--provenance`), the registry cache on a cold daemon.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -601,4 +602,80 @@ async fn registry_cache_turns_every_step_into_a_hit_on_a_cold_daemon() {
         "both RUN steps from the registry cache: {hits:?}"
     );
     assert_eq!(warm_result.digest, one.digest);
+}
+
+/// A pool of daemons (`buildkit:` as a list): ten services spread over two buildkitds by
+/// rendezvous hashing (and a third member that is not there, skipped with a warning); one
+/// daemon is killed while it builds: its services move to the other and every service still
+/// gets a digest.
+#[tokio::test]
+async fn a_builder_pool_survives_a_killed_daemon() {
+    let bed = require_bed!();
+    let mut first = OwnBuildkitd::start(&bed);
+    let second = OwnBuildkitd::start(&bed);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = uuid_like();
+    let mut yaml = format!(
+        "registry: {}\nparallel: 10\nbuildkit:\n  - {}\n  - {}\n  - unix:///nonexistent/fastbuild-dead.sock\nservices:\n",
+        bed.registry, first.address, second.address
+    );
+    for i in 0..10 {
+        let ctx = dir.path().join(format!("s{i}"));
+        fs_err::create_dir_all(&ctx).unwrap();
+        fs_err::write(
+            ctx.join("Dockerfile"),
+            format!("ARG BASE\nFROM ${{BASE}}\nRUN echo s{i}-{marker} && sleep 4\n"),
+        )
+        .unwrap();
+        let _ = write!(
+            yaml,
+            "  s{i}:\n    context: s{i}\n    repository: features/pool-s{i}\n    build_args: {{BASE: \"{}\"}}\n",
+            bed.base_image
+        );
+    }
+    fs_err::write(dir.path().join("fastbuild.yaml"), yaml).unwrap();
+    let child = crate::cli::fastbuild(dir.path())
+        .env_remove("BUILDKIT_HOST")
+        .args(["build", "--progress", "plain"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Kill the first daemon once it is building.
+    let client = Client::connect(&first.address, None).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if !client.active_builds().await.unwrap_or_default().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no build reached the first daemon"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(client);
+    first.kill();
+
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    for i in 0..10 {
+        let values = dir.path().join(format!("tilt-values/s{i}.values.yaml"));
+        assert!(values.is_file(), "s{i} has no values file:\n{err}");
+    }
+    assert!(
+        err.contains(&format!(
+            "is unreachable or went away; building on `{}`",
+            second.address
+        )),
+        "the moved services say so:\n{err}"
+    );
+    assert!(
+        err.contains("fastbuild-dead.sock"),
+        "the missing member is named:\n{err}"
+    );
 }
