@@ -159,7 +159,7 @@ pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>>
         if let Destination::Registry { host, insecure, .. } = &plan.destination
             && hosts.insert(host.clone())
         {
-            checks.push(registry_check(host, *insecure).await);
+            checks.push(registry_check(plan, host, *insecure).await);
             checks.push(credentials_check(host).await);
         }
     }
@@ -229,13 +229,43 @@ fn generated_in_context_check(plan: &ServicePlan) -> Option<Check> {
     ))
 }
 
-async fn registry_check(host: &str, insecure: bool) -> Check {
+/// Probes the endpoint the builders use: Docker Hub's API host for `docker.io`, with the
+/// project's extra CA files.
+async fn registry_check(plan: &ServicePlan, host: &str, insecure: bool) -> Check {
     let name = format!("registry {host}");
-    let client = match reqwest::Client::builder()
+    let api = match host {
+        "docker.io" | "index.docker.io" => fastbuild_oci::reference_api_host(host),
+        other => other.to_owned(),
+    };
+    let shown_api = if api == host {
+        String::new()
+    } else {
+        format!(" (its API at {api})")
+    };
+    let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+        .redirect(reqwest::redirect::Policy::none());
+    for ca in &plan.registry_ca_files {
+        match fs_err::read(ca)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string()))
+        {
+            Ok(certs) => {
+                for c in certs {
+                    builder = builder.add_root_certificate(c);
+                }
+            }
+            Err(e) => {
+                return check(
+                    name,
+                    Status::Fail,
+                    format!("cannot read the CA file `{}`: {e}", ca.display()),
+                );
+            }
+        }
+    }
+    let host = api.as_str();
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             return check(
@@ -257,7 +287,7 @@ async fn registry_check(host: &str, insecure: bool) -> Check {
             check(
                 name,
                 Status::Ok,
-                format!("HTTPS, /v2/ answered {}{auth}", s.as_u16()),
+                format!("HTTPS, /v2/ answered {}{auth}{shown_api}", s.as_u16()),
             )
         }
         Err(https_err) => {
@@ -267,7 +297,7 @@ async fn registry_check(host: &str, insecure: bool) -> Check {
                     name,
                     Status::Ok,
                     format!(
-                        "plain HTTP (allowed: loopback or marked insecure), /v2/ answered {}",
+                        "plain HTTP (allowed: loopback or marked insecure), /v2/ answered {}{shown_api}",
                         r.status().as_u16()
                     ),
                 ),

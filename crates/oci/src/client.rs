@@ -401,8 +401,13 @@ fn host_port(url: &Url) -> String {
 
 /// Whether `host` (`host[:port]`) may be spoken to in plain HTTP: loopback, or listed in
 /// `insecure`.
+///
+/// Docker Hub's names are one registry: `docker.io` (what users write), `index.docker.io` and
+/// `registry-1.docker.io` (where its API is served) — a setting for one applies to all (a
+/// local pull-through proxy standing in for `docker.io` is the usual case).
 fn plain_http_allowed(insecure: &[String], host: &str) -> bool {
-    is_loopback(host) || insecure.iter().any(|h| h == host)
+    let hub = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    is_loopback(host) || insecure.iter().any(|h| h == host || (hub(h) && hub(host)))
 }
 
 /// Whether `url` may be used in plain HTTP: its host (with or without the port) is allowed.
@@ -439,7 +444,7 @@ fn check_scheme(
                 return Err(format!(
                     "plain HTTP to `{target}` is not allowed (only loopback and insecure hosts are \
                      used without TLS); fix the registry's {setting} configuration, or mark \
-                     `{target}` insecure (RegistryOptions::insecure_hosts, e.g. \
+                     `{target}` insecure (`insecure_registries` in fastbuild.yaml, or \
                      `--insecure-registry {target}`) if it is meant to be used over plain HTTP"
                 ));
             }
@@ -449,7 +454,7 @@ fn check_scheme(
                     "`{registry}` is spoken to over HTTPS and is not allowed plain HTTP, so it \
                      cannot downgrade a request to plain HTTP; fix the registry's {setting} \
                      configuration, or mark `{registry}` insecure \
-                     (RegistryOptions::insecure_hosts, e.g. `--insecure-registry {registry}`) if \
+                     (`insecure_registries` in fastbuild.yaml, or `--insecure-registry {registry}`) if \
                      plain HTTP is intended"
                 ));
             }
@@ -1794,6 +1799,19 @@ mod tests {
             assert!(!chain.contains(secret), "{chain}");
             assert!(!format!("{err:?}").contains(secret), "{err:?}");
         }
+    }
+
+    #[test]
+    fn docker_hub_names_share_their_insecure_setting() {
+        let insecure = ["docker.io".to_owned()];
+        for host in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            assert!(plain_http_allowed(&insecure, host), "{host}");
+        }
+        assert!(!plain_http_allowed(&insecure, "ghcr.io"));
+        assert!(plain_http_allowed(
+            &["registry-1.docker.io".to_owned()],
+            "docker.io"
+        ));
     }
 
     #[test]

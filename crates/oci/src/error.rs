@@ -138,7 +138,7 @@ pub enum Error {
     Client(#[source] reqwest::Error),
     /// A TLS registry answered in plain HTTP.
     #[error(
-        "`{host}` speaks plain HTTP, not HTTPS; mark it insecure (RegistryOptions::insecure_hosts, e.g. `--insecure-registry {host}`) to use it over plain HTTP"
+        "`{host}` speaks plain HTTP, not HTTPS; mark it insecure (`insecure_registries: [{host}]` in fastbuild.yaml, or `--insecure-registry {host}`) to use it over plain HTTP"
     )]
     PlainHttp {
         /// The registry host.
@@ -146,7 +146,7 @@ pub enum Error {
     },
     /// The registry's TLS certificate is not trusted.
     #[error(
-        "the TLS certificate of `{host}` is not trusted; add its CA (RegistryOptions::ca_files, e.g. `--registry-ca FILE`)"
+        "the TLS certificate of `{host}` is not trusted; add its CA (`registry_ca: [FILE]` in fastbuild.yaml, or `--registry-ca FILE`)"
     )]
     TlsUntrusted {
         /// The registry host.
@@ -197,7 +197,7 @@ pub enum Error {
     },
     /// A registry stopped answering, or stopped sending (or taking) data, for too long.
     #[error(
-        "registry `{registry}` stalled: {request} {what} for {timeout:?}; check the network and the registry, then retry (the limit is RegistryOptions::{setting})"
+        "registry `{registry}` stalled: {request} {what} for {timeout:?}; check the network and the registry, then retry"
     )]
     ReadTimeout {
         /// The registry (`host[:port]`).
@@ -214,7 +214,7 @@ pub enum Error {
     },
     /// A small request (manifest, config, token, blob check) did not complete in time.
     #[error(
-        "registry `{registry}` is too slow: {request} did not complete within {deadline:?} although it is a small request; check the network and the registry, then retry (the limit is RegistryOptions::request_timeout)"
+        "registry `{registry}` is too slow: {request} did not complete within {deadline:?} although it is a small request; check the network and the registry, then retry"
     )]
     DeadlineExceeded {
         /// The registry (`host[:port]`).

@@ -60,7 +60,7 @@ pub use layer::{Compression, Layer, LayerSpec, build_layer, build_layer_cached};
 pub use layer_cache::LayerCache;
 pub use oci_spec::image::Descriptor;
 pub use publish::{PushResult, PushStats, Target, build_and_push, default_tag, get_manifest};
-pub use reference::{DOCKER_HUB, Reference};
+pub use reference::{DOCKER_HUB, Reference, api_host as reference_api_host};
 
 /// `RegistryClient` under the shorter name the CLI uses.
 pub type Registry = RegistryClient;

@@ -43,7 +43,19 @@ impl Reference {
             &self.registry
         }
     }
+}
 
+/// The host the API of registry `host` is served on (`registry-1.docker.io` for Docker Hub's
+/// names, `host` itself otherwise).
+pub fn api_host(host: &str) -> String {
+    if host == DOCKER_HUB || host == "index.docker.io" {
+        DOCKER_HUB_API.to_owned()
+    } else {
+        host.to_owned()
+    }
+}
+
+impl Reference {
     /// The same repository with `tag` and no digest.
     #[must_use]
     pub fn with_tag(&self, tag: impl Into<String>) -> Self {
