@@ -237,11 +237,15 @@ async fn registry_check(plan: &ServicePlan, host: &str, insecure: bool) -> Check
         "docker.io" | "index.docker.io" => fastbuild_oci::reference_api_host(host),
         other => other.to_owned(),
     };
-    let shown_api = if api == host {
+    let mut shown_api = if api == host {
         String::new()
     } else {
         format!(" (its API at {api})")
     };
+    if let Some(source) = &plan.registry_source {
+        shown_api.push_str("; from ");
+        shown_api.push_str(source);
+    }
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none());

@@ -10,6 +10,7 @@ pub mod allow;
 pub mod atomic;
 pub mod builder;
 pub mod cli;
+pub mod cluster_registry;
 pub mod config;
 pub mod doctor;
 pub mod history;

@@ -335,6 +335,8 @@ pub struct ServicePlan {
     pub destination: Destination,
     /// Registry as the cluster pulls from it.
     pub pull_registry: String,
+    /// Where the registry came from when it was not configured (the cluster's ConfigMap).
+    pub registry_source: Option<String>,
     /// Repository as the cluster pulls it: `<pull registry>/<repository>`.
     pub pull_repository: String,
     /// Compression.
@@ -727,11 +729,39 @@ fn resolve(
 
     // Destination: EXPECTED_REF (Tilt custom_build) wins for the repository and tag.
     let expected_ref = std::env::var("EXPECTED_REF").ok().filter(|s| !s.is_empty());
-    let registry = flags
+    let configured_registry = flags
         .registry
         .clone()
         .or_else(|| svc.registry.clone())
         .or_else(|| cfg.registry.clone());
+    // None configured: the registry a local cluster advertises (KEP-1755), as Tilt does. A
+    // BuildKit inside the cluster (`kube-pod://`) pushes where pods reach it.
+    let cluster = if configured_registry.is_none() && std::env::var_os("EXPECTED_REF").is_none() {
+        crate::cluster_registry::discover()
+    } else {
+        None
+    };
+    let in_cluster_builder = flags
+        .buildkit
+        .as_deref()
+        .or_else(|| {
+            cfg.buildkit
+                .as_ref()
+                .and_then(|a| a.list().into_iter().next())
+                .and_then(|a| a.starts_with("kube-pod://").then_some("kube-pod://"))
+        })
+        .is_some_and(|a| a.starts_with("kube-pod://"));
+    let registry = configured_registry.or_else(|| {
+        cluster.map(|c| match &c.host_from_cluster_network {
+            Some(h) if in_cluster_builder && !h.is_empty() => h.clone(),
+            _ => c.host.clone(),
+        })
+    });
+    let registry_source = cluster.map(|_| {
+        "the cluster's `local-registry-hosting` ConfigMap (kube-public, KEP-1755), through \
+         kubectl's current context"
+            .to_owned()
+    });
     let repo_name = flags
         .repository
         .clone()
@@ -787,6 +817,7 @@ fn resolve(
         .clone()
         .or_else(|| svc.pull_registry.clone())
         .or_else(|| cfg.pull_registry.clone())
+        .or_else(|| cluster.map(|c| c.pull_host().to_owned()))
         .or_else(|| push_registry.clone())
         .unwrap_or_default();
     let pull_repository = if pull_registry.is_empty() {
@@ -1110,6 +1141,7 @@ fn resolve(
         builder,
         destination,
         pull_registry,
+        registry_source,
         pull_repository,
         compression,
         insecure_registries: insecure_list,

@@ -327,3 +327,80 @@ fn buildx_builders_are_reached_by_name() {
         stderr(&out)
     );
 }
+
+/// With no registry configured, the registry a local cluster advertises (KEP-1755's
+/// `local-registry-hosting` ConfigMap, as kind and k3d write it) is used: pushes go to `host`,
+/// the values file pins `hostFromContainerRuntime`, doctor says where it came from. No cluster
+/// runs on these machines: `kubectl` is a stand-in that checks it is asked exactly for the
+/// ConfigMap and prints one whose `host` is the bed's registry.
+#[test]
+fn a_cluster_advertised_registry_is_used_when_none_is_configured() {
+    let bed = require_bed!();
+    let bin = tempfile::tempdir().unwrap();
+    let kubectl = bin.path().join("kubectl");
+    fs_err::write(
+        &kubectl,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$*\" = 'get configmap local-registry-hosting --namespace kube-public --output jsonpath={{.data.localRegistryHosting\\.v1}} --request-timeout=5s' ] || {{ echo \"unexpected: $*\" >&2; exit 1; }}\n\
+             printf 'host: \"{}\"\\nhostFromContainerRuntime: \"kind-registry:5000\"\\nhostFromClusterNetwork: \"kind-registry:5000\"\\nhelp: \"https://kind.sigs.k8s.io/docs/user/local-registry/\"\\n'\n",
+            bed.registry
+        ),
+    )
+    .unwrap();
+    fs_err::set_permissions(
+        &kubectl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::create_dir_all(dir.path().join("dist")).unwrap();
+    fs_err::write(dir.path().join("dist/app"), "app\n").unwrap();
+    fs_err::write(
+        dir.path().join("fastbuild.yaml"),
+        format!(
+            "values_dir: values\nservices:\n  worker:\n    builder: native\n    base: {}\n    \
+             layers: [{{src: dist, dest: /app}}]\n",
+            bed.base_image
+        ),
+    )
+    .unwrap();
+    let fb = |kubectl: &Path, args: &[&str]| {
+        run(fastbuild(dir.path())
+            .env("KUBECTL", kubectl)
+            .env_remove("FASTBUILD_REGISTRY")
+            .args(args))
+    };
+    let out = fb(&kubectl, &["build", "worker"]);
+    assert_ok(&out);
+    let values: serde_json::Value = serde_saphyr::from_str(
+        &fs_err::read_to_string(dir.path().join("values/worker.values.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(values["image"]["graph"], "kind-registry:5000/worker");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{}/worker@sha256:", bed.registry)),
+        "pushed to the ConfigMap's host"
+    );
+    let out = fb(&kubectl, &["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reg = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == format!("registry {}", bed.registry))
+        .unwrap_or_else(|| panic!("{v:#}"))
+        .clone();
+    assert!(
+        reg["detail"]
+            .as_str()
+            .unwrap()
+            .contains("local-registry-hosting"),
+        "{reg}"
+    );
+
+    // No cluster (kubectl fails): no registry, and the error says what to set.
+    let out = fb(Path::new("/bin/false"), &["build", "worker"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has no registry"), "{}", stderr(&out));
+}
