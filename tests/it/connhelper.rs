@@ -404,3 +404,114 @@ fn a_cluster_advertised_registry_is_used_when_none_is_configured() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("has no registry"), "{}", stderr(&out));
 }
+
+/// `ssh://` for real: Debian's OpenSSH server on a loopback port with a per-test host key and
+/// client key, `buildctl dial-stdio` on the far side (the bed's buildctl on the session's
+/// PATH) relaying to the standalone buildkitd's socket. The only stand-in is a wrapper that
+/// hands the real `ssh` its per-test config (`-F`), as a user's `~/.ssh/config` would.
+#[test]
+fn ssh_reaches_buildkit_through_a_real_sshd() {
+    let bed = require_bed!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keygen = |file: &Path| {
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(file)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    keygen(&d.join("host_key"));
+    keygen(&d.join("client_key"));
+    fs_err::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+    let remote_bin = d.join("remote-bin");
+    fs_err::create_dir_all(&remote_bin).unwrap();
+    std::os::unix::fs::symlink(&bed.buildctl, remote_bin.join("buildctl")).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    fs_err::write(
+        d.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\n\
+             AuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+             SetEnv PATH={rb}:/usr/bin:/bin\n",
+            hk = d.join("host_key").display(),
+            pid = d.join("sshd.pid").display(),
+            ak = d.join("authorized_keys").display(),
+            rb = remote_bin.display(),
+        ),
+    )
+    .unwrap();
+    // sshd's privilege separation directory (absent where no sshd ever ran).
+    let _ = fs_err::create_dir_all("/run/sshd");
+    let mut sshd = std::process::Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sshd (openssh-server, installed by the bed)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = sshd.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(sshd.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("sshd exited ({status}): {err}");
+        }
+        assert!(std::time::Instant::now() < deadline, "sshd did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _sshd = Kill(sshd);
+
+    let client_bin = d.join("client-bin");
+    fs_err::create_dir_all(&client_bin).unwrap();
+    fs_err::write(
+        d.join("ssh_config"),
+        format!(
+            "Host 127.0.0.1\n  IdentityFile {}\n  StrictHostKeyChecking no\n  \
+             UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n",
+            d.join("client_key").display()
+        ),
+    )
+    .unwrap();
+    let wrapper = client_bin.join("ssh");
+    fs_err::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/ssh -F '{}' \"$@\"\n",
+            d.join("ssh_config").display()
+        ),
+    )
+    .unwrap();
+    fs_err::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    let socket = bed
+        .buildkitd
+        .strip_prefix("unix://")
+        .expect("the bed's buildkitd is a unix socket");
+    let project = example_project();
+    let out = run(fastbuild(project.path())
+        .env("PATH", path_with(&client_bin))
+        .args([
+            "build",
+            "api",
+            "--no-cache",
+            "--buildkit",
+            &format!("ssh://root@127.0.0.1:{port}{socket}"),
+        ]));
+    assert_ok(&out);
+}
