@@ -405,6 +405,16 @@ fn a_cluster_advertised_registry_is_used_when_none_is_configured() {
     assert!(stderr(&out).contains("has no registry"), "{}", stderr(&out));
 }
 
+/// Kills the child on drop.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `ssh://` for real: Debian's OpenSSH server on a loopback port with a per-test host key and
 /// client key, `buildctl dial-stdio` on the far side (the bed's buildctl on the session's
 /// PATH) relaying to the standalone buildkitd's socket. The only stand-in is a wrapper that
@@ -454,13 +464,6 @@ fn ssh_reaches_buildkit_through_a_real_sshd() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("sshd (openssh-server, installed by the bed)");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = sshd.try_wait() {
