@@ -1255,7 +1255,8 @@ fn buildkit_address(
         Some(name) => builder(name, format!("buildx builder `{name}` ({why})")),
         None => Ok((a.to_owned(), why, None)),
     };
-    if let Some(a) = &flags.buildkit {
+    // An empty BUILDKIT_HOST (`BUILDKIT_HOST= fastbuild …`) means unset, as for buildctl.
+    if let Some(a) = flags.buildkit.as_ref().filter(|a| !a.is_empty()) {
         let from_env = std::env::var("BUILDKIT_HOST").ok().as_deref() == Some(a.as_str());
         return given(
             a,

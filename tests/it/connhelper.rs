@@ -518,3 +518,142 @@ fn ssh_reaches_buildkit_through_a_real_sshd() {
         ]));
     assert_ok(&out);
 }
+
+/// Removes a buildx builder (its container and state volume) on drop.
+struct BuildxBuilder {
+    docker_cli: std::path::PathBuf,
+    docker_host: String,
+    config: std::path::PathBuf,
+    name: String,
+}
+
+impl Drop for BuildxBuilder {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.docker_cli)
+            .env("DOCKER_CONFIG", &self.config)
+            .env("DOCKER_HOST", &self.docker_host)
+            .args(["buildx", "rm", "--force", &self.name])
+            .output();
+    }
+}
+
+/// The `docker-container` driver for real: an image of the bed's own buildkitd and buildctl
+/// (go-built from the module proxy) with Debian's runc and the libraries `ldd` names, on the
+/// busybox base — no image can be pulled here, so fastbuild's native builder makes it —
+/// started in the bed's dockerd by the real `docker buildx create --driver docker-container
+/// --bootstrap`; fastbuild reaches it by `--builder NAME` and by
+/// `docker-container://buildx_buildkit_NAME0`, through the real `docker exec -i … buildctl
+/// dial-stdio`, and builds and pushes the example's BuildKit service.
+#[test]
+fn docker_container_builder_made_by_buildx_builds_for_real() {
+    let bed = require_bed!();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let copy = |from: &Path, to: &str| {
+        let dest = root.join(to.trim_start_matches('/'));
+        fs_err::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs_err::copy(fs_err::canonicalize(from).unwrap(), &dest).unwrap();
+    };
+    let tools = bed.buildctl.parent().unwrap();
+    copy(&tools.join("buildkitd"), "/usr/bin/buildkitd");
+    copy(&tools.join("buildctl"), "/usr/bin/buildctl");
+    let runc = crate::common::which("runc").expect("runc");
+    copy(&runc, "/usr/sbin/runc");
+    let ldd = std::process::Command::new("ldd")
+        .arg(&runc)
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        if let Some(p) = line
+            .split("=>")
+            .last()
+            .and_then(|s| s.split_whitespace().next())
+            .filter(|p| p.starts_with('/'))
+        {
+            copy(Path::new(p), p);
+        }
+    }
+    for d in ["var/lib/buildkit", "run", "tmp"] {
+        fs_err::create_dir_all(root.join(d)).unwrap();
+    }
+    let image = format!("{}/testbed/buildkit", bed.registry);
+    let out = run(fastbuild(work.path())
+        .args([
+            "build",
+            "buildkit",
+            "--builder",
+            "native",
+            "--layer",
+            "root:/",
+        ])
+        .args(["--base", &bed.base_image, "--registry", &bed.registry])
+        .args([
+            "--repository",
+            "testbed/buildkit",
+            "--tag",
+            "fastbuild-test",
+        ])
+        .args(["--entrypoint", "buildkitd", "--no-values"]));
+    assert_ok(&out);
+
+    let config = work.path().join("docker-config");
+    fs_err::create_dir_all(config.join("cli-plugins")).unwrap();
+    std::os::unix::fs::symlink(
+        std::env::var("DOCKER_BUILDX").expect("DOCKER_BUILDX from the bed"),
+        config.join("cli-plugins/docker-buildx"),
+    )
+    .unwrap();
+    let name = format!("fbc{:x}", std::process::id());
+    let builder = BuildxBuilder {
+        docker_cli: bed.docker_cli.clone(),
+        docker_host: bed.docker_host.clone(),
+        config: config.clone(),
+        name: name.clone(),
+    };
+    let created = std::process::Command::new(&bed.docker_cli)
+        .env("DOCKER_CONFIG", &config)
+        .env("DOCKER_HOST", &bed.docker_host)
+        .args([
+            "buildx",
+            "create",
+            "--name",
+            &name,
+            "--driver",
+            "docker-container",
+        ])
+        .args([
+            "--driver-opt",
+            &format!("image={image}:fastbuild-test,network=host"),
+        ])
+        .arg("--bootstrap")
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "buildx create: {}",
+        stderr(&created)
+    );
+
+    // The real docker CLI on PATH, for `docker exec`.
+    let bin = work.path().join("bin");
+    fs_err::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(&bed.docker_cli, bin.join("docker")).unwrap();
+    let project = example_project();
+    for how in [
+        vec!["--builder".to_owned(), name.clone()],
+        vec![
+            "--buildkit".to_owned(),
+            format!("docker-container://buildx_buildkit_{name}0"),
+        ],
+    ] {
+        let out = run(fastbuild(project.path())
+            .env("PATH", path_with(&bin))
+            .env("DOCKER_CONFIG", &config)
+            .env("DOCKER_HOST", &bed.docker_host)
+            .env_remove("BUILDKIT_HOST")
+            .args(["build", "api", "--no-cache"])
+            .args(&how));
+        assert_ok(&out);
+    }
+    drop(builder);
+}
