@@ -471,6 +471,10 @@ pub struct DoctorArgs {
     /// kubectl binary.
     #[arg(long, env = "KUBECTL", default_value = "kubectl")]
     pub kubectl: String,
+    /// Do not push the probe image (`<registry>/fastbuild-doctor-probe:probe`, a few bytes)
+    /// through BuildKit to local and insecure registries.
+    #[arg(long)]
+    pub no_push_probe: bool,
     #[command(flatten)]
     pub service_flags: ServiceFlags,
 }

@@ -161,6 +161,12 @@ pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>>
         {
             checks.push(registry_check(plan, host, *insecure).await);
             checks.push(credentials_check(host).await);
+            if let BuilderPlan::Buildkit(b) = &plan.builder
+                && !args.no_push_probe
+                && let Some(c) = push_probe_check(plan, b, host, *insecure).await
+            {
+                checks.push(c);
+            }
         }
     }
 
@@ -227,6 +233,114 @@ fn generated_in_context_check(plan: &ServicePlan) -> Option<Check> {
                 .join(", ")
         ),
     ))
+}
+
+/// What only the BuildKit daemon knows about a registry (plain HTTP, its CA, a mirror) decides
+/// whether its pushes work, and fastbuild cannot pass all of it with a build: for local and
+/// insecure registries, push a probe image (one small file) through the daemon and, when that
+/// fails, say which daemon setting to change. `None`: not probed (hosted registries).
+async fn push_probe_check(
+    plan: &ServicePlan,
+    b: &crate::settings::BuildkitPlan,
+    host: &str,
+    insecure: bool,
+) -> Option<Check> {
+    let name = format!("push via buildkit to {host}");
+    let hub = matches!(
+        host,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    );
+    if hub && insecure {
+        return Some(check(
+            name,
+            Status::Warn,
+            "docker.io is marked insecure (a local proxy standing in for Docker Hub?): fastbuild \
+             speaks to it over plain HTTP, but the daemon reaches registry-1.docker.io unless it \
+             is told otherwise — dockerd: `registry-mirrors` in daemon.json (pulls only); \
+             buildkitd: `[registry.\"docker.io\"] mirrors = [\"HOST:PORT\"]` in buildkitd.toml; \
+             or push to the proxy's own name instead of docker.io",
+        ));
+    }
+    if !insecure {
+        return None;
+    }
+    let Destination::Registry { .. } = &plan.destination else {
+        return None;
+    };
+    let ctx = tempfile::tempdir().ok()?;
+    fs_err::write(ctx.path().join("probe"), "fastbuild doctor\n").ok()?;
+    fs_err::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY probe /probe\n",
+    )
+    .ok()?;
+    let registry = host;
+    let opts = fastbuild_buildkit::BuildOptions {
+        context: ctx.path().to_owned(),
+        image_names: vec![format!("{registry}/fastbuild-doctor-probe:probe")],
+        push: true,
+        registry_insecure: true,
+        docker_config_dir: plan.docker_config.clone(),
+        ..fastbuild_buildkit::BuildOptions::default()
+    };
+    let tls = b.tls.as_ref().map(|t| fastbuild_buildkit::TlsOptions {
+        ca_cert: t.ca.clone(),
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        server_name: t.server_name.clone(),
+    });
+    let run = async {
+        let client = fastbuild_buildkit::Client::connect(&b.address, tls).await?;
+        let (tx, _rx) = tokio::sync::mpsc::channel(64);
+        client
+            .build(opts, tx, tokio_util::sync::CancellationToken::new())
+            .await
+    };
+    let result = match tokio::time::timeout(Duration::from_secs(60), run).await {
+        Ok(r) => r,
+        Err(_) => {
+            return Some(check(
+                name,
+                Status::Warn,
+                "the probe push took more than 60 s; is the daemon busy?",
+            ));
+        }
+    };
+    Some(match result {
+        Ok(r) => check(
+            name,
+            Status::Ok,
+            format!(
+                "the daemon pushed the probe image ({}/fastbuild-doctor-probe@{})",
+                registry, r.digest
+            ),
+        ),
+        Err(fastbuild_buildkit::Error::Unreachable { .. }) => return None,
+        Err(e) => {
+            let text = format!("{e:#}");
+            let fix = if text.contains("HTTP response to HTTPS client") {
+                format!(
+                    "the daemon speaks HTTPS to {host}, which speaks plain HTTP: dockerd: add it to \
+                     `insecure-registries` in daemon.json; buildkitd: `[registry.\"{host}\"] \
+                     http = true` in buildkitd.toml"
+                )
+            } else if text.contains("x509") || text.contains("certificate") {
+                format!(
+                    "the daemon does not trust {host}'s certificate: dockerd: \
+                     /etc/docker/certs.d/{host}/ca.crt; buildkitd: `[registry.\"{host}\"] \
+                     ca = [\"/path/ca.pem\"]` in buildkitd.toml"
+                )
+            } else if text.contains("connection refused") || text.contains("no such host") {
+                format!(
+                    "the daemon cannot reach {host}: an address that works here may not from the \
+                     daemon (a loopback address inside a container or another machine is its own)"
+                )
+            } else {
+                "see the error above".to_owned()
+            };
+            check(name, Status::Fail, format!("{text}\n{fix}"))
+        }
+    })
 }
 
 /// Probes the endpoint the builders use: Docker Hub's API host for `docker.io`, with the

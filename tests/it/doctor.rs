@@ -19,6 +19,7 @@ fn git_init(dir: &Path) {
 fn doctor_filters() -> Vec<(&'static str, &'static str)> {
     vec![
         (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        (r"sha256:[0-9a-f]{64}", "sha256:[DIGEST]"),
         (r"/tmp/\.tmp[A-Za-z0-9]+", "[PROJECT]"),
         (r"docker-unix://\S+", "docker-unix://[SOCKET]"),
         (r"BuildKit v[0-9][^;]*", "BuildKit [VERSION]"),
@@ -168,4 +169,35 @@ fn doctor_warns_when_the_context_holds_what_every_build_rewrites() {
         "unix:///nonexistent.sock",
     ]));
     assert_eq!(warning(&out), None);
+}
+
+/// For local and insecure registries doctor pushes a probe image through the BuildKit daemon,
+/// because only the daemon knows whether it can push there; a failure says which daemon
+/// setting or address to look at. (`--no-push-probe` skips it.)
+#[test]
+fn doctor_probes_pushes_through_the_daemon_and_explains_a_failure() {
+    let _bed = require_bed!();
+    let dir = example_project();
+    let probe = |extra: &[&str]| -> Option<serde_json::Value> {
+        let out = run(fastbuild(dir.path())
+            .args(["doctor", "--json", "--registry", "127.0.0.1:9"])
+            .args(extra));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "push via buildkit to 127.0.0.1:9")
+            .cloned()
+    };
+    let c = probe(&[]).expect("a push probe check");
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the daemon cannot reach 127.0.0.1:9"),
+        "{c}"
+    );
+    assert_eq!(probe(&["--no-push-probe"]), None);
 }
