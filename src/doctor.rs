@@ -296,15 +296,12 @@ async fn push_probe_check(
             .build(opts, tx, tokio_util::sync::CancellationToken::new())
             .await
     };
-    let result = match tokio::time::timeout(Duration::from_secs(60), run).await {
-        Ok(r) => r,
-        Err(_) => {
-            return Some(check(
-                name,
-                Status::Warn,
-                "the probe push took more than 60 s; is the daemon busy?",
-            ));
-        }
+    let Ok(result) = tokio::time::timeout(Duration::from_secs(60), run).await else {
+        return Some(check(
+            name,
+            Status::Warn,
+            "the probe push took more than 60 s; is the daemon busy?",
+        ));
     };
     Some(match result {
         Ok(r) => check(
