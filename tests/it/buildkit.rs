@@ -26,7 +26,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid_like())
 }
 
-fn uuid_like() -> String {
+pub(crate) fn uuid_like() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -47,7 +47,7 @@ async fn client(bed: &TestBed, daemon: Daemon) -> Client {
 }
 
 /// Runs a build, collecting its progress events.
-async fn build(
+pub(crate) async fn build(
     client: &Client,
     opts: BuildOptions,
 ) -> (Result<BuildResult, Error>, Vec<ProgressEvent>) {

@@ -7,37 +7,30 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fastbuild_buildkit::{
-    BuildOptions, BuildResult, Client, Error, NamedContext, ProgressEvent, SshSource,
-};
+use fastbuild_buildkit::{BuildOptions, Client, NamedContext, ProgressEvent, SshSource};
 use sha2::Digest as _;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::buildkit::{build, uuid_like};
 use crate::common::{Daemon, OwnBuildkitd, TestBed, on_both_daemons, require_bed};
 
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{nanos:x}{:x}", std::process::id())
+async fn connect(bed: &TestBed, daemon: Daemon) -> Client {
+    Client::connect(bed.buildkit(daemon), None)
+        .await
+        .expect("connect to the bed's BuildKit")
 }
 
-async fn build(
-    client: &Client,
-    opts: BuildOptions,
-) -> (Result<BuildResult, Error>, Vec<ProgressEvent>) {
-    let (tx, mut rx) = mpsc::channel(1024);
-    let collector = tokio::spawn(async move {
-        let mut events = Vec::new();
-        while let Some(e) = rx.recv().await {
-            events.push(e);
-        }
-        events
-    });
-    let result = client.build(opts, tx, CancellationToken::new()).await;
-    (result, collector.await.unwrap())
+/// A context whose Dockerfile builds on the bed's base with a `RUN` step unique to this call.
+fn marker_context() -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    fs_err::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "ARG BASE\nFROM ${{BASE}}\nRUN echo {} > /marker\n",
+            uuid_like()
+        ),
+    )
+    .unwrap();
+    ctx
 }
 
 fn logs(events: &[ProgressEvent]) -> String {
@@ -148,9 +141,7 @@ fn new_key(dir: &Path) -> (PathBuf, String) {
 /// agent for the build); a named ID reaches `--mount=type=ssh,id=…`; without `--ssh` the step
 /// fails. The key's private half never appears in the build's output.
 async fn ssh_agent_is_forwarded_to_run_mounts(bed: TestBed, daemon: Daemon) {
-    let client = Client::connect(bed.buildkit(daemon), None)
-        .await
-        .expect("connect to the bed's BuildKit");
+    let client = connect(&bed, daemon).await;
     let keys = tempfile::tempdir().unwrap();
     let (key, fingerprint) = new_key(keys.path());
     let agent = start_agent(keys.path());
@@ -231,9 +222,7 @@ async fn ssh_agent_is_forwarded_to_run_mounts(bed: TestBed, daemon: Daemon) {
 /// `.dockerignore` applied (an excluded file never reaches the image), and
 /// `--build-context base=docker-image://REF` replaces `FROM base`.
 async fn named_contexts_serve_copy_from_and_from(bed: TestBed, daemon: Daemon) {
-    let client = Client::connect(bed.buildkit(daemon), None)
-        .await
-        .expect("connect to the bed's BuildKit");
+    let client = connect(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     let core = tempfile::tempdir().unwrap();
     fs_err::write(core.path().join("lib.txt"), "core library\n").unwrap();
@@ -294,18 +283,8 @@ async fn manifest(bed: &TestBed, repo: &str, tag: &str) -> (String, serde_json::
 /// no-op rebuild keeps; with `mode=max` the pushed index holds an attestation manifest beside
 /// the image, and the digest reported is the index's.
 async fn provenance_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
-    let client = Client::connect(bed.buildkit(daemon), None)
-        .await
-        .expect("connect to the bed's BuildKit");
-    let ctx = tempfile::tempdir().unwrap();
-    fs_err::write(
-        ctx.path().join("Dockerfile"),
-        format!(
-            "ARG BASE\nFROM ${{BASE}}\nRUN echo {} > /marker\n",
-            uuid_like()
-        ),
-    )
-    .unwrap();
+    let client = connect(&bed, daemon).await;
+    let ctx = marker_context();
     let repo = format!("features/provenance-{}", uuid_like());
     let opts = |tag: &str, provenance: Option<&str>| BuildOptions {
         context: ctx.path().to_owned(),
@@ -354,9 +333,7 @@ async fn provenance_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
 /// run natively on x86_64): one pushed index with a manifest per platform, each image's `RUN`
 /// output for its own platform, and the digest reported is the index's.
 async fn multi_platform_build_pushes_one_index(bed: TestBed, daemon: Daemon) {
-    let client = Client::connect(bed.buildkit(daemon), None)
-        .await
-        .expect("connect to the bed's BuildKit");
+    let client = connect(&bed, daemon).await;
     let ctx = tempfile::tempdir().unwrap();
     let marker = uuid_like();
     fs_err::write(
@@ -385,19 +362,7 @@ async fn multi_platform_build_pushes_one_index(bed: TestBed, daemon: Daemon) {
     assert!(logs.contains(&format!("{marker} linux/386")), "{logs}");
     let (served, index) = manifest(&bed, &repo, "v1").await;
     assert_eq!(served, result.digest, "the reported digest is the index's");
-    let platforms: Vec<String> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["platform"]["architecture"] != "unknown")
-        .map(|m| {
-            format!(
-                "{}/{}",
-                m["platform"]["os"].as_str().unwrap(),
-                m["platform"]["architecture"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let platforms = crate::common::index_platforms(&index);
     assert_eq!(platforms, ["linux/amd64", "linux/386"], "{index:#}");
 }
 
@@ -448,18 +413,8 @@ async fn sbom_scanner_image(bed: &TestBed) -> String {
 /// (here the test's own generator image, see [`sbom_scanner_image`]); without it, none.
 async fn sbom_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
     let scanner = sbom_scanner_image(&bed).await;
-    let client = Client::connect(bed.buildkit(daemon), None)
-        .await
-        .expect("connect to the bed's BuildKit");
-    let ctx = tempfile::tempdir().unwrap();
-    fs_err::write(
-        ctx.path().join("Dockerfile"),
-        format!(
-            "ARG BASE\nFROM ${{BASE}}\nRUN echo {} > /marker\n",
-            uuid_like()
-        ),
-    )
-    .unwrap();
+    let client = connect(&bed, daemon).await;
+    let ctx = marker_context();
     let repo = format!("features/sbom-{}", uuid_like());
     let opts = |tag: &str, sbom: Option<String>| BuildOptions {
         context: ctx.path().to_owned(),

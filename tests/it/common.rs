@@ -374,3 +374,22 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
+
+/// `os/architecture` of each image manifest of an OCI index, in order (attestation manifests,
+/// whose platform is `unknown/unknown`, left out).
+#[allow(dead_code)]
+pub fn index_platforms(index: &serde_json::Value) -> Vec<String> {
+    index["manifests"]
+        .as_array()
+        .expect("an index has manifests")
+        .iter()
+        .filter(|m| m["platform"]["architecture"] != "unknown")
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or_default(),
+                m["platform"]["architecture"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}

@@ -32,6 +32,23 @@ fn stand_in(bin: &Path, program: &str, bed: &TestBed, log: &Path) {
     fs_err::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }
 
+/// The name and detail of the first doctor check (of `doctor --json` output) whose name starts
+/// with `prefix`.
+fn doctor_check(out: &std::process::Output, prefix: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str().unwrap_or_default().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` check: {v:#}"))
+        .clone();
+    (
+        c["name"].as_str().unwrap().to_owned(),
+        c["detail"].as_str().unwrap().to_owned(),
+    )
+}
+
 fn path_with(bin: &Path) -> std::ffi::OsString {
     std::env::join_paths(std::iter::once(bin.to_owned()).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
@@ -154,20 +171,7 @@ fn docker_contexts_choose_the_default_buildkit_as_the_docker_cli_does() {
         }
         run(cmd.args(args))
     };
-    let buildkit_check = |out: &std::process::Output| -> (String, String) {
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let c = v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"].as_str().unwrap().starts_with("buildkit "))
-            .unwrap()
-            .clone();
-        (
-            c["name"].as_str().unwrap().to_owned(),
-            c["detail"].as_str().unwrap().to_owned(),
-        )
-    };
+    let buildkit_check = |out: &std::process::Output| doctor_check(out, "buildkit ");
 
     let out = fb(&[], &["build", "api"]);
     assert_ok(&out);
@@ -273,21 +277,8 @@ fn buildx_builders_are_reached_by_name() {
         }
         run(cmd.args(args))
     };
-    let doctor_detail = |env: &[(&str, &str)]| -> (String, String) {
-        let out = fb(env, &["doctor", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let c = v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"].as_str().unwrap().starts_with("buildkit "))
-            .unwrap()
-            .clone();
-        (
-            c["name"].as_str().unwrap().to_owned(),
-            c["detail"].as_str().unwrap().to_owned(),
-        )
-    };
+    let doctor_detail =
+        |env: &[(&str, &str)]| doctor_check(&fb(env, &["doctor", "--json"]), "buildkit ");
 
     assert_ok(&fb(
         &[],
@@ -382,22 +373,11 @@ fn a_cluster_advertised_registry_is_used_when_none_is_configured() {
         String::from_utf8_lossy(&out.stdout).contains(&format!("{}/worker@sha256:", bed.registry)),
         "pushed to the ConfigMap's host"
     );
-    let out = fb(&kubectl, &["doctor", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let reg = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == format!("registry {}", bed.registry))
-        .unwrap_or_else(|| panic!("{v:#}"))
-        .clone();
-    assert!(
-        reg["detail"]
-            .as_str()
-            .unwrap()
-            .contains("local-registry-hosting"),
-        "{reg}"
+    let (_, detail) = doctor_check(
+        &fb(&kubectl, &["doctor", "--json"]),
+        &format!("registry {}", bed.registry),
     );
+    assert!(detail.contains("local-registry-hosting"), "{detail}");
 
     // No cluster (kubectl fails): no registry, and the error says what to set.
     let out = fb(Path::new("/bin/false"), &["build", "worker"]);

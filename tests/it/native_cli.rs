@@ -704,18 +704,7 @@ async fn comma_separated_platforms_give_one_index_with_a_manifest_each() {
         .json()
         .await
         .unwrap();
-    let platforms: Vec<String> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            format!(
-                "{}/{}",
-                m["platform"]["os"].as_str().unwrap(),
-                m["platform"]["architecture"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let platforms = crate::common::index_platforms(&index);
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{index:#}");
 
     let out = run(native_build(

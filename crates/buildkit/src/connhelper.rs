@@ -182,16 +182,7 @@ pub fn parse(address: &str) -> Result<Option<HelperCommand>, String> {
             if !plain_word(&host) {
                 return Err("expected `ssh://[USER@]HOST[:PORT][/SOCKET]`".into());
             }
-            let mut args: Vec<String> = Vec::new();
-            if !url.username().is_empty() {
-                if !plain_word(url.username()) {
-                    return Err(format!("bad user name `{}`", url.username()));
-                }
-                args.extend(["-l".to_owned(), url.username().to_owned()]);
-            }
-            if let Some(port) = url.port() {
-                args.extend(["-p".to_owned(), port.to_string()]);
-            }
+            let mut args = ssh_login(&url)?;
             args.extend(["--".to_owned(), host.clone(), "buildctl".to_owned()]);
             let socket = url.path();
             if !socket.is_empty() && socket != "/" {
@@ -208,14 +199,8 @@ pub fn parse(address: &str) -> Result<Option<HelperCommand>, String> {
     Ok(Some(cmd))
 }
 
-/// The docker CLI's command for an `ssh://[USER@]HOST[:PORT]` Docker endpoint:
-/// `ssh [-l USER] [-p PORT] -- HOST docker system dial-stdio` (the Docker API over stdio).
-pub fn docker_ssh(address: &str) -> Result<HelperCommand, String> {
-    let url = url::Url::parse(address).map_err(|e| format!("not a valid URL: {e}"))?;
-    let host = url.host_str().unwrap_or_default();
-    if !plain_word(host) || url.query().is_some() || !matches!(url.path(), "" | "/") {
-        return Err("expected `ssh://[USER@]HOST[:PORT]`".into());
-    }
+/// `ssh`'s `-l USER` and `-p PORT` for an `ssh://` URL, as buildctl and the docker CLI pass them.
+fn ssh_login(url: &url::Url) -> Result<Vec<String>, String> {
     let mut args: Vec<String> = Vec::new();
     if !url.username().is_empty() {
         if !plain_word(url.username()) {
@@ -226,6 +211,18 @@ pub fn docker_ssh(address: &str) -> Result<HelperCommand, String> {
     if let Some(port) = url.port() {
         args.extend(["-p".to_owned(), port.to_string()]);
     }
+    Ok(args)
+}
+
+/// The docker CLI's command for an `ssh://[USER@]HOST[:PORT]` Docker endpoint:
+/// `ssh [-l USER] [-p PORT] -- HOST docker system dial-stdio` (the Docker API over stdio).
+pub fn docker_ssh(address: &str) -> Result<HelperCommand, String> {
+    let url = url::Url::parse(address).map_err(|e| format!("not a valid URL: {e}"))?;
+    let host = url.host_str().unwrap_or_default();
+    if !plain_word(host) || url.query().is_some() || !matches!(url.path(), "" | "/") {
+        return Err("expected `ssh://[USER@]HOST[:PORT]`".into());
+    }
+    let mut args = ssh_login(&url)?;
     args.extend(["--", host, "docker", "system", "dial-stdio"].map(str::to_owned));
     Ok(HelperCommand {
         program: "ssh".into(),
