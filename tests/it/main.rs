@@ -8,5 +8,6 @@ mod conformance;
 mod doctor;
 mod native_cli;
 mod oci;
+mod terminal;
 mod testbed;
 mod watch;
