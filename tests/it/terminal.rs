@@ -272,10 +272,16 @@ fn registry_build_screen(width: usize, height: usize, verbose: bool) {
     let project = example_project();
     let dockerfile = project.path().join("services/api/Dockerfile");
     let text = fs_err::read_to_string(&dockerfile).unwrap();
+    // Unique to this run: BuildKit runs a step only once for concurrent identical builds (the
+    // other tests of this module), and this one must be seen running.
+    let nonce = project.path().file_name().unwrap().to_string_lossy();
     let long = "a-long-argument-".repeat(16);
     fs_err::write(
         &dockerfile,
-        text.replace("RUN chmod", &format!("RUN sleep 3 && echo {long} && chmod")),
+        text.replace(
+            "RUN chmod",
+            &format!("RUN sleep 3 && echo {long}{nonce} && chmod"),
+        ),
     )
     .unwrap();
     let args: &[&str] = if verbose {
