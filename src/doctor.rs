@@ -193,16 +193,16 @@ pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>>
     Ok(checks)
 }
 
-/// A BuildKit context that holds what every build rewrites (the values files, `.fastbuild/`
-/// with the history) sends a changed context each time: the next build's digest moves even
-/// when nothing else did. Warns unless `.dockerignore` excludes them.
+/// A BuildKit context that holds what every build rewrites (the values files) sends a changed
+/// context each time: the next build's digest moves even when nothing else did. Warns unless
+/// `.dockerignore` excludes them. (`.fastbuild/`, fastbuild's own state, is never sent.)
 fn generated_in_context_check(plan: &ServicePlan) -> Option<Check> {
     use std::os::unix::ffi::OsStrExt as _;
     let BuilderPlan::Buildkit(b) = &plan.builder else {
         return None;
     };
     let excluder = builder::buildkit::excluder(b);
-    let generated = [plan.values_file.clone(), plan.root.join(".fastbuild")];
+    let generated = [plan.values_file.clone()];
     let sent: Vec<String> = generated
         .iter()
         .filter_map(|p| {

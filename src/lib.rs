@@ -113,7 +113,9 @@ fn watch_signals(cancel: CancellationToken, stop: std::sync::Arc<std::sync::Once
     });
 }
 
-fn init_tracing(verbose: u8) {
+/// Logs go to stderr through the printer: above the live view while one is drawn, never
+/// into it.
+fn init_tracing(verbose: u8, printer: &Printer) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -124,7 +126,10 @@ fn init_tracing(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer({
+            let printer = printer.clone();
+            move || printer.log_line()
+        })
         // Colours only for a person at a terminal: never into pipes, files or CI logs.
         .with_ansi(
             std::io::stderr().is_terminal()
@@ -136,12 +141,12 @@ fn init_tracing(verbose: u8) {
 /// Runs the CLI with the process arguments; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
     let (mode, warning) = progress_mode(
         cli.progress,
         std::env::var("BUILDKIT_PROGRESS").ok().as_deref(),
     );
     let printer = Printer::new(mode);
+    init_tracing(cli.verbose, &printer);
     if let Some(w) = warning {
         printer.warn(&w);
     }
@@ -157,17 +162,20 @@ pub fn main() -> i32 {
     };
     let cancel = CancellationToken::new();
     let stop = std::sync::Arc::new(std::sync::OnceLock::new());
-    let (c, s) = (cancel.clone(), stop.clone());
+    let (c, s, p) = (cancel.clone(), stop.clone(), printer.clone());
     let result = runtime.block_on(async move {
         watch_signals(c, s);
-        run(cli, &printer, &cancel).await.map_err(|e| (e, printer))
+        run(cli, &p, &cancel).await
     });
     // Every output is written by now (atomically, before `run` returned): do not wait for idle
     // connections and tasks to wind down (measured ~50 ms on a loaded machine).
     runtime.shutdown_background();
+    // The live view (if still drawn: an error, an interrupted build or watch) gives way to the
+    // final states, above the closing error or warning.
+    printer.finish_live();
     match result {
         Ok(()) => exit::OK,
-        Err((e, printer)) => {
+        Err(e) => {
             if e.downcast_ref::<Interrupted>().is_some() {
                 return if stop.get() == Some(&Stop::Terminate) {
                     printer.warn("terminated (SIGTERM); nothing partial was written");

@@ -272,8 +272,9 @@ pub async fn run(
         return Err(anyhow!(crate::Interrupted));
     }
     let mut failures = Vec::new();
+    // Values files first (their notes), then the results: on a terminal the notes stay above
+    // the final states of the live view, the results below them.
     let mut built: Vec<(&ServicePlan, ImageResult)> = Vec::new();
-    let width = plans.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for (plan, outcome) in plans.iter().zip(outcomes) {
         match outcome.result {
             Ok(image) => {
@@ -294,22 +295,27 @@ pub async fn run(
                         }
                     }
                 }
-                let shown = match &plan.destination {
-                    Destination::Layout(dir) => format!("oci:{}@{}", dir.display(), image.digest),
-                    Destination::None => image.digest.clone(),
-                    Destination::Registry { .. } => image.pinned(),
-                };
-                printer.result(&format!("{:width$}  {shown}", plan.name));
-                if printer.is_json() {
-                    printer.json(&serde_json::json!({
-                        "event": "result", "service": plan.name, "reference": shown,
-                        "digest": image.digest, "values_file": (pushed && write_values_files).then(|| plan.values_file.display().to_string()),
-                    }));
-                }
                 record_history(plan, &image, pushed && write_values_files, printer);
                 built.push((plan, image));
             }
             Err(e) => failures.push((plan.name.clone(), e)),
+        }
+    }
+    printer.finish_live();
+    let width = plans.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for (plan, image) in &built {
+        let pushed = matches!(plan.destination, Destination::Registry { .. });
+        let shown = match &plan.destination {
+            Destination::Layout(dir) => format!("oci:{}@{}", dir.display(), image.digest),
+            Destination::None => image.digest.clone(),
+            Destination::Registry { .. } => image.pinned(),
+        };
+        printer.result(&format!("{:width$}  {shown}", plan.name));
+        if printer.is_json() {
+            printer.json(&serde_json::json!({
+                "event": "result", "service": plan.name, "reference": shown,
+                "digest": image.digest, "values_file": (pushed && write_values_files).then(|| plan.values_file.display().to_string()),
+            }));
         }
     }
     match failures.len() {

@@ -151,6 +151,8 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
                 (id.clone(), source)
             })
             .collect(),
+        // fastbuild's own state (history, helm stamps) is never build input.
+        withheld: vec![plan.root.join(".fastbuild")],
         named_contexts: b
             .named_contexts
             .iter()

@@ -258,6 +258,9 @@ async fn large_context_syncs_with_bounded_rss_and_unchanged_rebuild_sends_no_fil
             ("BASE".to_owned(), bed.base_image.clone()),
             (MARKER_ARG.to_owned(), marker.clone()),
         ]),
+        // As the binary does: its own state (the history the build above appended to) is
+        // never build input.
+        withheld: vec![ctx.path().join(".fastbuild")],
         ..BuildOptions::default()
     };
     let changed = small_file(12_345);

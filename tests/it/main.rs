@@ -11,5 +11,6 @@ mod doctor;
 mod history;
 mod native_cli;
 mod oci;
+mod terminal;
 mod testbed;
 mod watch;

@@ -566,7 +566,7 @@ async fn tls_registry_with_docker_config_and_credential_helper() {
     .await
     .unwrap_err();
     assert!(matches!(err, Error::TlsUntrusted { .. }), "{}", chain(&err));
-    assert!(err.to_string().contains("ca_files"), "{err}");
+    assert!(err.to_string().contains("--registry-ca"), "{err}");
 }
 
 #[tokio::test]

@@ -326,7 +326,11 @@ mod tests {
     }
 
     fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
+        b.iter().fold(String::new(), |mut s, x| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{x:02x}");
+            s
+        })
     }
 
     /// Vectors from Go's crypto/hmac + crypto/ed25519 (what BuildKit's clients and daemon use):

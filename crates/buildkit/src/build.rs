@@ -100,6 +100,10 @@ pub struct BuildOptions {
     /// SSH agents available to `RUN --mount=type=ssh[,id=…]`, by ID (`default` when the mount
     /// names none).
     pub ssh: BTreeMap<String, crate::SshSource>,
+    /// Paths never sent to the daemon even inside a synced directory and not excluded by its
+    /// `.dockerignore` — the client's own state (fastbuild's `.fastbuild/`, rewritten by every
+    /// build: sending it would change the context, and a `COPY .` digest, on every build).
+    pub withheld: Vec<PathBuf>,
     /// Named contexts (`--build-context NAME=…`): `COPY --from=NAME`, `FROM NAME`.
     pub named_contexts: BTreeMap<String, NamedContext>,
     /// SBOM attestation (`attest:sbom`): `Some("")` for the default scanner, or its
@@ -410,6 +414,11 @@ impl Client {
                 name: "fastbuild".to_owned(),
                 shared_key: shared_key(&prepared.dirs["context"]),
                 dirs: prepared.dirs.clone(),
+                withheld: opts
+                    .withheld
+                    .iter()
+                    .map(|p| fs_err::canonicalize(p).unwrap_or_else(|_| p.clone()))
+                    .collect(),
                 secrets: opts.secrets.clone(),
                 auth: DockerAuth {
                     config_dir: opts.docker_config_dir.clone(),

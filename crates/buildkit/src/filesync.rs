@@ -71,11 +71,21 @@ pub(crate) type SyncStats = Arc<Mutex<BTreeMap<String, DirSyncStats>>>;
 pub(crate) struct FileSyncService {
     dirs: BTreeMap<String, PathBuf>,
     stats: SyncStats,
+    /// Absolute paths never sent, wherever they lie (see [`crate::BuildOptions::withheld`]).
+    withheld: Vec<PathBuf>,
 }
 
 impl FileSyncService {
-    pub(crate) fn new(dirs: BTreeMap<String, PathBuf>, stats: SyncStats) -> Self {
-        Self { dirs, stats }
+    pub(crate) fn new(
+        dirs: BTreeMap<String, PathBuf>,
+        stats: SyncStats,
+        withheld: Vec<PathBuf>,
+    ) -> Self {
+        Self {
+            dirs,
+            stats,
+            withheld,
+        }
     }
 }
 
@@ -169,8 +179,16 @@ impl FileSync for FileSyncService {
             )));
         };
         tracing::debug!(dir = %sync.dir_name, root = %root.display(), ?sync.include_patterns, ?sync.exclude_patterns, ?sync.follow_paths, "DiffCopy");
-        let filter =
-            Filter::new(&root, &sync).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let withheld: Vec<Vec<u8>> = self
+            .withheld
+            .iter()
+            .filter_map(|w| w.strip_prefix(&root).ok())
+            .filter(|rel| !rel.as_os_str().is_empty())
+            .map(|rel| rel.as_os_str().as_bytes().to_vec())
+            .collect();
+        let filter = Filter::new(&root, &sync)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .withholding(withheld);
         let (tx, rx) = mpsc::channel(64);
         let incoming = request.into_inner();
         let stats = self.stats.clone();
@@ -206,6 +224,8 @@ pub(crate) struct Filter {
     only_prefix_includes: bool,
     /// Same for the exceptions (`!`) of the exclude patterns.
     only_prefix_exclude_exceptions: bool,
+    /// Relative paths never sent (nor anything below them), whatever the patterns say.
+    withheld: Vec<Vec<u8>>,
 }
 
 /// What the filter decides for one walked entry.
@@ -283,7 +303,14 @@ impl Filter {
                 .is_none_or(|m| only_prefixes(m, true)),
             includes,
             excludes,
+            withheld: Vec::new(),
         })
+    }
+
+    /// The same filter, never sending `rels` (paths relative to the root) or what lies below.
+    pub(crate) fn withholding(mut self, rels: Vec<Vec<u8>>) -> Self {
+        self.withheld = rels;
+        self
     }
 
     /// fsutil's filter for one walked entry, given the results of its parent directory.
@@ -293,6 +320,13 @@ impl Filter {
         is_dir: bool,
         parent: Option<&Visited>,
     ) -> std::io::Result<Decision> {
+        if self
+            .withheld
+            .iter()
+            .any(|w| rel.starts_with(w) && (rel.len() == w.len() || rel[w.len()] == b'/'))
+        {
+            return Ok(Decision::SkipDir);
+        }
         let mut skip = false;
         let mut include_info = MatchInfo::default();
         let mut exclude_info = MatchInfo::default();

@@ -78,6 +78,8 @@ pub(crate) struct SessionConfig {
     pub(crate) name: String,
     pub(crate) shared_key: String,
     pub(crate) dirs: BTreeMap<String, PathBuf>,
+    /// Absolute paths FileSync never sends.
+    pub(crate) withheld: Vec<PathBuf>,
     pub(crate) secrets: BTreeMap<String, SecretSource>,
     pub(crate) auth: DockerAuth,
     pub(crate) stats: SyncStats,
@@ -202,6 +204,7 @@ impl Session {
             .add_service(FileSyncServer::new(FileSyncService::new(
                 config.dirs,
                 config.stats,
+                config.withheld,
             )))
             .add_service(AuthServer::new(AuthService::new(config.auth)))
             .add_service(SecretsServer::new(SecretsService {

@@ -596,3 +596,26 @@ fn oracle_format() {
         println!("ERR {e}");
     }
 }
+
+/// The client's own state directory is never sent, whatever the patterns say (fastbuild's
+/// `.fastbuild/`: its history changes on every build), and nothing below it either; a
+/// sibling with a longer name is sent.
+#[test]
+fn withheld_paths_are_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs_err::create_dir_all(root.join(".fastbuild/stamps")).unwrap();
+    fs_err::write(root.join(".fastbuild/history.jsonl"), "{}\n").unwrap();
+    fs_err::write(root.join(".fastbuild-other"), "kept\n").unwrap();
+    fs_err::write(root.join("app.txt"), "app\n").unwrap();
+    let filter = Filter::new(root, &SyncRequest::default())
+        .unwrap()
+        .withholding(vec![b".fastbuild".to_vec()]);
+    let mut out = Vec::new();
+    walk(root, &filter, &mut |stat, _| {
+        out.push(String::from_utf8_lossy(&stat.path).into_owned());
+        true
+    })
+    .unwrap();
+    assert_eq!(out, [".fastbuild-other", "app.txt"]);
+}
