@@ -9,5 +9,6 @@ mod conformance;
 mod doctor;
 mod native_cli;
 mod oci;
+mod promote;
 mod testbed;
 mod watch;
