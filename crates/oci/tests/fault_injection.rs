@@ -46,6 +46,8 @@ struct Faults {
     /// Serve a blob only in repositories it was uploaded or mounted into (as registries do);
     /// otherwise any repository has every blob.
     blobs_per_repo: bool,
+    /// Drop the connection halfway through this many blob GET bodies larger than 64 KiB.
+    reset_download: u32,
 }
 
 #[derive(Default)]
@@ -182,6 +184,18 @@ async fn connection(stream: TcpStream, state: Shared) {
             return;
         }
         let rep = route(&state, &method, &url, &headers, body);
+        let cut = method == "GET"
+            && url.path().contains("/blobs/sha256:")
+            && rep.body.len() > 64 * 1024
+            && {
+                let mut s = state.lock().unwrap();
+                let cut = s.faults.reset_download > 0;
+                if cut {
+                    s.faults.reset_download -= 1;
+                    s.log.push(format!("CUT GET {}", url.path()));
+                }
+                cut
+            };
         let mut out = format!("HTTP/1.1 {} X\r\n", rep.status);
         for (k, v) in &rep.headers {
             let _ = write!(out, "{k}: {v}\r\n");
@@ -192,6 +206,10 @@ async fn connection(stream: TcpStream, state: Shared) {
         out += "\r\n";
         if w.write_all(out.as_bytes()).await.is_err() {
             return;
+        }
+        if cut {
+            let _ = w.write_all(&rep.body[..rep.body.len() / 2]).await;
+            return; // drop the connection mid-body
         }
         if method != "HEAD" && w.write_all(&rep.body).await.is_err() {
             return;
@@ -1064,6 +1082,8 @@ async fn a_copy_between_registries_streams_through_resets_and_moves_only_what_is
     )
     .await;
     let digest = pushed(from, tmp.path(), &["linux/amd64"]).await;
+    // The source drops a download halfway too: the upload starts over with a new one.
+    source.lock().unwrap().faults.reset_download = 1;
     let client = RegistryClient::new(options(tmp.path())).unwrap();
     let src: Reference = format!("{from}/team/app@{digest}").parse().unwrap();
     let dst: Reference = format!("{to}/prod/app:v1").parse().unwrap();
@@ -1078,6 +1098,18 @@ async fn a_copy_between_registries_streams_through_resets_and_moves_only_what_is
     {
         let (s, t) = (source.lock().unwrap(), target.lock().unwrap());
         assert_eq!(t.faults.reset_body, 0, "the resets happened");
+        assert_eq!(s.faults.reset_download, 0, "the download was cut");
+        let big = s.blobs.iter().max_by_key(|(_, b)| b.len()).unwrap().0;
+        let downloads = s
+            .log
+            .iter()
+            .filter(|l| **l == format!("GET /v2/team/app/blobs/{big}"))
+            .count();
+        assert!(
+            downloads >= 2,
+            "one download per upload attempt: {:?}",
+            s.log
+        );
         assert!(t.log.iter().any(|l| l.starts_with("PATCH")), "chunked");
         // The same bytes, the same media type: the same digest.
         assert_eq!(t.manifests["v1"], s.manifests["v1"]);
