@@ -197,7 +197,13 @@ pub async fn run(
         tag: Some(tag),
     };
     let text = values::render(&plan.name, &image, &plan.values_keys)
-        .map_err(|e| anyhow!(UsageError(e)))?;
+        .map_err(|e| anyhow!(UsageError(e)))?
+        // The same file a build writes, but this one changes when a digest is promoted.
+        .replacen(
+            "it is rewritten on each build.",
+            "it is rewritten on each `fastbuild promote`.",
+            1,
+        );
     let outcome = atomic::write_if_changed(&values_path, text.as_bytes())
         .with_context(|| format!("failed to write the promoted values file of `{name}`"))?;
     printer.note(

@@ -101,7 +101,8 @@ pub fn rfc3339_seconds(text: &str) -> Option<i64> {
 }
 
 /// When the project's history last recorded each digest of `service` (seconds; a later line
-/// wins a tie). Lines that are not records are skipped, with one warning.
+/// wins a tie). Lines that are not records are skipped, with one warning. Only the fields every
+/// record has are read (`service`, `digest`, `time`), so the journal's writer may add others.
 fn history_times(root: &Path, service: &str, printer: &Printer) -> BTreeMap<String, (u64, usize)> {
     #[derive(serde::Deserialize)]
     struct Line {
