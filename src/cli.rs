@@ -136,6 +136,21 @@ Examples:
   fastbuild rollback api --steps 2 --deploy
   fastbuild rollback api --to sha256:4f0c…")]
     Rollback(RollbackArgs),
+    /// Pin a service's digest in another environment's values file, copying the image to that
+    /// environment's registry first (by digest: the same digest there).
+    #[command(after_help = "\
+Examples:
+  fastbuild promote api --values environments/prod/api.image.yaml
+  fastbuild promote api --values prod.yaml --to-registry registry.example.com/prod
+  fastbuild promote api --values prod.yaml --digest sha256:… --from-registry ci.example.com")]
+    Promote(PromoteArgs),
+    /// Delete a repository's older fastbuild-tagged (`fb-…`) images; never one a values file
+    /// pins or one another tag names.
+    #[command(after_help = "\
+Examples:
+  fastbuild prune --keep 5 --dry-run    list what would be deleted
+  fastbuild prune api --keep 3 --values environments/prod/api.image.yaml")]
+    Prune(PruneArgs),
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  fastbuild completions bash > /etc/bash_completion.d/fastbuild"
@@ -496,6 +511,49 @@ pub struct WatchArgs {
     /// Helm binary.
     #[arg(long, env = "HELM", default_value = "helm")]
     pub helm: String,
+    #[command(flatten)]
+    pub service_flags: ServiceFlags,
+}
+
+/// Arguments of `promote`.
+#[derive(Debug, Args, Clone)]
+pub struct PromoteArgs {
+    /// The service.
+    pub service: String,
+    /// The values file to write: the other environment's own file for this image (e.g. listed
+    /// in a Helmfile environment), rewritten whole with the service's values keys.
+    #[arg(long = "values", value_name = "FILE")]
+    pub values: PathBuf,
+    /// Registry the image is in, `host[:port][/prefix]` (default: the service's registry).
+    #[arg(long, value_name = "HOST")]
+    pub from_registry: Option<String>,
+    /// Registry of the other environment, `host[:port][/prefix]`: the image is copied there by
+    /// digest first (only what it lacks), and the values file names it.
+    #[arg(long, value_name = "HOST")]
+    pub to_registry: Option<String>,
+    /// The digest to promote (default: the one the service's values file pins).
+    #[arg(long, value_name = "sha256:…")]
+    pub digest: Option<String>,
+    #[command(flatten)]
+    pub service_flags: ServiceFlags,
+}
+
+/// Arguments of `prune`.
+#[derive(Debug, Args, Clone)]
+pub struct PruneArgs {
+    /// Services whose repositories to prune (default: all).
+    pub services: Vec<String>,
+    /// How many of each repository's newest fastbuild images to keep; pinned ones are kept
+    /// besides.
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    /// List what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Another values file whose digests must stay (another environment's; repeatable). The
+    /// project's values files, and the services' Helm values files, always count.
+    #[arg(long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
     #[command(flatten)]
     pub service_flags: ServiceFlags,
 }

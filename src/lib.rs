@@ -17,6 +17,8 @@ pub mod history;
 pub mod outputs;
 pub mod pipeline;
 pub mod printer;
+pub mod promote;
+pub mod prune;
 pub mod rollback;
 pub mod settings;
 pub mod watch;
@@ -265,6 +267,14 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
         Command::Doctor(args) => {
             let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
             doctor::run(&project, &args, printer).await
+        }
+        Command::Promote(args) => {
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
+            promote::run(&project, &args, printer, cancel).await
+        }
+        Command::Prune(args) => {
+            let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;
+            prune::run(&project, &args, printer, cancel).await
         }
         Command::Watch(args) => {
             let project = Project::load(cli.project_file.as_deref(), &cli.allow)?;

@@ -11,6 +11,7 @@ mod doctor;
 mod history;
 mod native_cli;
 mod oci;
+mod promote;
 mod terminal;
 mod testbed;
 mod watch;

@@ -14,9 +14,9 @@ use sha2::Digest as _;
 use crate::cli::{assert_ok, fastbuild, run, served_manifest_digest};
 use crate::common::{TestBed, repo_root, require_bed};
 
-const MIB: u64 = 1024 * 1024;
+pub(crate) const MIB: u64 = 1024 * 1024;
 
-fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -27,7 +27,7 @@ fn unique(name: &str) -> String {
 /// A temp dir traversable by other users (the unreadable-file case runs the CLI as `nobody`),
 /// with a `tmp/` the CLI uses as `TMPDIR` so that its blob spool is removed with the dir even
 /// when the process is killed.
-fn workdir() -> tempfile::TempDir {
+pub(crate) fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     set_mode(dir.path(), 0o755);
     let tmp = dir.path().join("tmp");
@@ -42,7 +42,7 @@ fn set_mode(path: &Path, mode: u32) {
 
 /// `fastbuild` run in `dir` with `TMPDIR=dir/tmp`, no `RUST_LOG` of the developer's, and the
 /// project's global flags for a native build.
-fn native_cmd(dir: &Path) -> Command {
+pub(crate) fn native_cmd(dir: &Path) -> Command {
     let mut cmd = fastbuild(dir);
     cmd.env("TMPDIR", dir.join("tmp")).env_remove("RUST_LOG");
     cmd
@@ -68,14 +68,14 @@ fn native_build(
 }
 
 /// A Docker config directory that does not exist: no credentials.
-fn no_creds(dir: &Path) -> PathBuf {
+pub(crate) fn no_creds(dir: &Path) -> PathBuf {
     dir.join("no-docker-config")
 }
 
 /// Writes `size` bytes of xorshift64 output to `path`, 1 MiB at a time. A fixed seed keeps the
 /// blob the same from run to run, so the registry's storage holds one copy however often the
 /// tests run.
-fn random_file(path: &Path, size: u64, seed: u64) {
+pub(crate) fn random_file(path: &Path, size: u64, seed: u64) {
     let mut f = std::io::BufWriter::with_capacity(
         usize::try_from(MIB).unwrap(),
         fs_err::File::create(path).unwrap(),
@@ -94,7 +94,7 @@ fn random_file(path: &Path, size: u64, seed: u64) {
     f.flush().unwrap();
 }
 
-fn text(out: &Output) -> (String, String) {
+pub(crate) fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -102,7 +102,7 @@ fn text(out: &Output) -> (String, String) {
 }
 
 /// The digest of the `app  repo@sha256:…` line the CLI prints.
-fn printed_digest(stdout: &str, repository: &str) -> String {
+pub(crate) fn printed_digest(stdout: &str, repository: &str) -> String {
     stdout
         .lines()
         .find_map(|l| {
@@ -117,7 +117,7 @@ fn printed_digest(stdout: &str, repository: &str) -> String {
 }
 
 /// Bytes uploaded, from the `blobs: N uploaded (B bytes), …` note.
-fn bytes_uploaded(stderr: &str) -> u64 {
+pub(crate) fn bytes_uploaded(stderr: &str) -> u64 {
     stderr
         .lines()
         .find_map(|l| {
@@ -191,7 +191,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 /// multiplies `ru_maxrss` by 4 (it takes KiB for pages). A python3 shim (python3 comes with
 /// the bed) forks the CLI from its own ~10 MB address space: an upper bound, never an
 /// underestimate.
-fn run_measuring_rss(cmd: &Command, dir: &Path) -> (Output, u64) {
+pub(crate) fn run_measuring_rss(cmd: &Command, dir: &Path) -> (Output, u64) {
     let rss_file = dir.join("maxrss");
     let mut timed = Command::new("python3");
     timed
@@ -407,7 +407,12 @@ fn find_leak(haystack: &str, secrets: &[&str]) -> Option<String> {
     None
 }
 
-fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> (PathBuf, String) {
+pub(crate) fn docker_config(
+    dir: &Path,
+    host: &str,
+    user: &str,
+    password: &str,
+) -> (PathBuf, String) {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     fs_err::create_dir_all(dir).unwrap();

@@ -47,6 +47,9 @@ const MAX_TOKEN_BYTES: u64 = 1 << 20;
 /// The most bytes read of an error response's body (its start is shown).
 const MAX_ERROR_BODY_BYTES: u64 = 1 << 20;
 
+/// The most pages of a tag list followed (`Link: <…>; rel="next"`).
+const MAX_TAG_PAGES: usize = 10_000;
+
 /// Media types accepted when fetching manifests.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -136,6 +139,8 @@ pub struct FetchedManifest {
 pub(crate) enum BlobData {
     File(PathBuf),
     Bytes(bytes::Bytes),
+    /// Streamed from another repository or registry as the upload takes it (a copy).
+    Remote(Arc<crate::copy::RemoteBlob>),
 }
 
 impl BlobData {
@@ -162,6 +167,7 @@ impl BlobData {
                 let f = tokio::fs::File::from_std(f.into_parts().0);
                 tokio_util::io::ReaderStream::with_capacity(f.take(len), PIECE).boxed()
             }
+            Self::Remote(remote) => crate::copy::RemoteBlob::body(remote, start, len),
         };
         Ok(reqwest::Body::wrap_stream(stream.inspect(move |piece| {
             progress.took(piece.as_ref().map_or(0, bytes::Bytes::len));
@@ -672,6 +678,27 @@ fn check_digest_header(resp: &Response, expected: &Digest, what: &str) -> Result
         }
     }
     Ok(())
+}
+
+/// The target of a `Link: <…>; rel="next"` header (tag list pagination), as written.
+fn link_next(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().split_once(';')?;
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            params
+                .split(';')
+                .any(|p| {
+                    p.trim()
+                        .strip_prefix("rel=")
+                        .is_some_and(|r| r.trim_matches('"').split(' ').any(|r| r == "next"))
+                })
+                .then(|| target.to_owned())
+        })
 }
 
 impl RegistryClient {
@@ -1641,6 +1668,191 @@ impl RegistryClient {
         Ok(fetched.digest)
     }
 
+    /// Lists the tags of `repository` (`GET /v2/<name>/tags/list`), following `Link: <…>;
+    /// rel="next"` pagination (on the registry's own origin only) with `page_size` tags asked
+    /// per page (`n`; `None`: the registry's default). A repository the registry does not know
+    /// has no tags. Each page is read up to 4 MiB.
+    pub async fn list_tags(
+        &self,
+        repository: &Reference,
+        page_size: Option<u32>,
+    ) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let repo = Repo::pull(repository);
+        let mut url = self.url(&repo, "tags/list").await?;
+        if let Some(n) = page_size {
+            url.query_pairs_mut().append_pair("n", &n.to_string());
+        }
+        let origin = url.origin();
+        let mut tags = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let req = Req {
+                registry: &repo.host,
+                method: &Method::GET,
+                url: &url,
+            };
+            let page = self
+                .with_retry("list tags", |_| {
+                    self.within_deadline(req, async {
+                        let resp = self.send(&repo, Method::GET, &url, Ok).await?;
+                        match resp.status().as_u16() {
+                            200 => {}
+                            404 => return Ok(None),
+                            _ => return Err(self.status_error(&Method::GET, &url, resp).await),
+                        }
+                        let next = link_next(resp.headers());
+                        let body = self
+                            .read_capped(
+                                req,
+                                resp,
+                                MAX_MANIFEST_BYTES,
+                                "a page of a tag list",
+                                "Ask for smaller pages, or check that the registry is the one meant.",
+                            )
+                            .await?;
+                        Ok(Some((body, next)))
+                    })
+                })
+                .await?;
+            let Some((body, next)) = page else {
+                return Ok(tags);
+            };
+            let page: Page = serde_json::from_slice(&body).map_err(|e| Error::Json {
+                what: format!("the tag list of `{}`", repository.repository_name()),
+                source: e,
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+            let Some(next) = next else {
+                return Ok(tags);
+            };
+            let next_url = url.join(&next).map_err(|_| Error::Status {
+                method: "GET".to_owned(),
+                url: shown(&url),
+                status: 200,
+                body: format!("unusable Link header `{next}`"),
+            })?;
+            if next_url.origin() != origin {
+                return Err(Error::LocationRefused {
+                    registry: repo.host.clone(),
+                    kind: "a next-page Link to".to_owned(),
+                    location: shown(&next_url),
+                    reason: "it is on another origin; tag list pages are only fetched from the \
+                             registry itself"
+                        .to_owned(),
+                });
+            }
+            if next_url == url {
+                return Ok(tags);
+            }
+            url = next_url;
+        }
+        Err(Error::Status {
+            method: "GET".to_owned(),
+            url: shown(&url),
+            status: 200,
+            body: format!("the tag list goes on past {MAX_TAG_PAGES} pages; stopped"),
+        })
+    }
+
+    /// Deletes the manifest `reference` names by its digest (`DELETE
+    /// /v2/<name>/manifests/<digest>`; registries remove the tags pointing at it too). `Ok(false)`
+    /// when the registry does not have it. A registry with deletion disabled (405, distribution's
+    /// `UNSUPPORTED`) is an [`Error::DeleteDisabled`].
+    pub async fn delete_manifest(&self, reference: &Reference) -> Result<bool> {
+        let Some(digest) = &reference.digest else {
+            return Err(Error::InvalidReference {
+                value: reference.to_string(),
+                reason: "manifests are deleted by digest; give `@sha256:…`".to_owned(),
+            });
+        };
+        let repo = Repo {
+            host: reference.api_host().to_owned(),
+            name: reference.repository.clone(),
+            scopes: vec![format!("repository:{}:delete", reference.repository)],
+        };
+        let url = self.url(&repo, &format!("manifests/{digest}")).await?;
+        let req = Req {
+            registry: &repo.host,
+            method: &Method::DELETE,
+            url: &url,
+        };
+        self.with_retry("delete a manifest", |_| {
+            self.within_deadline(req, async {
+                let resp = self.send(&repo, Method::DELETE, &url, Ok).await?;
+                match resp.status().as_u16() {
+                    200 | 202 | 204 => Ok(true),
+                    404 => Ok(false),
+                    405 => {
+                        let Error::Status { body, .. } =
+                            self.status_error(&Method::DELETE, &url, resp).await
+                        else {
+                            unreachable!("status_error makes a Status")
+                        };
+                        Err(Error::DeleteDisabled {
+                            registry: repo.host.clone(),
+                            request: req.shown(),
+                            body,
+                        })
+                    }
+                    _ => Err(self.status_error(&Method::DELETE, &url, resp).await),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Starts downloading a blob of `size` bytes (its descriptor's) from `source`'s repository:
+    /// the response, checked to be a 200 not announcing more than `size` bytes, and its URL (for
+    /// [`Self::blob_piece`]). For streamed copies; [`Self::download_blob`] stores one in a file.
+    pub(crate) async fn open_blob(
+        &self,
+        source: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(Response, Url)> {
+        let repo = Repo::pull(source);
+        let url = self.url(&repo, &format!("blobs/{digest}")).await?;
+        let resp = self.send(&repo, Method::GET, &url, Ok).await?;
+        if resp.status().as_u16() != 200 {
+            return Err(self.status_error(&Method::GET, &url, resp).await);
+        }
+        if let Some(n) = resp.content_length()
+            && n > size
+        {
+            let req = Req {
+                registry: &repo.host,
+                method: &Method::GET,
+                url: &url,
+            };
+            return Err(req.too_large(
+                format!("blob `{digest}` has {size} bytes by its descriptor"),
+                Some(n),
+                "The registry serves other content than the image's manifest describes: check \
+                 the image and its registry.",
+            ));
+        }
+        Ok((resp, url))
+    }
+
+    /// The next piece of a blob opened with [`Self::open_blob`]; `None` at its end. Nothing for
+    /// the read timeout is an [`Error::ReadTimeout`].
+    pub(crate) async fn blob_piece(
+        &self,
+        registry: &str,
+        url: &Url,
+        resp: &mut Response,
+    ) -> Result<Option<bytes::Bytes>> {
+        let req = Req {
+            registry,
+            method: &Method::GET,
+            url,
+        };
+        self.next_chunk(req, resp).await
+    }
+
     /// Fetches a small blob (an image config: at most 4 MiB) into memory, verifying its digest.
     pub async fn get_blob(&self, reference: &Reference, digest: &Digest) -> Result<Vec<u8>> {
         let repo = Repo::pull(reference);
@@ -1888,6 +2100,27 @@ mod tests {
         }
         let err = check_target(none, &remote, &u("ftp://storage.example/up")).unwrap_err();
         assert!(err.contains("only http and https"), "{err}");
+    }
+
+    #[test]
+    fn next_page_links_are_found_among_others() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(link_next(&h), None);
+        h.append(
+            http::header::LINK,
+            "</v2/a/tags/list?last=b&n=2>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(link_next(&h).as_deref(), Some("/v2/a/tags/list?last=b&n=2"));
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::LINK,
+            "<https://x/prev>; rel=\"prev\", <https://x/next?last=c>; rel=next"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(link_next(&h).as_deref(), Some("https://x/next?last=c"));
     }
 
     #[test]

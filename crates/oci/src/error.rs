@@ -289,6 +289,39 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An image to copy is not in its registry.
+    #[error(
+        "image `{reference}` not found in its registry; check the repository, the digest and the registry it is taken from"
+    )]
+    ImageNotFound {
+        /// The reference looked up.
+        reference: String,
+    },
+    /// A blob streamed from a registry does not match its descriptor (size or digest).
+    #[error(
+        "blob `{digest}` served by `{registry}` does not match its descriptor: {reason}; the image in that registry is damaged or the registry serves other content: check it (e.g. `crane validate --remote REF`)"
+    )]
+    BlobMismatch {
+        /// The registry (`host[:port]`) that served it.
+        registry: String,
+        /// The blob's digest by its descriptor.
+        digest: String,
+        /// What differs.
+        reason: String,
+    },
+    /// The registry does not allow deleting manifests (405, distribution's `UNSUPPORTED`).
+    #[error(
+        "registry `{registry}` has deletion disabled: it answered 405 to {request}{}; enable deletes in its configuration (distribution / Docker registry: `storage: delete: enabled: true` in config.yml, or REGISTRY_STORAGE_DELETE_ENABLED=true; a hosted registry: its retention policies), then run its garbage collector to reclaim the space",
+        body_suffix(.body)
+    )]
+    DeleteDisabled {
+        /// The registry (`host[:port]`).
+        registry: String,
+        /// Method and URL (without query or user info): `DELETE https://…`.
+        request: String,
+        /// Start of the response body (registry error JSON).
+        body: String,
+    },
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),

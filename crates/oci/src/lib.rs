@@ -40,6 +40,7 @@
 pub mod auth;
 pub mod beneath;
 mod client;
+mod copy;
 mod digest;
 mod error;
 pub mod image;
@@ -53,6 +54,7 @@ pub use auth::{Challenge, Credential, DockerConfig};
 pub use client::{
     FetchedManifest, GrantedToken, RegistryClient, RegistryOptions, RetryPolicy, resolve_location,
 };
+pub use copy::CopyResult;
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use image::{BaseImage, ConfigOverrides, ImageSpec, MediaTypes, Platform, canonical_json};

@@ -475,6 +475,12 @@ async fn write_layout(
                     .download_blob(base, &blob.digest, blob.size, &path)
                     .await?;
             }
+            // Streamed copies go registry to registry (`copy_image`); a build never makes one.
+            Source::Local(BlobData::Remote(remote)) => {
+                return Err(Error::Task(format!(
+                    "{remote:?} cannot be written to an OCI layout"
+                )));
+            }
         }
         stats.blobs_uploaded += 1;
         stats.bytes_uploaded += blob.size;

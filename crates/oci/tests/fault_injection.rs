@@ -41,6 +41,13 @@ struct Faults {
     blob_redirect_base: Option<String>,
     /// With `bearer`: the realm of the challenge, instead of this server's own `/token`.
     realm: Option<String>,
+    /// Answer manifest DELETEs with 405 UNSUPPORTED (deletion disabled).
+    delete_disabled: bool,
+    /// Serve a blob only in repositories it was uploaded or mounted into (as registries do);
+    /// otherwise any repository has every blob.
+    blobs_per_repo: bool,
+    /// Drop the connection halfway through this many blob GET bodies larger than 64 KiB.
+    reset_download: u32,
 }
 
 #[derive(Default)]
@@ -49,6 +56,10 @@ struct State {
     blobs: HashMap<String, Vec<u8>>,
     uploads: HashMap<String, Vec<u8>>,
     manifests: HashMap<String, (String, Vec<u8>)>,
+    /// `name digest` of each blob uploaded or mounted into a repository.
+    links: std::collections::HashSet<String>,
+    /// Repositories a manifest was pushed to.
+    repos: std::collections::HashSet<String>,
     next_id: u64,
     log: Vec<String>,
     /// `scope` parameters of each token request.
@@ -173,6 +184,18 @@ async fn connection(stream: TcpStream, state: Shared) {
             return;
         }
         let rep = route(&state, &method, &url, &headers, body);
+        let cut = method == "GET"
+            && url.path().contains("/blobs/sha256:")
+            && rep.body.len() > 64 * 1024
+            && {
+                let mut s = state.lock().unwrap();
+                let cut = s.faults.reset_download > 0;
+                if cut {
+                    s.faults.reset_download -= 1;
+                    s.log.push(format!("CUT GET {}", url.path()));
+                }
+                cut
+            };
         let mut out = format!("HTTP/1.1 {} X\r\n", rep.status);
         for (k, v) in &rep.headers {
             let _ = write!(out, "{k}: {v}\r\n");
@@ -183,6 +206,10 @@ async fn connection(stream: TcpStream, state: Shared) {
         out += "\r\n";
         if w.write_all(out.as_bytes()).await.is_err() {
             return;
+        }
+        if cut {
+            let _ = w.write_all(&rep.body[..rep.body.len() / 2]).await;
+            return; // drop the connection mid-body
         }
         if method != "HEAD" && w.write_all(&rep.body).await.is_err() {
             return;
@@ -263,6 +290,7 @@ fn route(
                 if let Some(d) = query.get("mount")
                     && s.blobs.contains_key(d)
                 {
+                    s.links.insert(format!("{name} {d}"));
                     return reply(201).header("Docker-Content-Digest", d.clone());
                 }
                 if s.faults.post_503 > 0 {
@@ -318,6 +346,7 @@ fn route(
                         .body(b"{\"errors\":[{\"code\":\"DIGEST_INVALID\"}]}".to_vec());
                 }
                 s.blobs.insert(digest.clone(), upload);
+                s.links.insert(format!("{name} {digest}"));
                 let reported = if s.faults.lie_digest {
                     sha256(b"something else")
                 } else {
@@ -335,6 +364,9 @@ fn route(
                 format!("{base}/v2/{name}/blobs/{digest}?X-Amz-Signature=sig-secret"),
             );
         }
+        if s.faults.blobs_per_repo && !s.links.contains(&format!("{name} {digest}")) {
+            return reply(404);
+        }
         return match s.blobs.get(digest) {
             Some(b) => reply(200)
                 .header("Content-Length", b.len().to_string())
@@ -347,9 +379,10 @@ fn route(
             None => reply(404),
         };
     }
-    if let Some((_, reference)) = rest.split_once("/manifests/") {
+    if let Some((name, reference)) = rest.split_once("/manifests/") {
         return match method {
             "PUT" => {
+                s.repos.insert(name.to_owned());
                 if s.faults.manifest_500 > 0 {
                     s.faults.manifest_500 -= 1;
                     return reply(500);
@@ -367,8 +400,54 @@ fn route(
                     .body(b.clone()),
                 None => reply(404),
             },
+            "DELETE" if s.faults.delete_disabled => reply(405).body(
+                br#"{"errors":[{"code":"UNSUPPORTED","message":"The operation is unsupported."}]}"#
+                    .to_vec(),
+            ),
+            "DELETE" => match s.manifests.get(reference).cloned() {
+                // By digest, with every tag pointing at it (as distribution does).
+                Some((_, b)) => {
+                    s.manifests.retain(|_, (_, other)| *other != b);
+                    reply(202)
+                }
+                None => reply(404),
+            },
             _ => reply(405),
         };
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        if !s.repos.contains(name) {
+            return reply(404).body(br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#.to_vec());
+        }
+        // Paginated like distribution: sorted, `n` per page, `last` to go on, a `Link` to the next.
+        let mut tags: Vec<String> = s
+            .manifests
+            .keys()
+            .filter(|k| !k.starts_with("sha256:"))
+            .cloned()
+            .collect();
+        tags.sort();
+        if let Some(last) = query.get("last") {
+            tags.retain(|t| t > last);
+        }
+        let n = query
+            .get("n")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(usize::MAX);
+        let more = tags.len() > n;
+        tags.truncate(n);
+        let body = serde_json::json!({"name": name, "tags": tags}).to_string();
+        let mut rep = reply(200).body(body.into_bytes());
+        if more {
+            rep = rep.header(
+                "Link",
+                format!(
+                    "</v2/{name}/tags/list?last={}&n={n}>; rel=\"next\"",
+                    tags.last().unwrap()
+                ),
+            );
+        }
+        return rep;
     }
     reply(404)
 }
@@ -975,4 +1054,204 @@ async fn plain_http_token_realm_on_a_host_not_allowed_plain_http_gets_no_credent
         .await
         .unwrap();
     assert_eq!(auth.lock().unwrap().authorized, ["GET /token"]);
+}
+
+/// `spec` pushed by fastbuild to `addr`'s `team/app:v1` for `platforms`; its digest.
+async fn pushed(addr: SocketAddr, dir: &Path, platforms: &[&str]) -> fastbuild_oci::Digest {
+    let client = RegistryClient::new(options(dir)).unwrap();
+    let mut spec = spec(dir);
+    spec.platforms = platforms.iter().map(|p| p.parse().unwrap()).collect();
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    build_and_push(&spec, &Target::Registry(target), &client)
+        .await
+        .unwrap()
+        .digest
+}
+
+#[tokio::test]
+async fn a_copy_between_registries_streams_through_resets_and_moves_only_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (from, source) = serve("127.0.0.1:0", Faults::default()).await;
+    let (to, target) = serve(
+        "127.0.0.1:0",
+        Faults {
+            post_503: 1,
+            reset_body: 2,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let digest = pushed(from, tmp.path(), &["linux/amd64"]).await;
+    // The source drops a download halfway too: the upload starts over with a new one.
+    source.lock().unwrap().faults.reset_download = 1;
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let src: Reference = format!("{from}/team/app@{digest}").parse().unwrap();
+    let dst: Reference = format!("{to}/prod/app:v1").parse().unwrap();
+    let copied = client.copy_image(&src, &dst).await.unwrap();
+    assert_eq!(copied.digest, digest);
+    assert_eq!(copied.reference, format!("{to}/prod/app@{digest}"));
+    assert_eq!(copied.manifests, 1);
+    assert_eq!(
+        (copied.stats.blobs_uploaded, copied.stats.blobs_mounted),
+        (3, 0)
+    );
+    {
+        let (s, t) = (source.lock().unwrap(), target.lock().unwrap());
+        assert_eq!(t.faults.reset_body, 0, "the resets happened");
+        assert_eq!(s.faults.reset_download, 0, "the download was cut");
+        let big = s.blobs.iter().max_by_key(|(_, b)| b.len()).unwrap().0;
+        let downloads = s
+            .log
+            .iter()
+            .filter(|l| **l == format!("GET /v2/team/app/blobs/{big}"))
+            .count();
+        assert!(
+            downloads >= 2,
+            "one download per upload attempt: {:?}",
+            s.log
+        );
+        assert!(t.log.iter().any(|l| l.starts_with("PATCH")), "chunked");
+        // The same bytes, the same media type: the same digest.
+        assert_eq!(t.manifests["v1"], s.manifests["v1"]);
+        assert_eq!(sha256(&t.manifests["v1"].1), digest.to_string());
+        assert_eq!(t.blobs, s.blobs);
+        let bytes: usize = s.blobs.values().map(Vec::len).sum();
+        assert_eq!(copied.stats.bytes_uploaded, bytes as u64);
+    }
+    // Again: every blob is there, nothing moves.
+    let again = client.copy_image(&src, &dst).await.unwrap();
+    assert_eq!(again.digest, digest);
+    assert_eq!(
+        (again.stats.blobs_skipped, again.stats.bytes_uploaded),
+        (3, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_source_serving_other_bytes_fails_the_copy_before_the_target_commits_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (from, source) = serve("127.0.0.1:0", Faults::default()).await;
+    let (to, target) = serve("127.0.0.1:0", Faults::default()).await;
+    let digest = pushed(from, tmp.path(), &["linux/amd64"]).await;
+    // The largest blob (the ~300 KiB layer) rots in the source: same size, one byte flipped.
+    let damaged = {
+        let mut s = source.lock().unwrap();
+        let (d, blob) = s.blobs.iter_mut().max_by_key(|(_, b)| b.len()).unwrap();
+        *blob.last_mut().unwrap() ^= 1;
+        d.clone()
+    };
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let src: Reference = format!("{from}/team/app@{digest}").parse().unwrap();
+    let dst: Reference = format!("{to}/prod/app:v1").parse().unwrap();
+    let err = client.copy_image(&src, &dst).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::BlobMismatch { .. }), "{msg}");
+    assert!(
+        msg.contains(&damaged) && msg.contains("hash to") && msg.contains(&from.to_string()),
+        "{msg}"
+    );
+    let t = target.lock().unwrap();
+    assert!(
+        !t.blobs.contains_key(&damaged),
+        "the damaged blob was committed"
+    );
+    assert!(t.manifests.is_empty(), "a manifest was pushed");
+}
+
+#[tokio::test]
+async fn a_copy_inside_one_registry_mounts_and_an_index_keeps_its_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve(
+        "127.0.0.1:0",
+        Faults {
+            blobs_per_repo: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let digest = pushed(addr, tmp.path(), &["linux/amd64", "linux/arm64"]).await;
+    let before = state.lock().unwrap().log.len();
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let src: Reference = format!("{addr}/team/app@{digest}").parse().unwrap();
+    let dst: Reference = format!("{addr}/prod/app:v1").parse().unwrap();
+    let copied = client.copy_image(&src, &dst).await.unwrap();
+    assert_eq!(copied.digest, digest);
+    assert_eq!(copied.media_type, "application/vnd.oci.image.index.v1+json");
+    // The index and its two manifests; two configs and the two shared layers, all mounted.
+    assert_eq!(copied.manifests, 3);
+    assert_eq!(
+        (
+            copied.stats.blobs_mounted,
+            copied.stats.blobs_uploaded,
+            copied.stats.bytes_uploaded
+        ),
+        (4, 0, 0)
+    );
+    let s = state.lock().unwrap();
+    let copy_log = &s.log[before..];
+    assert!(
+        copy_log
+            .iter()
+            .all(|l| !l.starts_with("PATCH") && !l.starts_with("PUT /v2/prod/app/blobs")),
+        "{copy_log:?}"
+    );
+    assert!(
+        copy_log
+            .iter()
+            .filter(|l| l.starts_with("PUT /v2/prod/app/manifests/"))
+            .count()
+            == 3,
+        "{copy_log:?}"
+    );
+    assert_eq!(sha256(&s.manifests["v1"].1), digest.to_string());
+}
+
+#[tokio::test]
+async fn tag_lists_follow_their_links_and_disabled_deletes_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve(
+        "127.0.0.1:0",
+        Faults {
+            delete_disabled: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let digest = pushed(addr, tmp.path(), &["linux/amd64"]).await;
+    {
+        let mut s = state.lock().unwrap();
+        let v1 = s.manifests["v1"].clone();
+        for tag in ["a", "b", "c", "d", "e"] {
+            s.manifests.insert(tag.to_owned(), v1.clone());
+        }
+    }
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let repo: Reference = format!("{addr}/team/app").parse().unwrap();
+    let tags = client.list_tags(&repo, Some(2)).await.unwrap();
+    assert_eq!(tags, ["a", "b", "c", "d", "e", "v1"]);
+    let pages = state
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .filter(|l| l.ends_with("/tags/list"))
+        .count();
+    assert_eq!(pages, 3);
+    let unknown: Reference = format!("{addr}/team/none").parse().unwrap();
+    assert!(client.list_tags(&unknown, None).await.unwrap().is_empty());
+
+    let pinned = repo.with_digest(digest);
+    let err = client.delete_manifest(&pinned).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::DeleteDisabled { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!("registry `{addr}` has deletion disabled"))
+            && msg.contains("UNSUPPORTED")
+            && msg.contains("delete: enabled: true"),
+        "{msg}"
+    );
+    state.lock().unwrap().faults.delete_disabled = false;
+    assert!(client.delete_manifest(&pinned).await.unwrap());
+    assert!(client.list_tags(&repo, None).await.unwrap().is_empty());
+    assert!(!client.delete_manifest(&pinned).await.unwrap());
 }
