@@ -7,7 +7,7 @@
 //! | `docker-container` | `docker-container://buildx_buildkit_<node>` (its container) |
 //! | `remote` | the node's endpoint, with its `cacert`/`cert`/`key`/`servername` driver options |
 //! | `docker` | the Docker endpoint (no instance file: the name is a Docker context) |
-//! | `kubernetes` | not reachable without the Kubernetes API (its pods are named by a deployment): an error saying to use `kube-pod://POD` |
+//! | `kubernetes` | `kube-deployment://<node>?namespace=N[&context=C]`: `kubectl exec deployment/<node>` (its pods' names only the API knows) |
 //!
 //! Stage: settings input. Reads files only.
 
@@ -108,11 +108,18 @@ pub fn resolve(config_dir: &Path, name: &str, docker_host: &str) -> Result<Resol
                 tls,
             })
         }
-        "kubernetes" => bail!(
-            "buildx builder `{name}` uses the kubernetes driver, whose pods only the Kubernetes API \
-             can name; pass `--buildkit kube-pod://POD?namespace=NS` with a pod of its deployment \
-             (`kubectl get pods -l app={node_name}`)"
-        ),
+        "kubernetes" => {
+            // buildx runs a deployment per node, named after it, in the `namespace` driver
+            // option (buildx's default: `default`); the endpoint's context, when not default.
+            let opts = &node["DriverOpts"];
+            let namespace = opts["namespace"].as_str().unwrap_or("default");
+            let mut address = format!("kube-deployment://{node_name}?namespace={namespace}");
+            if let Some(ctx) = opts["context"].as_str().filter(|c| !c.is_empty()) {
+                address.push_str("&context=");
+                address.push_str(ctx);
+            }
+            Ok(Resolved { address, tls: None })
+        }
         other => bail!(
             "buildx builder `{name}` uses the `{other}` driver, which fastbuild cannot reach; pass \
              `--buildkit` with its BuildKit address"
@@ -153,7 +160,7 @@ mod tests {
         instance(
             dir.path(),
             "kube",
-            r#"{"Name":"kube","Driver":"kubernetes","Nodes":[{"Name":"kube0","Endpoint":"kubernetes:///kube"}]}"#,
+            r#"{"Name":"kube","Driver":"kubernetes","Nodes":[{"Name":"kube0","Endpoint":"kubernetes:///kube","DriverOpts":{"namespace":"buildkit"}}]}"#,
         );
         assert_eq!(
             resolve(dir.path(), "cont", sock).unwrap().address,
@@ -168,8 +175,10 @@ mod tests {
         let tls = r.tls.unwrap();
         assert_eq!(tls.ca.unwrap(), PathBuf::from("/c/ca.pem"));
         assert_eq!(tls.server_name.as_deref(), Some("bk"));
-        let e = resolve(dir.path(), "kube", sock).unwrap_err().to_string();
-        assert!(e.contains("kube-pod://POD"), "{e}");
+        assert_eq!(
+            resolve(dir.path(), "kube", sock).unwrap().address,
+            "kube-deployment://kube0?namespace=buildkit"
+        );
         let e = resolve(dir.path(), "cont", "unix:///other.sock")
             .unwrap_err()
             .to_string();

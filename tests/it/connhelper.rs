@@ -67,7 +67,7 @@ fn every_connection_helper_builds_and_pushes_through_its_command() {
     for program in ["docker", "podman", "nerdctl", "kubectl", "ssh"] {
         stand_in(bin.path(), program, &bed, &log);
     }
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 7] = [
         (
             "docker-container://buildx_buildkit_fb0",
             "docker|exec|-i|buildx_buildkit_fb0|buildctl|dial-stdio",
@@ -87,6 +87,11 @@ fn every_connection_helper_builds_and_pushes_through_its_command() {
         (
             "kube-pod://buildkitd-0?namespace=ci&container=buildkitd",
             "kubectl|--context=|--namespace=ci|exec|--container=buildkitd|-i|buildkitd-0|--|buildctl|dial-stdio",
+        ),
+        (
+            // buildx's kubernetes driver (a deployment per node).
+            "kube-deployment://builder0?namespace=buildkit",
+            "kubectl|--context=|--namespace=buildkit|exec|-i|deployment/builder0|--|buildctl|dial-stdio",
         ),
         (
             "ssh://builder@build-host:2222/run/buildkit/buildkitd.sock",

@@ -9,6 +9,7 @@
 //! | `nerdctl-container://NAME[?namespace=N]` | `nerdctl exec [--namespace N] -i NAME buildctl dial-stdio` |
 //! | `kube-pod://POD[?context=&namespace=&container=]` | `kubectl --context=C --namespace=N exec --container=K -i POD -- buildctl dial-stdio` |
 //! | `ssh://[USER@]HOST[:PORT][/SOCKET]` | `ssh [-l USER] [-p PORT] -- HOST buildctl [--addr unix:///SOCKET] dial-stdio` |
+//! | `kube-deployment://NAME[?context=&namespace=]` (fastbuild's: buildx's `kubernetes` driver) | `kubectl --context=C --namespace=N exec -i deployment/NAME -- buildctl dial-stdio` |
 //!
 //! The argv is exactly buildctl's, so a setup that works with buildctl works here. One process
 //! per connection, killed with it; when the command ends before the daemon answered, the error
@@ -71,7 +72,12 @@ pub fn parse(address: &str) -> Result<Option<HelperCommand>, String> {
     };
     if !matches!(
         scheme,
-        "docker-container" | "podman-container" | "nerdctl-container" | "kube-pod" | "ssh"
+        "docker-container"
+            | "podman-container"
+            | "nerdctl-container"
+            | "kube-pod"
+            | "kube-deployment"
+            | "ssh"
     ) {
         return Ok(None);
     }
@@ -171,6 +177,37 @@ pub fn parse(address: &str) -> Result<Option<HelperCommand>, String> {
                     format!("--container={c}"),
                     "-i".into(),
                     host.clone(),
+                    "--".into(),
+                    "buildctl".into(),
+                    "dial-stdio".into(),
+                ],
+            }
+        }
+        "kube-deployment" => {
+            // buildx's kubernetes driver runs BuildKit as a deployment named after the node;
+            // its pods' names only the API knows, so kubectl picks one (`deployment/NAME`).
+            known_query(&["context", "namespace"])?;
+            if !kube_name(&host) {
+                return Err(format!(
+                    "unsupported deployment name `{host}`; expected \
+                     `kube-deployment://NAME?namespace=&context=`"
+                ));
+            }
+            let (context, namespace) = (query("context"), query("namespace"));
+            if !namespace.is_empty() && !kube_name(&namespace) {
+                return Err(format!("unsupported namespace name `{namespace}`"));
+            }
+            if !context.is_empty() && !plain_word(&context) {
+                return Err(format!("bad kubectl context name `{context}`"));
+            }
+            HelperCommand {
+                program: "kubectl".into(),
+                args: vec![
+                    format!("--context={context}"),
+                    format!("--namespace={namespace}"),
+                    "exec".into(),
+                    "-i".into(),
+                    format!("deployment/{host}"),
                     "--".into(),
                     "buildctl".into(),
                     "dial-stdio".into(),
@@ -529,6 +566,20 @@ mod tests {
         assert_eq!(
             argv("ssh://builder.example"),
             ["ssh", "--", "builder.example", "buildctl", "dial-stdio"]
+        );
+        assert_eq!(
+            argv("kube-deployment://builder0?namespace=buildkit"),
+            [
+                "kubectl",
+                "--context=",
+                "--namespace=buildkit",
+                "exec",
+                "-i",
+                "deployment/builder0",
+                "--",
+                "buildctl",
+                "dial-stdio"
+            ]
         );
         assert_eq!(parse("unix:///x").unwrap(), None);
     }

@@ -127,7 +127,7 @@ impl Address {
         }
         Err(invalid(
             "expected `unix://`, `tcp://`, `docker-unix://`, `docker://`, or a connection helper: \
-             `docker-container://`, `podman-container://`, `nerdctl-container://`, `kube-pod://`, \
+             `docker-container://`, `podman-container://`, `nerdctl-container://`, `kube-pod://`, `kube-deployment://`, \
              `ssh://`",
         ))
     }
