@@ -400,108 +400,175 @@ impl Drop for Kill {
     }
 }
 
-/// `ssh://` for real: Debian's OpenSSH server on a loopback port with a per-test host key and
-/// client key, `buildctl dial-stdio` on the far side (the bed's buildctl on the session's
-/// PATH) relaying to the standalone buildkitd's socket. The only stand-in is a wrapper that
-/// hands the real `ssh` its per-test config (`-F`), as a user's `~/.ssh/config` would.
+/// A real OpenSSH server (Debian's openssh-server) on a loopback port, with a per-test host key
+/// and client key, whose sessions get `remote_path` first on `PATH` and `env`; and a client
+/// side: an `ssh` wrapper dir (`client_bin`) that hands the real `ssh` the per-test config
+/// (`-F`), as a user's `~/.ssh/config` would. Stopped on drop.
+struct Sshd {
+    port: u16,
+    client_bin: std::path::PathBuf,
+    _server: Kill,
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    fn start(remote_path: &Path, env: &[(&str, String)]) -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let keygen = |file: &Path| {
+            let ok = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(file)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        };
+        keygen(&d.join("host_key"));
+        keygen(&d.join("client_key"));
+        fs_err::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut set_env = format!("PATH={}:/usr/bin:/bin", remote_path.display());
+        for (k, v) in env {
+            set_env.push(' ');
+            set_env.push_str(k);
+            set_env.push('=');
+            set_env.push_str(v);
+        }
+        fs_err::write(
+            d.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\n\
+                 AuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 StrictModes no\nSetEnv {set_env}\n",
+                hk = d.join("host_key").display(),
+                pid = d.join("sshd.pid").display(),
+                ak = d.join("authorized_keys").display(),
+            ),
+        )
+        .unwrap();
+        // sshd's privilege separation directory (absent where no sshd ever ran).
+        let _ = fs_err::create_dir_all("/run/sshd");
+        let mut sshd = std::process::Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sshd (openssh-server, installed by the bed)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = sshd.try_wait() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(sshd.stderr.as_mut().unwrap(), &mut err).unwrap();
+                panic!("sshd exited ({status}): {err}");
+            }
+            assert!(std::time::Instant::now() < deadline, "sshd did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let client_bin = d.join("client-bin");
+        fs_err::create_dir_all(&client_bin).unwrap();
+        fs_err::write(
+            d.join("ssh_config"),
+            format!(
+                "Host 127.0.0.1\n  IdentityFile {}\n  StrictHostKeyChecking no\n  \
+                 UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n",
+                d.join("client_key").display()
+            ),
+        )
+        .unwrap();
+        let wrapper = client_bin.join("ssh");
+        fs_err::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec /usr/bin/ssh -F '{}' \"$@\"\n",
+                d.join("ssh_config").display()
+            ),
+        )
+        .unwrap();
+        fs_err::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        Sshd {
+            port,
+            client_bin,
+            _server: Kill(sshd),
+            _dir: dir,
+        }
+    }
+}
+
+/// `ssh://` for real: `buildctl dial-stdio` on the far side of a real sshd (the bed's buildctl
+/// on the session's PATH) relaying to the standalone buildkitd's socket.
 #[test]
 fn ssh_reaches_buildkit_through_a_real_sshd() {
     let bed = require_bed!();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let keygen = |file: &Path| {
-        let ok = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(file)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    keygen(&d.join("host_key"));
-    keygen(&d.join("client_key"));
-    fs_err::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-    let remote_bin = d.join("remote-bin");
-    fs_err::create_dir_all(&remote_bin).unwrap();
-    std::os::unix::fs::symlink(&bed.buildctl, remote_bin.join("buildctl")).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    fs_err::write(
-        d.join("sshd_config"),
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\n\
-             AuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-             SetEnv PATH={rb}:/usr/bin:/bin\n",
-            hk = d.join("host_key").display(),
-            pid = d.join("sshd.pid").display(),
-            ak = d.join("authorized_keys").display(),
-            rb = remote_bin.display(),
-        ),
-    )
-    .unwrap();
-    // sshd's privilege separation directory (absent where no sshd ever ran).
-    let _ = fs_err::create_dir_all("/run/sshd");
-    let mut sshd = std::process::Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(d.join("sshd_config"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sshd (openssh-server, installed by the bed)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = sshd.try_wait() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(sshd.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("sshd exited ({status}): {err}");
-        }
-        assert!(std::time::Instant::now() < deadline, "sshd did not listen");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _sshd = Kill(sshd);
-
-    let client_bin = d.join("client-bin");
-    fs_err::create_dir_all(&client_bin).unwrap();
-    fs_err::write(
-        d.join("ssh_config"),
-        format!(
-            "Host 127.0.0.1\n  IdentityFile {}\n  StrictHostKeyChecking no\n  \
-             UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n",
-            d.join("client_key").display()
-        ),
-    )
-    .unwrap();
-    let wrapper = client_bin.join("ssh");
-    fs_err::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec /usr/bin/ssh -F '{}' \"$@\"\n",
-            d.join("ssh_config").display()
-        ),
-    )
-    .unwrap();
-    fs_err::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-
+    let remote_bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&bed.buildctl, remote_bin.path().join("buildctl")).unwrap();
+    let sshd = Sshd::start(remote_bin.path(), &[]);
     let socket = bed
         .buildkitd
         .strip_prefix("unix://")
         .expect("the bed's buildkitd is a unix socket");
     let project = example_project();
     let out = run(fastbuild(project.path())
-        .env("PATH", path_with(&client_bin))
+        .env("PATH", path_with(&sshd.client_bin))
         .args([
             "build",
             "api",
             "--no-cache",
             "--buildkit",
-            &format!("ssh://root@127.0.0.1:{port}{socket}"),
+            &format!("ssh://root@127.0.0.1:{}{socket}", sshd.port),
         ]));
     assert_ok(&out);
+}
+
+/// A Docker context whose endpoint is `ssh://` (made by the real `docker context create`), as
+/// the default: fastbuild runs `ssh … docker system dial-stdio` as the docker CLI does, through a
+/// real sshd whose sessions find the bed's docker CLI and dockerd, and builds on that dockerd's
+/// BuildKit through the `/grpc` upgrade carried over ssh.
+#[test]
+fn a_docker_context_with_an_ssh_endpoint_builds_on_the_remote_dockerd() {
+    let bed = require_bed!();
+    let remote_bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&bed.docker_cli, remote_bin.path().join("docker")).unwrap();
+    let sshd = Sshd::start(
+        remote_bin.path(),
+        &[("DOCKER_HOST", bed.docker_host.clone())],
+    );
+    let config = tempfile::tempdir().unwrap();
+    let created = std::process::Command::new(&bed.docker_cli)
+        .env("DOCKER_CONFIG", config.path())
+        .env_remove("DOCKER_HOST")
+        .args(["context", "create", "remote", "--docker"])
+        .arg(format!("host=ssh://root@127.0.0.1:{}", sshd.port))
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", stderr(&created));
+    let project = example_project();
+    let fb = |args: &[&str]| {
+        run(fastbuild(project.path())
+            .env("PATH", path_with(&sshd.client_bin))
+            .env("DOCKER_CONFIG", config.path())
+            .env("DOCKER_CONTEXT", "remote")
+            .env_remove("DOCKER_HOST")
+            .env_remove("BUILDKIT_HOST")
+            .args(args))
+    };
+    assert_ok(&fb(&["build", "api", "--no-cache"]));
+    let (name, detail) = doctor_check(&fb(&["doctor", "--json"]), "buildkit ");
+    assert_eq!(
+        name,
+        format!("buildkit docker-ssh://root@127.0.0.1:{}", sshd.port)
+    );
+    assert!(
+        detail.contains("Docker context `remote` (DOCKER_CONTEXT)"),
+        "{detail}"
+    );
 }
 
 /// Removes a buildx builder (its container and state volume) on drop.
