@@ -445,7 +445,7 @@ pub struct TiltArgs {
 pub struct HistoryArgs {
     /// Services (default: all).
     pub services: Vec<String>,
-    /// One JSON object per line.
+    /// One JSON object per line (with the repository, full digest, git state and values file).
     #[arg(long)]
     pub json: bool,
     /// At most this many records per service (newest).

@@ -62,8 +62,8 @@ pub fn list(project: &Project, args: &HistoryArgs, printer: &Printer) -> Result<
         .unwrap_or(7)
         .max(7);
     let mut out = format!(
-        "{:19}  {:width$}  {:8}  {:19}  {:12}  {}\n",
-        "TIME (UTC)", "SERVICE", "KIND", "DIGEST", "GIT", "REPOSITORY"
+        "{:19}  {:width$}  {:8}  {:19}  {}\n",
+        "TIME (UTC)", "SERVICE", "KIND", "DIGEST", "GIT"
     );
     for r in shown {
         let git = r.git.as_ref().map_or_else(
@@ -82,12 +82,12 @@ pub fn list(project: &Project, args: &HistoryArgs, printer: &Printer) -> Result<
             Kind::Rollback => "rollback".to_owned(),
         };
         let digest: String = r.digest.chars().take(19).collect();
+        // Fits 80 columns; the repository and the full digest are in `--json`.
         let _ = writeln!(
             out,
-            "{}  {:width$}  {kind:8}  {digest:19}  {git:12}  {}",
+            "{}  {:width$}  {kind:8}  {digest:19}  {git}",
             r.time_shown(),
             r.service,
-            r.repository
         );
     }
     printer.raw(&out);

@@ -68,6 +68,10 @@ async fn three_builds_then_rollback_two_steps_is_what_helm_renders() {
     let table = stdout(&out);
     assert!(table.starts_with("TIME (UTC)"), "{table}");
     assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.lines().all(|l| l.chars().count() <= 80),
+        "fits an 80-column terminal:\n{table}"
+    );
 
     let out = run(fastbuild(dir.path()).args(["rollback", "worker", "--steps", "2"]));
     assert_ok(&out);
