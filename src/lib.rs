@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cluster_registry;
 pub mod config;
 pub mod doctor;
+pub mod error;
 pub mod history;
 pub mod outputs;
 pub mod pipeline;
@@ -31,24 +32,7 @@ use crate::cli::{Cli, Command};
 use crate::printer::Printer;
 use crate::settings::Project;
 
-/// The run was interrupted (Ctrl-C or SIGTERM): exit code 130 or 143.
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted")]
-pub struct Interrupted;
-
-/// Exit codes, as documented in `--help`.
-pub mod exit {
-    /// Success.
-    pub const OK: i32 = 0;
-    /// A build, push, deploy or check failed.
-    pub const FAILURE: i32 = 1;
-    /// Bad flags, bad project file, unknown service.
-    pub const USAGE: i32 = 2;
-    /// Interrupted by Ctrl-C (SIGINT): 128 + 2.
-    pub const INTERRUPTED: i32 = 130;
-    /// Terminated by SIGTERM (what CI runners, Tilt and `kill` send): 128 + 15.
-    pub const TERMINATED: i32 = 143;
-}
+pub use error::{Interrupted, UsageError, exit};
 
 /// The progress mode: `--progress` / `FASTBUILD_PROGRESS` when given, else buildx's
 /// `BUILDKIT_PROGRESS` (`tty` is the live view, `rawjson` the JSON lines), else `auto`. An

@@ -20,10 +20,7 @@ pub const DEFAULT_HELM_TIMEOUT: &str = "10m";
 /// Default number of services built at once.
 pub const DEFAULT_PARALLEL: usize = 4;
 
-/// A usage error (exit code 2): bad flags, bad project file, unknown service.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::error::UsageError;
 
 /// Layer compression, as chosen by the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -65,10 +65,14 @@ pub async fn build(
     }
 }
 
-/// The default tag derived from the content: `fb-` + the first 12 hex digits of the digest.
+/// The default tag derived from the content: `fb-` + the first 12 hex digits of the digest —
+/// the one rule of `fastbuild_oci::default_tag`, for a digest held as text. Builders hand over
+/// parsed digests; text that is not one still never slices inside a character.
 pub fn content_tag(digest: &str) -> String {
+    if let Ok(d) = digest.parse::<fastbuild_oci::Digest>() {
+        return fastbuild_oci::default_tag(&d);
+    }
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    // Builders hand over parsed digests; still never slice inside a character.
     let prefix: String = hex
         .chars()
         .take(12)

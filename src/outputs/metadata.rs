@@ -4,6 +4,7 @@
 //! like ko's) and `--image-ref-out` (`repo:tag` for Tilt's `outputs_image_ref_to`, which
 //! rejects a bare digest reference).
 
+use fastbuild_buildkit::exporter_keys as keys;
 use serde_json::{Value, json};
 
 use crate::builder::ImageResult;
@@ -20,12 +21,12 @@ pub fn digest_line(image: &ImageResult, format: DigestFormat) -> String {
 /// The buildx-compatible metadata JSON.
 pub fn metadata_json(image: &ImageResult) -> Value {
     let mut m = serde_json::Map::new();
-    m.insert("containerimage.digest".into(), json!(image.digest));
-    m.insert("containerimage.descriptor".into(), image.descriptor.clone());
+    m.insert(keys::DIGEST.into(), json!(image.digest));
+    m.insert(keys::DESCRIPTOR.into(), image.descriptor.clone());
     if let Some(c) = &image.config_digest {
-        m.insert("containerimage.config.digest".into(), json!(c));
+        m.insert(keys::CONFIG_DIGEST.into(), json!(c));
     }
-    m.insert("image.name".into(), json!(image.image_name()));
+    m.insert(keys::IMAGE_NAME.into(), json!(image.image_name()));
     Value::Object(m)
 }
 

@@ -157,6 +157,18 @@ pub struct BuildOptions {
     pub oci_layout: Option<PathBuf>,
 }
 
+/// The keys of the image exporter's response (and of buildx's `--metadata-file`).
+pub mod exporter_keys {
+    /// The manifest or index digest.
+    pub const DIGEST: &str = "containerimage.digest";
+    /// The image config digest (single-platform images).
+    pub const CONFIG_DIGEST: &str = "containerimage.config.digest";
+    /// The OCI descriptor of the manifest or index, as JSON.
+    pub const DESCRIPTOR: &str = "containerimage.descriptor";
+    /// The image names, comma-separated (`--metadata-file`'s `image.name`).
+    pub const IMAGE_NAME: &str = "image.name";
+}
+
 /// What a named context is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NamedContext {
@@ -495,7 +507,7 @@ impl Client {
         };
         let exporter_response: BTreeMap<String, String> =
             response.exporter_response.into_iter().collect();
-        let Some(digest) = checked_digest(&exporter_response, "containerimage.digest")? else {
+        let Some(digest) = checked_digest(&exporter_response, exporter_keys::DIGEST)? else {
             return Err(Error::MissingDigest {
                 keys: exporter_response
                     .keys()
@@ -504,7 +516,7 @@ impl Client {
                     .join(", "),
             });
         };
-        let config_digest = checked_digest(&exporter_response, "containerimage.config.digest")?;
+        let config_digest = checked_digest(&exporter_response, exporter_keys::CONFIG_DIGEST)?;
         if let Some((dir, outcome)) = layout_outcome {
             match outcome {
                 Some(Ok(written)) if written.digests.contains(&digest) => {
@@ -532,7 +544,7 @@ impl Client {
             }
         }
         let descriptor = exporter_response
-            .get("containerimage.descriptor")
+            .get(exporter_keys::DESCRIPTOR)
             .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
             .and_then(|json| serde_json::from_slice(&json).ok());
         Ok(BuildResult {

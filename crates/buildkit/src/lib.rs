@@ -60,7 +60,8 @@ pub mod transport;
 
 pub use auth::{Credentials, DockerAuth};
 pub use build::{
-    BuildOptions, BuildResult, CacheSpec, Compression, ImageDescriptor, NamedContext, validate,
+    BuildOptions, BuildResult, CacheSpec, Compression, ImageDescriptor, NamedContext,
+    exporter_keys, validate,
 };
 pub use client::{ActiveBuild, Client, ServerInfo, WorkerInfo};
 pub use error::{Error, Result};
