@@ -1,4 +1,5 @@
 use super::*;
+use crate::proto::fsutil::types::XattrEntry;
 
 fn tree() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
