@@ -14,8 +14,9 @@ use crate::image::{
     Assembled, BaseImage, ImageSpec, Platform, ResolvedBase, assemble, assemble_index,
     config_platform, index_platforms, media,
 };
-use crate::layer::{Compression, Layer, build_layer_cached};
+use crate::layer::{Compression, Layer};
 use crate::layer_cache::LayerCache;
+use crate::layer_cache::build_layer_cached;
 use crate::reference::Reference;
 
 /// Where the image goes.
