@@ -201,7 +201,7 @@ fn generated_in_context_check(plan: &ServicePlan) -> Option<Check> {
     let BuilderPlan::Buildkit(b) = &plan.builder else {
         return None;
     };
-    let excluder = builder::buildkit::excluder(b);
+    let excluder = crate::inputs::excluder(b);
     let generated = [plan.values_file.clone()];
     let sent: Vec<String> = generated
         .iter()

@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result};
+
+use crate::builder::ImageResult;
+use crate::printer::Printer;
+use crate::settings::{Destination, ServicePlan};
 use serde::{Deserialize, Serialize};
 
 /// Records kept; older ones are dropped when the journal grows past it by a tenth.
@@ -222,6 +226,45 @@ pub fn digests_newest_first(records: &[Record], service: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Appends a build of `plan` to the project's history (a warning, never a failure, when the
+/// journal cannot be written: the image is pushed and the values file written either way).
+pub fn record_build(
+    plan: &ServicePlan,
+    image: &ImageResult,
+    values_written: bool,
+    printer: &Printer,
+) {
+    if !matches!(plan.destination, Destination::Registry { .. }) {
+        return;
+    }
+    let record = Record {
+        service: plan.name.clone(),
+        repository: plan.pull_repository.clone(),
+        digest: image.digest.clone(),
+        time: now(),
+        kind: Kind::Build,
+        builder: match plan.builder {
+            crate::settings::BuilderPlan::Buildkit(_) => "buildkit",
+            crate::settings::BuilderPlan::Native(_) => "native",
+        }
+        .to_owned(),
+        git: git_state(&plan.root),
+        values_file: values_written.then(|| {
+            plan.values_file
+                .strip_prefix(&plan.root)
+                .unwrap_or(&plan.values_file)
+                .display()
+                .to_string()
+        }),
+    };
+    if let Err(e) = Journal::new(&plan.root).append(&record) {
+        printer.warn(&format!(
+            "could not record `{}` in the history ({e:#}); the image and values file are fine",
+            plan.name
+        ));
+    }
 }
 
 #[cfg(test)]

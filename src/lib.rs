@@ -15,6 +15,7 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod history;
+pub mod inputs;
 pub mod outputs;
 pub mod pipeline;
 pub mod printer;

@@ -180,63 +180,6 @@ pub async fn build_all(
     out
 }
 
-/// The values file text of `plan` pinned to `digest` (with `tag` for a tag key).
-pub fn values_text(plan: &ServicePlan, digest: &str, tag: Option<String>) -> Result<String> {
-    let iv = values::ImageValues {
-        pull_registry: plan.pull_registry.clone(),
-        repository: plan.pull_repository.clone(),
-        digest: digest.to_owned(),
-        tag,
-    };
-    values::render(&plan.name, &iv, &plan.values_keys).map_err(|e| anyhow!(UsageError(e)))
-}
-
-/// Writes the values file of one built service; returns whether it changed.
-pub fn write_values(plan: &ServicePlan, image: &ImageResult) -> Result<WriteOutcome> {
-    let text = values_text(plan, &image.digest, image.tag.clone())?;
-    atomic::write_if_changed(&plan.values_file, text.as_bytes())
-        .with_context(|| format!("failed to write the values file of `{}`", plan.name))
-}
-
-/// Appends a build of `plan` to the project's history (a warning, never a failure, when the
-/// journal cannot be written: the image is pushed and the values file written either way).
-pub fn record_history(
-    plan: &ServicePlan,
-    image: &ImageResult,
-    values_written: bool,
-    printer: &Printer,
-) {
-    if !matches!(plan.destination, Destination::Registry { .. }) {
-        return;
-    }
-    let record = crate::history::Record {
-        service: plan.name.clone(),
-        repository: plan.pull_repository.clone(),
-        digest: image.digest.clone(),
-        time: crate::history::now(),
-        kind: crate::history::Kind::Build,
-        builder: match plan.builder {
-            settings::BuilderPlan::Buildkit(_) => "buildkit",
-            settings::BuilderPlan::Native(_) => "native",
-        }
-        .to_owned(),
-        git: crate::history::git_state(&plan.root),
-        values_file: values_written.then(|| {
-            plan.values_file
-                .strip_prefix(&plan.root)
-                .unwrap_or(&plan.values_file)
-                .display()
-                .to_string()
-        }),
-    };
-    if let Err(e) = crate::history::Journal::new(&plan.root).append(&record) {
-        printer.warn(&format!(
-            "could not record `{}` in the history ({e:#}); the image and values file are fine",
-            plan.name
-        ));
-    }
-}
-
 /// `fastbuild build` / `fastbuild push`.
 /// One warning per BuildKit address reached over plain TCP off this machine.
 pub fn warn_plaintext_remote(plans: &[ServicePlan], printer: &Printer) {
@@ -280,7 +223,7 @@ pub async fn run(
             Ok(image) => {
                 let pushed = matches!(plan.destination, Destination::Registry { .. });
                 if pushed && write_values_files {
-                    match write_values(plan, &image) {
+                    match values::write_for(plan, &image) {
                         Ok(WriteOutcome::Written) => printer.note(
                             Some(&plan.name),
                             &format!("wrote {}", plan.values_file.display()),
@@ -295,7 +238,7 @@ pub async fn run(
                         }
                     }
                 }
-                record_history(plan, &image, pushed && write_values_files, printer);
+                crate::history::record_build(plan, &image, pushed && write_values_files, printer);
                 built.push((plan, image));
             }
             Err(e) => failures.push((plan.name.clone(), e)),
@@ -384,7 +327,7 @@ fn write_ci_outputs(
             .ok_or_else(|| anyhow!("no service was built"))?;
         files.push((
             p,
-            values_text(plan, &image.digest, image.tag.clone())?.into_bytes(),
+            values::text_for(plan, &image.digest, image.tag.clone())?.into_bytes(),
         ));
     }
     if files.is_empty() {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::atomic::{self, WriteOutcome};
 use crate::builder::content_tag;
-use crate::builder::native::registry_options;
+use crate::builder::registry::registry_options;
 use crate::cli::PromoteArgs;
 use crate::outputs::values::{self, ImageValues};
 use crate::printer::Printer;

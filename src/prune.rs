@@ -27,7 +27,7 @@ use fastbuild_oci::{Digest, FetchedManifest, Reference, RegistryClient};
 use futures::{StreamExt as _, TryStreamExt as _};
 use tokio_util::sync::CancellationToken;
 
-use crate::builder::native::registry_options;
+use crate::builder::registry::registry_options;
 use crate::cli::PruneArgs;
 use crate::outputs::values;
 use crate::printer::Printer;

@@ -164,7 +164,7 @@ pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer)
 
     // The registry must still serve it (a garbage-collected digest would break the deploy).
     let client =
-        fastbuild_oci::RegistryClient::new(crate::builder::native::registry_options(&plan))
+        fastbuild_oci::RegistryClient::new(crate::builder::registry::registry_options(&plan))
             .context("cannot set up the registry client")?;
     let reference: fastbuild_oci::Reference = format!("{repository}@{target}")
         .parse()
@@ -188,7 +188,7 @@ pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer)
         .tag_key
         .is_some()
         .then(|| content_tag(&target));
-    let text = crate::pipeline::values_text(&plan, &target, tag)?;
+    let text = crate::outputs::values::text_for(&plan, &target, tag)?;
     crate::atomic::write(&plan.values_file, text.as_bytes())
         .with_context(|| format!("failed to write the values file of `{name}`"))?;
     let record = Record {

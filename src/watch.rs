@@ -95,7 +95,7 @@ fn is_noise(path: &Path, generated: &BTreeSet<PathBuf>) -> bool {
 }
 
 /// Whether a change at `path` concerns `plan`; `excluder` is the plan's ignore-file matcher
-/// (see [`builder::buildkit::excluder`]), read once per batch of changes.
+/// (see [`crate::inputs::excluder`]), read once per batch of changes.
 pub fn affects(plan: &ServicePlan, excluder: Option<&PatternMatcher>, path: &Path) -> bool {
     if !plan.watch_paths.iter().any(|w| path.starts_with(w)) {
         return false;
@@ -270,7 +270,7 @@ pub async fn run(
             excluders.clear();
             for (name, slot) in slots {
                 let m = match &slot.plan.builder {
-                    BuilderPlan::Buildkit(b) => builder::buildkit::excluder(b),
+                    BuilderPlan::Buildkit(b) => crate::inputs::excluder(b),
                     BuilderPlan::Native(_) => None,
                 };
                 excluders.insert(name.clone(), m);
@@ -441,7 +441,7 @@ pub async fn run(
                         let changed = slot.last_digest.as_deref() != Some(image.digest.as_str());
                         slot.last_digest = Some(image.digest.clone());
                         let _ = ev_tx.send(Event::State { service: service.clone(), state: ServiceState::Pushed { reference: image.pinned() } });
-                        let outcome = pipeline::write_values(&slot.plan, &image);
+                        let outcome = crate::outputs::values::write_for(&slot.plan, &image);
                         let wrote = match &outcome {
                             Ok(WriteOutcome::Written) => true,
                             Ok(WriteOutcome::Unchanged) => false,
@@ -452,7 +452,7 @@ pub async fn run(
                         };
                         // Every new digest is history; an unchanged rebuild is not.
                         if changed {
-                            pipeline::record_history(&slot.plan, &image, outcome.is_ok(), printer);
+                            crate::history::record_build(&slot.plan, &image, outcome.is_ok(), printer);
                         }
                         if printer.is_json() {
                             printer.json(&serde_json::json!({

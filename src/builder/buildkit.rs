@@ -8,10 +8,8 @@
 //! image back over the session and it is unpacked into the OCI layout `DIR`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use fastbuild_buildkit::patterns::{PatternMatcher, parse_dockerignore_bytes};
 use fastbuild_buildkit::{
     BuildOptions, CacheSpec, Client, Compression as BkCompression, NamedContext, ProgressEvent,
     SecretSource, SshSource, TlsOptions,
@@ -190,7 +188,7 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
             .map(|s| cache_spec(s))
             .collect::<Result<_>>()?,
         docker_config_dir: plan.docker_config.clone(),
-        token_registry: Some(super::native::registry_options(plan)),
+        token_registry: Some(super::registry::registry_options(plan)),
         no_client_tokens: no_client_tokens(),
         oci_layout,
         ..BuildOptions::default()
@@ -361,7 +359,7 @@ pub async fn build(
             ..
         } => {
             let tag = content_tag(&res.digest);
-            super::native::tag_manifest(plan, repository, &res.digest, &tag)
+            super::registry::tag_manifest(plan, repository, &res.digest, &tag)
                 .await
                 .with_context(|| {
                     format!(
@@ -384,44 +382,6 @@ pub async fn build(
         tag,
         bytes_uploaded: None,
     })
-}
-
-/// The `.dockerignore` that applies to a Dockerfile build: `<Dockerfile>.dockerignore` first,
-/// then `<context>/.dockerignore`.
-pub fn ignore_file_for(context: &Path, dockerfile: &Path) -> Option<PathBuf> {
-    let specific = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
-    if specific.is_file() {
-        return Some(specific);
-    }
-    let general = context.join(".dockerignore");
-    general.is_file().then_some(general)
-}
-
-/// The ignore patterns of a build, parsed as the Dockerfile frontend parses them (empty when
-/// there is no ignore file).
-pub fn ignore_patterns(b: &BuildkitPlan) -> Vec<String> {
-    ignore_lines(b)
-        .iter()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect()
-}
-
-/// The ignore file's patterns as bytes (a `.dockerignore` need not be UTF-8).
-fn ignore_lines(b: &BuildkitPlan) -> Vec<Vec<u8>> {
-    ignore_file_for(&b.context, &b.dockerfile)
-        .and_then(|f| std::fs::read(f).ok())
-        .map(|bytes| parse_dockerignore_bytes(&bytes))
-        .unwrap_or_default()
-}
-
-/// A matcher for the paths (relative to the context) that the ignore file keeps out of the
-/// build context; `None` when nothing is excluded.
-pub fn excluder(b: &BuildkitPlan) -> Option<PatternMatcher> {
-    let patterns = ignore_lines(b);
-    if patterns.is_empty() {
-        return None;
-    }
-    PatternMatcher::new(patterns).ok()
 }
 
 /// Connects and describes the daemon: version, workers and their platforms.

@@ -9,6 +9,7 @@ pub mod buildkit;
 pub mod buildx;
 pub mod docker_endpoint;
 pub mod native;
+pub mod registry;
 
 use serde::Serialize;
 use tokio::sync::mpsc;

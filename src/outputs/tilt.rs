@@ -107,7 +107,7 @@ pub fn render(
         let mut ignore: Vec<String> = Vec::new();
         if let BuilderPlan::Buildkit(b) = &plan.builder {
             let prefix = rel(root, &b.context);
-            for pat in crate::builder::buildkit::ignore_patterns(b) {
+            for pat in crate::inputs::ignore_patterns(b) {
                 let (neg, body) = pat
                     .strip_prefix('!')
                     .map_or(("", pat.as_str()), |b| ("!", b));

@@ -7,7 +7,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use anyhow::{Context as _, Result, anyhow};
+
+use crate::atomic::{self, WriteOutcome};
+use crate::builder::ImageResult;
 use crate::config::ValuesConfig;
+use crate::settings::{ServicePlan, UsageError};
 
 /// What a values file says about one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +210,24 @@ pub fn digests_in(values: &serde_json::Value) -> Vec<String> {
         }
     }
     out
+}
+
+/// The values file text of `plan` pinned to `digest` (with `tag` for a tag key).
+pub fn text_for(plan: &ServicePlan, digest: &str, tag: Option<String>) -> Result<String> {
+    let iv = ImageValues {
+        pull_registry: plan.pull_registry.clone(),
+        repository: plan.pull_repository.clone(),
+        digest: digest.to_owned(),
+        tag,
+    };
+    render(&plan.name, &iv, &plan.values_keys).map_err(|e| anyhow!(UsageError(e)))
+}
+
+/// Writes the values file of one built service; returns whether it changed.
+pub fn write_for(plan: &ServicePlan, image: &ImageResult) -> Result<WriteOutcome> {
+    let text = text_for(plan, &image.digest, image.tag.clone())?;
+    atomic::write_if_changed(&plan.values_file, text.as_bytes())
+        .with_context(|| format!("failed to write the values file of `{}`", plan.name))
 }
 
 #[cfg(test)]
