@@ -158,30 +158,15 @@ pub fn parse(address: &str) -> Result<Option<HelperCommand>, String> {
                      `-`, `.`); expected `kube-pod://POD?namespace=&context=&container=`"
                 ));
             }
-            let (context, namespace, c) =
-                (query("context"), query("namespace"), query("container"));
-            for (what, v) in [("namespace", &namespace), ("container", &c)] {
-                if !v.is_empty() && !kube_name(v) {
-                    return Err(format!("unsupported {what} name `{v}`"));
-                }
+            let c = query("container");
+            if !c.is_empty() && !kube_name(&c) {
+                return Err(format!("unsupported container name `{c}`"));
             }
-            if !context.is_empty() && !plain_word(&context) {
-                return Err(format!("bad kubectl context name `{context}`"));
-            }
-            HelperCommand {
-                program: "kubectl".into(),
-                args: vec![
-                    format!("--context={context}"),
-                    format!("--namespace={namespace}"),
-                    "exec".into(),
-                    format!("--container={c}"),
-                    "-i".into(),
-                    host.clone(),
-                    "--".into(),
-                    "buildctl".into(),
-                    "dial-stdio".into(),
-                ],
-            }
+            kubectl_exec(
+                &query("context"),
+                &query("namespace"),
+                &[format!("--container={c}"), "-i".into(), host.clone()],
+            )?
         }
         "kube-deployment" => {
             // buildx's kubernetes driver runs BuildKit as a deployment named after the node;
@@ -193,26 +178,11 @@ pub fn parse(address: &str) -> Result<Option<HelperCommand>, String> {
                      `kube-deployment://NAME?namespace=&context=`"
                 ));
             }
-            let (context, namespace) = (query("context"), query("namespace"));
-            if !namespace.is_empty() && !kube_name(&namespace) {
-                return Err(format!("unsupported namespace name `{namespace}`"));
-            }
-            if !context.is_empty() && !plain_word(&context) {
-                return Err(format!("bad kubectl context name `{context}`"));
-            }
-            HelperCommand {
-                program: "kubectl".into(),
-                args: vec![
-                    format!("--context={context}"),
-                    format!("--namespace={namespace}"),
-                    "exec".into(),
-                    "-i".into(),
-                    format!("deployment/{host}"),
-                    "--".into(),
-                    "buildctl".into(),
-                    "dial-stdio".into(),
-                ],
-            }
+            kubectl_exec(
+                &query("context"),
+                &query("namespace"),
+                &["-i".into(), format!("deployment/{host}")],
+            )?
         }
         "ssh" => {
             known_query(&[])?;
@@ -234,6 +204,32 @@ pub fn parse(address: &str) -> Result<Option<HelperCommand>, String> {
         _ => unreachable!("schemes matched above"),
     };
     Ok(Some(cmd))
+}
+
+/// `kubectl --context=C --namespace=N exec TARGET… -- buildctl dial-stdio` (buildctl passes both
+/// flags even when empty: kubectl's current context and its namespace then).
+fn kubectl_exec(
+    context: &str,
+    namespace: &str,
+    target: &[String],
+) -> Result<HelperCommand, String> {
+    if !namespace.is_empty() && !kube_name(namespace) {
+        return Err(format!("unsupported namespace name `{namespace}`"));
+    }
+    if !context.is_empty() && !plain_word(context) {
+        return Err(format!("bad kubectl context name `{context}`"));
+    }
+    let mut args = vec![
+        format!("--context={context}"),
+        format!("--namespace={namespace}"),
+        "exec".into(),
+    ];
+    args.extend(target.iter().cloned());
+    args.extend(["--", "buildctl", "dial-stdio"].map(str::to_owned));
+    Ok(HelperCommand {
+        program: "kubectl".into(),
+        args,
+    })
 }
 
 /// `ssh`'s `-l USER` and `-p PORT` for an `ssh://` URL, as buildctl and the docker CLI pass them.

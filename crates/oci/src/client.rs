@@ -1231,6 +1231,31 @@ impl RegistryClient {
 
     /// Ensures the blob is in `repo`: skip if present, else mount from `mount_from` (same
     /// registry), else upload from `data`.
+    /// The first steps of sending a blob: `Ok(Skipped)` when the target has it, `Ok(Mounted)`
+    /// when `mount_from` (a repository of the same registry) lent it; otherwise `Err` with the
+    /// upload a refused mount started, if any, to send the bytes to.
+    pub(crate) async fn present_or_mounted(
+        &self,
+        repo: &Repo,
+        digest: &Digest,
+        mount_from: Option<&str>,
+    ) -> Result<std::result::Result<BlobOutcome, Option<Url>>> {
+        if self.blob_exists(repo, digest).await? {
+            tracing::debug!(%digest, repo = repo.name, "blob already present");
+            return Ok(Ok(BlobOutcome::Skipped));
+        }
+        if let Some(from) = mount_from {
+            return Ok(match self.mount_blob(repo, digest, from).await? {
+                None => {
+                    tracing::debug!(%digest, from, "blob mounted");
+                    Ok(BlobOutcome::Mounted)
+                }
+                Some(location) => Err(Some(location)),
+            });
+        }
+        Ok(Err(None))
+    }
+
     pub(crate) async fn push_blob(
         &self,
         repo: &Repo,
@@ -1239,20 +1264,10 @@ impl RegistryClient {
         data: &BlobData,
         mount_from: Option<&str>,
     ) -> Result<BlobOutcome> {
-        if self.blob_exists(repo, digest).await? {
-            tracing::debug!(%digest, repo = repo.name, "blob already present");
-            return Ok(BlobOutcome::Skipped);
-        }
-        let mut started = None;
-        if let Some(from) = mount_from {
-            match self.mount_blob(repo, digest, from).await? {
-                None => {
-                    tracing::debug!(%digest, from, "blob mounted");
-                    return Ok(BlobOutcome::Mounted);
-                }
-                Some(location) => started = Some(location),
-            }
-        }
+        let started = match self.present_or_mounted(repo, digest, mount_from).await? {
+            Ok(done) => return Ok(done),
+            Err(started) => started,
+        };
         let n = self.upload_blob(repo, digest, size, data, started).await?;
         tracing::debug!(%digest, size, "blob uploaded");
         Ok(BlobOutcome::Uploaded(n))

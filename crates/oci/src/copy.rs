@@ -175,17 +175,7 @@ impl RegistryClient {
             .buffer_unordered(parallel)
             .try_collect()
             .await?;
-        let mut stats = PushStats::default();
-        for o in outcomes {
-            match o {
-                BlobOutcome::Skipped => stats.blobs_skipped += 1,
-                BlobOutcome::Mounted => stats.blobs_mounted += 1,
-                BlobOutcome::Uploaded(n) => {
-                    stats.blobs_uploaded += 1;
-                    stats.bytes_uploaded += n;
-                }
-            }
-        }
+        let stats = PushStats::from_outcomes(outcomes);
 
         let (top, children) = walk
             .manifests
@@ -320,20 +310,10 @@ impl RegistryClient {
         size: u64,
         mount_from: Option<&str>,
     ) -> Result<BlobOutcome> {
-        if self.blob_exists(repo, digest).await? {
-            tracing::debug!(%digest, repo = repo.name, "blob already at the target");
-            return Ok(BlobOutcome::Skipped);
-        }
-        let mut started = None;
-        if let Some(from) = mount_from {
-            match self.mount_blob(repo, digest, from).await? {
-                None => {
-                    tracing::debug!(%digest, from, "blob mounted");
-                    return Ok(BlobOutcome::Mounted);
-                }
-                Some(location) => started = Some(location),
-            }
-        }
+        let started = match self.present_or_mounted(repo, digest, mount_from).await? {
+            Ok(done) => return Ok(done),
+            Err(started) => started,
+        };
         let remote = Arc::new(RemoteBlob::new(
             self.clone(),
             source.clone(),

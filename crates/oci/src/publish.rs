@@ -41,6 +41,24 @@ pub struct PushStats {
     pub bytes_uploaded: u64,
 }
 
+impl PushStats {
+    /// The tally of what happened to each blob.
+    pub(crate) fn from_outcomes(outcomes: impl IntoIterator<Item = BlobOutcome>) -> Self {
+        let mut stats = Self::default();
+        for o in outcomes {
+            match o {
+                BlobOutcome::Skipped => stats.blobs_skipped += 1,
+                BlobOutcome::Mounted => stats.blobs_mounted += 1,
+                BlobOutcome::Uploaded(n) => {
+                    stats.blobs_uploaded += 1;
+                    stats.bytes_uploaded += n;
+                }
+            }
+        }
+        stats
+    }
+}
+
 /// The outcome of [`build_and_push`].
 #[derive(Clone, Debug)]
 pub struct PushResult {
@@ -353,17 +371,7 @@ async fn push_to_registry(
         .buffer_unordered(parallel)
         .try_collect()
         .await?;
-    let mut stats = PushStats::default();
-    for o in outcomes {
-        match o {
-            BlobOutcome::Skipped => stats.blobs_skipped += 1,
-            BlobOutcome::Mounted => stats.blobs_mounted += 1,
-            BlobOutcome::Uploaded(n) => {
-                stats.blobs_uploaded += 1;
-                stats.bytes_uploaded += n;
-            }
-        }
-    }
+    let stats = PushStats::from_outcomes(outcomes);
     if images.len() > 1 {
         for image in images {
             client
