@@ -589,7 +589,7 @@ async fn a_builder_pool_survives_a_killed_daemon() {
         );
     }
     fs_err::write(dir.path().join("fastbuild.yaml"), yaml).unwrap();
-    let child = crate::cli::fastbuild(dir.path())
+    let child = crate::common::fastbuild(dir.path())
         .env_remove("BUILDKIT_HOST")
         .args(["build", "--progress", "plain"])
         .stdout(std::process::Stdio::piped())

@@ -6,8 +6,8 @@ use std::process::{Command, Output};
 
 use sha2::Digest as _;
 
-use crate::cli::{assert_ok, fastbuild, run};
 use crate::common::{Daemon, TestBed, on_both_daemons, require_bed};
+use crate::common::{assert_ok, fastbuild, run};
 
 /// A context with a Dockerfile that copies `hello.txt` onto the bed's base image.
 fn context(text: &str) -> tempfile::TempDir {

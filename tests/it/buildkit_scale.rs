@@ -159,7 +159,7 @@ fn fastbuild_build(
     repository: &str,
     marker: &str,
 ) -> Command {
-    let mut cmd = crate::cli::fastbuild(context);
+    let mut cmd = crate::common::fastbuild(context);
     cmd.env("BUILDKIT_HOST", bed.buildkit(daemon)).args([
         "build",
         "--builder",

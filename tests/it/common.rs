@@ -7,7 +7,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+
+use sha2::{Digest as _, Sha256};
 
 /// The running test bed, as described by its environment variables.
 // Shared by every topic module; not each of them uses every field.
@@ -392,4 +394,148 @@ pub fn index_platforms(index: &serde_json::Value) -> Vec<String> {
             )
         })
         .collect()
+}
+
+// --- The fastbuild binary and the example project, for the CLI-level tests of every module.
+
+/// Copies a directory tree, following symlinks (the example's chart link points outside it).
+#[allow(dead_code)]
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs_err::create_dir_all(to).unwrap();
+    for entry in fs_err::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let src = entry.path();
+        // Outputs of earlier runs in the source tree (git-ignored) are not part of the example.
+        if entry.file_name() == "tilt-values" || entry.file_name() == ".fastbuild" {
+            continue;
+        }
+        let dst = to.join(entry.file_name());
+        if fs_err::metadata(&src).unwrap().is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            fs_err::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A fresh copy of `testdata/example` in a temp dir.
+#[allow(dead_code)]
+pub fn example_project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("testdata/example"), dir.path());
+    dir
+}
+
+/// The fastbuild binary, run in `dir`, with a clean environment for its knobs.
+#[allow(dead_code)]
+pub fn fastbuild(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastbuild"));
+    cmd.current_dir(dir)
+        // The native layer cache lives under cargo's scratch dir, not the developer's ~/.cache.
+        .env(
+            "FASTBUILD_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/layer-cache"),
+        )
+        .env("NO_COLOR", "1")
+        .env_remove("EXPECTED_REF")
+        .env_remove("FASTBUILD_FILE")
+        .env_remove("FASTBUILD_REGISTRY")
+        .env_remove("FASTBUILD_PROGRESS")
+        .env_remove("BUILDKIT_PROGRESS")
+        .env_remove("SOURCE_DATE_EPOCH");
+    cmd
+}
+
+/// Runs and returns the output, with stdout/stderr in the panic message on `expect_ok`.
+#[allow(dead_code)]
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run fastbuild")
+}
+
+#[allow(dead_code)]
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "fastbuild failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// sha256 of the manifest bytes the registry serves for `repo` at `reference`.
+pub async fn served_manifest_digest(registry: &str, repo: &str, reference: &str) -> String {
+    let url = format!("http://{registry}/v2/{repo}/manifests/{reference}");
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header(
+            "Accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.docker.distribution.manifest.v2+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    let body = resp.bytes().await.unwrap();
+    format!("sha256:{}", hex::encode(Sha256::digest(&body)))
+}
+
+#[allow(dead_code)]
+pub fn values_digest(path: &Path) -> String {
+    let text = fs_err::read_to_string(path).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("digest: "))
+        .unwrap_or_else(|| panic!("no digest in {}:\n{text}", path.display()))
+        .to_owned()
+}
+
+#[allow(dead_code)]
+pub fn values_graph(path: &Path) -> String {
+    let text = fs_err::read_to_string(path).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("graph: "))
+        .unwrap_or_else(|| panic!("no graph in {}:\n{text}", path.display()))
+        .to_owned()
+}
+
+/// Exactly one `error: …` block on stderr (its causes follow as `Caused by:` lines).
+#[allow(dead_code)]
+pub fn assert_one_error(out: &Output) {
+    let err = stderr(out);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+}
+
+/// An executable `helm` stand-in at `path`: answers `version` as Helm 3.14.4 (so fastbuild
+/// picks the design note's `--atomic`) and runs `body` for any other command.
+#[allow(dead_code)]
+pub fn fake_helm(path: &Path, body: &str) {
+    fs_err::write(
+        path,
+        format!("#!/bin/sh\nif [ \"$1\" = version ]; then echo v3.14.4; exit 0; fi\n{body}"),
+    )
+    .unwrap();
+    assert!(
+        Command::new("chmod")
+            .arg("+x")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[allow(dead_code)]
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[allow(dead_code)]
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

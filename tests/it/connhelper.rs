@@ -9,12 +9,8 @@
 
 use std::path::Path;
 
-use crate::cli::{assert_ok, example_project, fastbuild, run};
 use crate::common::{TestBed, require_bed};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::{assert_ok, example_project, fastbuild, run, stderr};
 
 /// A stand-in `program` in `bin` that appends its argv (one line, words separated by `|`) to
 /// `log` and relays stdio to the bed's buildkitd with `buildctl dial-stdio`.

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::cli::{example_project, fastbuild, run};
 use crate::common::require_bed;
+use crate::common::{example_project, fastbuild, run};
 
 fn git_init(dir: &Path) {
     let ok = Command::new("git")

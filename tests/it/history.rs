@@ -3,16 +3,10 @@
 
 use std::process::Stdio;
 
-use crate::cli::{assert_ok, example_project, fastbuild, run, served_manifest_digest};
 use crate::common::require_bed;
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::{
+    assert_ok, example_project, fastbuild, run, served_manifest_digest, stderr, stdout,
+};
 
 /// The digest a values file pins, read with the YAML parser.
 fn pinned(path: &std::path::Path) -> String {

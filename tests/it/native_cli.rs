@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::Digest as _;
 
-use crate::cli::{assert_ok, fastbuild, run, served_manifest_digest};
 use crate::common::{TestBed, repo_root, require_bed};
+use crate::common::{assert_ok, fastbuild, run, served_manifest_digest};
 
 pub(crate) const MIB: u64 = 1024 * 1024;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
-use crate::cli::{assert_ok, run};
 use crate::common::{TestBed, note, repo_root, require_bed};
+use crate::common::{assert_ok, run};
 use crate::native_cli::{
     MIB, bytes_uploaded, docker_config, native_cmd, random_file, run_measuring_rss, text, unique,
     workdir,

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cli::{example_project, filters};
+use crate::cli::filters;
+use crate::common::example_project;
 use crate::common::{note, require_bed};
 
 /// Whether `tmux` runs; else a skip note (a failure under `CI=true`, as for the bed).
@@ -63,7 +64,7 @@ impl Pane {
     }
 
     /// Starts `fastbuild ARGS` in `project` in a `width`×`height` terminal, with the
-    /// environment of [`crate::cli::fastbuild`] but colours on (as a person would have it).
+    /// environment of [`crate::common::fastbuild`] but colours on (as a person would have it).
     fn start(project: &Path, args: &[&str], width: usize, height: usize) -> Pane {
         let pane = Pane {
             dir: tempfile::tempdir().unwrap(),

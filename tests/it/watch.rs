@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cli::{example_project, fake_helm, fastbuild, served_manifest_digest};
 use crate::common::require_bed;
+use crate::common::{example_project, fake_helm, fastbuild, served_manifest_digest};
 
 /// A running `fastbuild watch --progress json`, its JSON events read on a thread.
 struct Watch {
