@@ -246,11 +246,7 @@ async fn push_probe_check(
     insecure: bool,
 ) -> Option<Check> {
     let name = format!("push via buildkit to {host}");
-    let hub = matches!(
-        host,
-        "docker.io" | "index.docker.io" | "registry-1.docker.io"
-    );
-    if hub && insecure {
+    if fastbuild_oci::auth::is_docker_hub(host) && insecure {
         return Some(check(
             name,
             Status::Warn,
@@ -344,10 +340,7 @@ async fn push_probe_check(
 /// project's extra CA files.
 async fn registry_check(plan: &ServicePlan, host: &str, insecure: bool) -> Check {
     let name = format!("registry {host}");
-    let api = match host {
-        "docker.io" | "index.docker.io" => fastbuild_oci::reference_api_host(host),
-        other => other.to_owned(),
-    };
+    let api = fastbuild_oci::reference_api_host(host);
     let mut shown_api = if api == host {
         String::new()
     } else {
@@ -360,24 +353,13 @@ async fn registry_check(plan: &ServicePlan, host: &str, insecure: bool) -> Check
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none());
-    for ca in &plan.registry_ca_files {
-        match fs_err::read(ca)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string()))
-        {
-            Ok(certs) => {
-                for c in certs {
-                    builder = builder.add_root_certificate(c);
-                }
-            }
-            Err(e) => {
-                return check(
-                    name,
-                    Status::Fail,
-                    format!("cannot read the CA file `{}`: {e}", ca.display()),
-                );
+    match fastbuild_oci::ca_certificates(&plan.registry_ca_files) {
+        Ok(certs) => {
+            for c in certs {
+                builder = builder.add_root_certificate(c);
             }
         }
+        Err(e) => return check(name, Status::Fail, e.to_string()),
     }
     let host = api.as_str();
     let client = match builder.build() {

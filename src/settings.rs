@@ -740,12 +740,11 @@ fn resolve(
     };
     let in_cluster_builder = flags
         .buildkit
-        .as_deref()
+        .clone()
         .or_else(|| {
             cfg.buildkit
                 .as_ref()
                 .and_then(|a| a.list().into_iter().next())
-                .and_then(|a| a.starts_with("kube-pod://").then_some("kube-pod://"))
         })
         .is_some_and(|a| a.starts_with("kube-pod://"));
     let registry = configured_registry.or_else(|| {

@@ -37,10 +37,8 @@ pub fn config_dir(explicit: Option<&Path>) -> Option<PathBuf> {
             p.to_owned()
         });
     }
-    std::env::var_os("DOCKER_CONFIG")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+    fastbuild_oci::DockerConfig::default_path()
+        .and_then(|file| file.parent().map(Path::to_path_buf))
 }
 
 /// Resolves the default endpoint from the environment and the Docker config in `explicit_config`

@@ -847,21 +847,6 @@ async fn push_to_authenticated_registry_uses_docker_config_credentials(
     assert!(result.digest.starts_with("sha256:"));
 }
 
-/// The token server's log entries (one JSON object per line) whose scopes name `repo`.
-fn token_requests_for(bed: &TestBed, repo: &str) -> Vec<serde_json::Value> {
-    let log = fs_err::read_to_string(&bed.token_log).unwrap_or_default();
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| {
-            e["scopes"].as_array().is_some_and(|scopes| {
-                scopes
-                    .iter()
-                    .any(|s| s.as_str().is_some_and(|s| s.contains(&format!(":{repo}:"))))
-            })
-        })
-        .collect()
-}
-
 /// A registry with Bearer challenges (distribution's token auth, the bed's token server): the
 /// daemon gets a token authority from the session and asks it for each token (`FetchToken`),
 /// so the registry password never reaches the daemon — every credentialed token request comes
@@ -918,7 +903,7 @@ async fn token_registry_gets_the_password_from_fastbuild_never_from_the_daemon(
     let (result, events) = build(&client, opts(&repo, false)).await;
     let result = result.unwrap_or_else(|e| panic!("push to the token registry: {e}\n{events:#?}"));
     assert!(result.digest.starts_with("sha256:"));
-    let requests = token_requests_for(&bed, &repo);
+    let requests = crate::common::token_requests(&bed, &repo);
     let credentialed: Vec<_> = requests
         .iter()
         .filter(|e| !e["account"].is_null())
@@ -937,7 +922,7 @@ async fn token_registry_gets_the_password_from_fastbuild_never_from_the_daemon(
     let repo = unique("bk/token-daemon");
     let (result, events) = build(&client, opts(&repo, true)).await;
     result.unwrap_or_else(|e| panic!("push with daemon-side tokens: {e}\n{events:#?}"));
-    let requests = token_requests_for(&bed, &repo);
+    let requests = crate::common::token_requests(&bed, &repo);
     assert!(
         requests
             .iter()

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fastbuild_buildkit::{BuildOptions, Client, NamedContext, ProgressEvent, SshSource};
-use sha2::Digest as _;
 
 use crate::buildkit::{build, uuid_like};
 use crate::common::{Daemon, OwnBuildkitd, TestBed, on_both_daemons, require_bed};
@@ -256,27 +255,9 @@ async fn named_contexts_serve_copy_from_and_from(bed: TestBed, daemon: Daemon) {
     assert!(!logs.contains("secret.txt"), "{logs}");
 }
 
-/// Fetches `repo:tag` from the plain registry with the index and manifest media types.
+/// `repo:tag` as the plain registry serves it: digest and JSON.
 async fn manifest(bed: &TestBed, repo: &str, tag: &str) -> (String, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .get(format!("http://{}/v2/{repo}/manifests/{tag}", bed.registry))
-        .header(
-            "Accept",
-            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        resp.status().is_success(),
-        "{repo}:{tag}: {}",
-        resp.status()
-    );
-    let bytes = resp.bytes().await.unwrap();
-    (
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
-        serde_json::from_slice(&bytes).unwrap(),
-    )
+    crate::common::served_manifest(&bed.registry, repo, tag).await
 }
 
 /// Provenance only when asked: without it the pushed image is one manifest whose digest a

@@ -465,6 +465,17 @@ pub fn assert_ok(out: &Output) {
 
 /// sha256 of the manifest bytes the registry serves for `repo` at `reference`.
 pub async fn served_manifest_digest(registry: &str, repo: &str, reference: &str) -> String {
+    served_manifest(registry, repo, reference).await.0
+}
+
+/// GETs a manifest or index of the plain-HTTP `registry`: the sha256 of the bytes served, and
+/// them parsed.
+#[allow(dead_code)]
+pub async fn served_manifest(
+    registry: &str,
+    repo: &str,
+    reference: &str,
+) -> (String, serde_json::Value) {
     let url = format!("http://{registry}/v2/{repo}/manifests/{reference}");
     let resp = reqwest::Client::new()
         .get(&url)
@@ -479,7 +490,26 @@ pub async fn served_manifest_digest(registry: &str, repo: &str, reference: &str)
         .unwrap();
     assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
     let body = resp.bytes().await.unwrap();
-    format!("sha256:{}", hex::encode(Sha256::digest(&body)))
+    (
+        format!("sha256:{}", hex::encode(Sha256::digest(&body))),
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}")),
+    )
+}
+
+/// The bed's token server's log entries (one JSON object per line) whose scopes name `repo`.
+#[allow(dead_code)]
+pub fn token_requests(bed: &TestBed, repo: &str) -> Vec<serde_json::Value> {
+    let log = fs_err::read_to_string(&bed.token_log).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["scopes"].as_array().is_some_and(|scopes| {
+                scopes
+                    .iter()
+                    .any(|s| s.as_str().is_some_and(|s| s.contains(&format!(":{repo}:"))))
+            })
+        })
+        .collect()
 }
 
 #[allow(dead_code)]

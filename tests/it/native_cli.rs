@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sha2::Digest as _;
 
 use crate::common::{TestBed, repo_root, require_bed};
-use crate::common::{assert_ok, fastbuild, run, served_manifest_digest};
+use crate::common::{assert_ok, fastbuild, run, served_manifest, served_manifest_digest};
 
 pub(crate) const MIB: u64 = 1024 * 1024;
 
@@ -700,15 +700,7 @@ async fn comma_separated_platforms_give_one_index_with_a_manifest_each() {
     )
     .args(["--platform", "linux/amd64,linux/arm64"]));
     assert_ok(&out);
-    let index: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{}/v2/{repo}/manifests/v1", bed.registry))
-        .header("Accept", "application/vnd.oci.image.index.v1+json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, index) = served_manifest(&bed.registry, &repo, "v1").await;
     let platforms = crate::common::index_platforms(&index);
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{index:#}");
 
@@ -754,28 +746,11 @@ async fn multi_platform_base_gives_an_index_and_the_values_pin_it() {
     let values = fs_err::read_to_string(dir.path().join("values/app.values.yaml")).unwrap();
     let values: serde_json::Value = serde_saphyr::from_str(&values).unwrap();
     let digest = values["image"]["digest"].as_str().unwrap().to_owned();
-    let get = |reference: String| {
-        let url = format!("http://{}/v2/{repo}/manifests/{reference}", bed.registry);
-        async move {
-            reqwest::Client::new()
-                .get(url)
-                .header(
-                    "Accept",
-                    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
-                )
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
-    };
     assert_eq!(
         served_manifest_digest(&bed.registry, &repo, &digest).await,
         digest
     );
-    let index = get(digest.clone()).await;
+    let (_, index) = served_manifest(&bed.registry, &repo, &digest).await;
     let manifests = index["manifests"].as_array().unwrap();
     let platforms: Vec<&str> = manifests
         .iter()
@@ -785,7 +760,7 @@ async fn multi_platform_base_gives_an_index_and_the_values_pin_it() {
     let mut added = Vec::new();
     let mut bases = Vec::new();
     for m in manifests {
-        let image = get(m["digest"].as_str().unwrap().to_owned()).await;
+        let (_, image) = served_manifest(&bed.registry, &repo, m["digest"].as_str().unwrap()).await;
         let layers = image["layers"].as_array().unwrap();
         bases.push(layers[0]["digest"].clone());
         added.push(layers.last().unwrap()["digest"].clone());

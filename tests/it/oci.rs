@@ -734,15 +734,6 @@ async fn token_registry_push_with_basic_credentials_and_identity_token() {
             .parse()
             .unwrap()
     };
-    let token_log_entries = |repo: &str| -> Vec<serde_json::Value> {
-        fs_err::read_to_string(&bed.token_log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["scopes"].to_string().contains(repo))
-            .collect()
-    };
-
     let anonymous = RegistryClient::new(options(&tmp.path().join("none"))).unwrap();
     let t = target("token-anon");
     let err = build_and_push(&scratch_app(), &Target::Registry(t.clone()), &anonymous)
@@ -785,7 +776,7 @@ async fn token_registry_push_with_basic_credentials_and_identity_token() {
             .await
             .unwrap_or_else(|e| panic!("{name}: {}", chain(&e)));
         assert_eq!(client.get_manifest(&t).await.unwrap().digest, pushed.digest);
-        let entries = token_log_entries(&t.repository);
+        let entries = crate::common::token_requests(&bed, &t.repository);
         assert!(
             entries
                 .iter()

@@ -96,7 +96,9 @@ fn normalize_key(key: &str) -> &str {
     key.split('/').next().unwrap_or(key)
 }
 
-fn is_docker_hub(registry: &str) -> bool {
+/// Whether `registry` is one of Docker Hub's names: `docker.io` (what users write),
+/// `index.docker.io` (its config key) or `registry-1.docker.io` (where its API is served).
+pub fn is_docker_hub(registry: &str) -> bool {
     matches!(
         registry,
         "docker.io" | "index.docker.io" | "registry-1.docker.io"
@@ -106,7 +108,8 @@ fn is_docker_hub(registry: &str) -> bool {
 impl DockerConfig {
     /// The default location: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
     pub fn default_path() -> Option<PathBuf> {
-        if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        // An empty `DOCKER_CONFIG` is unset, as for the docker CLI.
+        if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
             return Some(PathBuf::from(dir).join("config.json"));
         }
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))

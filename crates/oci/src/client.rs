@@ -386,7 +386,7 @@ fn host_port(url: &Url) -> String {
 /// `registry-1.docker.io` (where its API is served) — a setting for one applies to all (a
 /// local pull-through proxy standing in for `docker.io` is the usual case).
 fn plain_http_allowed(insecure: &[String], host: &str) -> bool {
-    let hub = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    let hub = crate::auth::is_docker_hub;
     is_loopback(host) || insecure.iter().any(|h| h == host || (hub(h) && hub(host)))
 }
 
@@ -444,6 +444,26 @@ fn check_scheme(
             "only http and https URLs are followed, not `{other}:`"
         )),
     }
+}
+
+/// The certificates of the PEM bundles `paths` (extra CAs for registries); an unreadable file or
+/// one without a certificate is an [`Error::CaFile`] naming it.
+pub fn ca_certificates(paths: &[PathBuf]) -> Result<Vec<reqwest::Certificate>> {
+    let mut all = Vec::new();
+    for path in paths {
+        let ca_error = |reason: String| Error::CaFile {
+            path: path.clone(),
+            reason,
+        };
+        let pem = fs_err::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("no PEM certificate in it".to_owned()));
+        }
+        all.extend(certs);
+    }
+    Ok(all)
 }
 
 /// The most redirects followed for one request (reqwest's default).
@@ -641,24 +661,8 @@ impl RegistryClient {
             .connect_timeout(options.connect_timeout)
             .user_agent(options.user_agent.clone())
             .redirect(redirect_policy(options.insecure_hosts.clone()));
-        for path in &options.ca_files {
-            let pem = fs_err::read(path).map_err(|e| Error::CaFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::CaFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            if certs.is_empty() {
-                return Err(Error::CaFile {
-                    path: path.clone(),
-                    reason: "no PEM certificate in it".to_owned(),
-                });
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
+        for c in ca_certificates(&options.ca_files)? {
+            builder = builder.add_root_certificate(c);
         }
         let http = builder.build().map_err(Error::Client)?;
         Ok(Self {

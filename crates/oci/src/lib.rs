@@ -52,7 +52,8 @@ pub mod transport;
 
 pub use auth::{Challenge, Credential, DockerConfig};
 pub use client::{
-    FetchedManifest, GrantedToken, RegistryClient, RegistryOptions, RetryPolicy, resolve_location,
+    FetchedManifest, GrantedToken, RegistryClient, RegistryOptions, RetryPolicy, ca_certificates,
+    resolve_location,
 };
 pub use copy::CopyResult;
 pub use digest::Digest;
