@@ -182,6 +182,7 @@ pub enum MetadataFormat {
 
 /// Arguments of `build` and `push`.
 #[derive(Debug, Args, Default, Clone)]
+#[allow(clippy::struct_excessive_bools)] // independent command-line switches
 pub struct BuildArgs {
     /// Services to build (default: all).
     pub services: Vec<String>,
@@ -224,6 +225,14 @@ pub struct BuildArgs {
     /// Write values files (the default for `build`).
     #[arg(long)]
     pub values: bool,
+    /// Always solve, even when nothing that goes into the build changed since its last
+    /// successful build (which `build` otherwise reuses without a solve).
+    #[arg(long, conflicts_with = "skip_unchanged")]
+    pub force: bool,
+    /// `push`: reuse the last build's digest when nothing that goes into the build changed and
+    /// the registry still serves it (what `build` and `watch` do by default).
+    #[arg(long)]
+    pub skip_unchanged: bool,
 
     #[command(flatten)]
     pub service: ServiceFlags,
@@ -502,12 +511,18 @@ pub struct WatchArgs {
     /// `helm upgrade` a service after its digest changes.
     #[arg(long)]
     pub deploy: bool,
-    /// Debounce window in milliseconds.
-    #[arg(long, default_value_t = 100, value_name = "MS")]
+    /// Quiet window in milliseconds: a build starts once no relevant change arrived for this
+    /// long (an editor's save is a burst of events within a few ms; a change during a build
+    /// cancels it and starts again, so a short window costs at most a cancelled build).
+    #[arg(long, default_value_t = 20, value_name = "MS")]
     pub debounce: u64,
     /// Poll the file system instead of inotify (network file systems, exhausted watch limits).
     #[arg(long)]
     pub poll: bool,
+    /// Always solve, even when a change leaves every input of the build as it was at its last
+    /// successful build (whose digest is otherwise reused).
+    #[arg(long)]
+    pub force: bool,
     /// Helm binary.
     #[arg(long, env = "HELM", default_value = "helm")]
     pub helm: String,

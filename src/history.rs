@@ -72,17 +72,21 @@ pub struct Record {
 impl Record {
     /// `YYYY-MM-DD HH:MM:SS` UTC.
     pub fn time_shown(&self) -> String {
-        let secs = self.time;
-        let days = i64::try_from(secs / 86_400).unwrap_or(0);
-        let rem = secs % 86_400;
-        let (y, m, d) = civil_from_days(days);
-        format!(
-            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        time_shown(self.time)
     }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn time_shown(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (Howard

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod printer;
 pub mod promote;
 pub mod prune;
+pub mod reuse;
 pub mod rollback;
 pub mod settings;
 pub mod watch;

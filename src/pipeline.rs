@@ -36,33 +36,23 @@ pub struct ServiceOutcome {
     pub result: Result<ImageResult>,
 }
 
-/// Resolves the plans for `args`, applying `--no-push` / `--output`.
+/// The plans for `args` (resolved, and changed for `--no-push` / `--output`, by settings) and
+/// the checks that the CI outputs asked for fit them.
 pub fn plans(project: &Project, args: &BuildArgs, flavor: Flavor) -> Result<Vec<ServicePlan>> {
     let names = project.select(&args.services, &args.service)?;
-    let mut plans = Vec::new();
-    for name in &names {
-        let mut plan = project.plan(name, &args.service)?;
-        // CI pushes are reproducible across checkouts unless told otherwise; the inner loop
-        // favours speed (BuildKit's cache keeps unchanged digests stable there anyway).
-        if flavor == Flavor::Push && plan.reproducible.is_none() {
-            plan.reproducible = Some(true);
-        }
-        if let Some(out) = &args.output {
-            let dir = out.strip_prefix("oci:").ok_or_else(|| {
-                UsageError(format!("`--output {out}`: only `oci:DIR` is supported"))
-            })?;
-            plan.destination = Destination::Layout(settings::absolutize(
-                &project.root,
-                std::path::Path::new(dir),
-            ));
-        } else if args.no_push {
-            plan.destination = Destination::None;
-        } else if plan.destination == Destination::None {
-            return Err(settings::no_registry(name));
-        }
-        settings::preflight(&plan)?;
-        plans.push(plan);
-    }
+    let delivery = settings::Delivery {
+        output: args.output.clone(),
+        no_push: args.no_push,
+        reproducible_by_default: flavor == Flavor::Push,
+        // Reuse without a solve: the inner loop's default, CI's opt-in; recorded, never
+        // used, with --force (and with --no-cache: see crate::reuse).
+        reuse: match (flavor, args.force) {
+            (Flavor::Push, _) if !args.skip_unchanged => settings::Reuse::Off,
+            (_, true) => settings::Reuse::Record,
+            _ => settings::Reuse::Use,
+        },
+    };
+    let plans = project.plans_for(&names, &args.service, &delivery)?;
     if plans.len() > 1
         && (args.digest_out.is_some() || args.image_ref_out.is_some() || args.values_out.is_some())
     {
@@ -238,7 +228,16 @@ pub async fn run(
                         }
                     }
                 }
-                crate::history::record_build(plan, &image, pushed && write_values_files, printer);
+                // A reused build pins what the journal already holds: nothing to add (and no
+                // `git` to run for it).
+                if !image.reused {
+                    crate::history::record_build(
+                        plan,
+                        &image,
+                        pushed && write_values_files,
+                        printer,
+                    );
+                }
                 built.push((plan, image));
             }
             Err(e) => failures.push((plan.name.clone(), e)),
@@ -258,6 +257,7 @@ pub async fn run(
             printer.json(&serde_json::json!({
                 "event": "result", "service": plan.name, "reference": shown,
                 "digest": image.digest, "values_file": (pushed && write_values_files).then(|| plan.values_file.display().to_string()),
+                "reused": image.reused,
             }));
         }
     }
@@ -371,6 +371,7 @@ mod tests {
             repository: "127.0.0.1:5000/app".into(),
             tag: tag.map(str::to_owned),
             bytes_uploaded: None,
+            reused: false,
         }
     }
 

@@ -31,7 +31,7 @@ use crate::cli::WatchArgs;
 use crate::outputs::helm;
 use crate::pipeline;
 use crate::printer::{Event, Printer, ServiceState};
-use crate::settings::{BuilderPlan, Destination, Project, ServicePlan};
+use crate::settings::{BuilderPlan, Delivery, Project, ServicePlan};
 
 /// A file-system watcher of either kind.
 enum AnyWatcher {
@@ -214,6 +214,19 @@ fn rewatch(
     }
 }
 
+/// What watch does with its images: push them; reuse an unchanged build's digest unless
+/// `--force`.
+fn delivery(args: &WatchArgs) -> Delivery {
+    Delivery {
+        reuse: if args.force {
+            crate::settings::Reuse::Record
+        } else {
+            crate::settings::Reuse::Use
+        },
+        ..Delivery::default()
+    }
+}
+
 /// Runs the watch loop until Ctrl-C.
 #[allow(clippy::too_many_lines)]
 pub async fn run(
@@ -227,14 +240,9 @@ pub async fn run(
     let flags = args.service_flags.clone();
     let names = project.select(&args.services, &flags)?;
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
-    for n in &names {
-        let plan = project.plan(n, &flags)?;
-        if plan.destination == Destination::None {
-            return Err(crate::settings::no_registry(n));
-        }
-        crate::settings::preflight(&plan)?;
+    for plan in project.plans_for(&names, &flags, &delivery(args))? {
         slots.insert(
-            n.clone(),
+            plan.name.clone(),
             Slot {
                 plan,
                 generation: 0,
@@ -394,7 +402,7 @@ pub async fn run(
                 // The project file changed: reload it and re-plan.
                 if project_file.as_ref().is_some_and(|f| changed.contains(f)) {
                     match Project::load(explicit_file.as_deref(), &project.allow).and_then(|p| {
-                        let plans: Vec<ServicePlan> = names.iter().map(|n| p.plan(n, &flags)).collect::<Result<_>>()?;
+                        let plans = p.plans_for(&names, &flags, &delivery(args))?;
                         Ok((p, plans))
                     }) {
                         Ok((p, new_plans)) => {
@@ -458,7 +466,7 @@ pub async fn run(
                             printer.json(&serde_json::json!({
                                 "event": "result", "service": service, "digest": image.digest,
                                 "reference": image.pinned(), "values_file": slot.plan.values_file.display().to_string(),
-                                "values_written": wrote,
+                                "values_written": wrote, "reused": image.reused,
                             }));
                         } else {
                             printer.result(&format!("{service}  {}", image.pinned()));

@@ -7,21 +7,16 @@
 //! the same bytes), so nothing floats. With `--output oci:DIR` the `oci` exporter sends the
 //! image back over the session and it is unpacked into the OCI layout `DIR`.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context as _, Result};
 use fastbuild_buildkit::{
-    BuildOptions, CacheSpec, Client, Compression as BkCompression, NamedContext, ProgressEvent,
-    SecretSource, SshSource, TlsOptions,
+    BuildOptions, Client, NamedContext, ProgressEvent, SecretSource, SshSource, TlsOptions,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ImageResult, content_tag};
 use crate::printer::Event;
-use crate::settings::{
-    BuildkitPlan, Compression, Destination, SecretSpec, ServicePlan, UsageError,
-};
+use crate::settings::{BuildkitPlan, Destination, SecretSpec, ServicePlan};
 
 fn tls(b: &BuildkitPlan) -> Option<TlsOptions> {
     b.tls.as_ref().map(|t| TlsOptions {
@@ -57,31 +52,6 @@ pub fn plaintext_remote_warning(b: &BuildkitPlan) -> Option<String> {
             b.address
         )
     })
-}
-
-/// Parses `type=registry,ref=…` / `type=inline` into a cache spec; a bare `REF` (buildx's
-/// shorthand) is `type=registry,ref=REF`.
-pub fn cache_spec(spec: &str) -> Result<CacheSpec> {
-    if !spec.contains('=') && !spec.trim().is_empty() {
-        return Ok(CacheSpec {
-            kind: "registry".into(),
-            attrs: BTreeMap::from([("ref".to_owned(), spec.trim().to_owned())]),
-        });
-    }
-    let mut kind = None;
-    let mut attrs = BTreeMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            UsageError(format!("cache spec `{spec}`: expected `type=…,key=value`"))
-        })?;
-        if k == "type" {
-            kind = Some(v.to_owned());
-        } else {
-            attrs.insert(k.to_owned(), v.to_owned());
-        }
-    }
-    let kind = kind.unwrap_or_else(|| "registry".into());
-    Ok(CacheSpec { kind, attrs })
 }
 
 /// `BUILDKIT_NO_CLIENT_TOKEN` (as buildctl reads it: a Go bool, `1`/`true`/`t`…): the daemon
@@ -168,25 +138,12 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
         push,
         push_by_digest,
         registry_insecure: insecure,
-        compression: Some(match plan.compression {
-            Compression::Gzip => BkCompression::Gzip,
-            Compression::Zstd | Compression::ZstdFast => BkCompression::Zstd,
-            Compression::Uncompressed => BkCompression::Uncompressed,
-        }),
-        compression_level: (plan.compression == Compression::ZstdFast).then_some(1),
+        compression: Some(plan.compression.into()),
         oci_mediatypes: Some(true),
         source_date_epoch: Some(plan.source_date_epoch),
         rewrite_timestamp: plan.reproducible.unwrap_or(false),
-        cache_imports: b
-            .cache_from
-            .iter()
-            .map(|s| cache_spec(s))
-            .collect::<Result<_>>()?,
-        cache_exports: b
-            .cache_to
-            .iter()
-            .map(|s| cache_spec(s))
-            .collect::<Result<_>>()?,
+        cache_imports: b.cache_from.clone(),
+        cache_exports: b.cache_to.clone(),
         docker_config_dir: plan.docker_config.clone(),
         token_registry: Some(super::registry::registry_options(plan)),
         no_client_tokens: no_client_tokens(),
@@ -278,7 +235,7 @@ async fn solve_on(
     // for one address they are checked by the transport (TLS for a socket is an error).
     let tcp = address.starts_with("tcp://") || address.starts_with("docker-tcp://");
     let tls = tls(b).filter(|_| tcp || b.pool.len() <= 1);
-    let client = Client::connect(address, tls)
+    let client = connected(address, tls)
         .await
         .with_context(|| format!("cannot reach BuildKit for service `{}`", plan.name))?;
     let (tx, mut rx) = mpsc::channel::<ProgressEvent>(256);
@@ -292,7 +249,46 @@ async fn solve_on(
     });
     let result = client.build(opts, tx, cancel).await;
     let _ = fwd.await;
+    if result.as_ref().is_err_and(|e| {
+        matches!(
+            e,
+            fastbuild_buildkit::Error::Unreachable { .. }
+                | fastbuild_buildkit::Error::ConnectionLost { .. }
+        )
+    }) {
+        forget(address);
+    }
     result.with_context(|| format!("BuildKit build of `{}` failed", plan.name))
+}
+
+/// Connections kept for the life of the process, by address: a resident `watch` (or a
+/// `build` of several services on one daemon) dials each daemon once and runs every build's
+/// Solve and session over the same HTTP/2 connection, as buildctl does within one run.
+static CONNECTIONS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::BTreeMap<String, Client>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The kept connection to `address`, or a new one (kept when it connects).
+async fn connected(address: &str, tls: Option<TlsOptions>) -> fastbuild_buildkit::Result<Client> {
+    let key = format!("{address}\0{tls:?}");
+    if let Some(client) = CONNECTIONS.lock().expect("connections lock").get(&key) {
+        return Ok(client.clone());
+    }
+    let client = Client::connect(address, tls).await?;
+    CONNECTIONS
+        .lock()
+        .expect("connections lock")
+        .insert(key, client.clone());
+    Ok(client)
+}
+
+/// Drops the kept connection(s) to `address` after it failed: the next build dials again.
+fn forget(address: &str) {
+    let prefix = format!("{address}\0");
+    CONNECTIONS
+        .lock()
+        .expect("connections lock")
+        .retain(|k, _| !k.starts_with(&prefix));
 }
 
 pub async fn build(
@@ -340,7 +336,7 @@ pub async fn build(
         .map(serde_json::to_value)
         .transpose()
         .context("cannot serialize the descriptor")?
-        .unwrap_or_else(|| serde_json::json!({ "digest": res.digest }));
+        .unwrap_or_else(|| serde_json::json!({ "digest": res.digest.to_string() }));
     let media_type = res
         .descriptor
         .as_ref()
@@ -358,8 +354,8 @@ pub async fn build(
             tag: None,
             ..
         } => {
-            let tag = content_tag(&res.digest);
-            super::registry::tag_manifest(plan, repository, &res.digest, &tag)
+            let tag = content_tag(&res.digest.to_string());
+            super::registry::tag_manifest(plan, repository, &res.digest.to_string(), &tag)
                 .await
                 .with_context(|| {
                     format!(
@@ -372,15 +368,17 @@ pub async fn build(
         Destination::Layout(dir) => (format!("oci:{}", dir.display()), None),
         Destination::None => (plan.pull_repository.clone(), None),
     };
+    // Formatted for `ImageResult`, still a string while the native adapter fills it so.
     Ok(ImageResult {
-        digest: res.digest,
+        digest: res.digest.to_string(),
         media_type,
         size,
-        config_digest: res.config_digest,
+        config_digest: res.config_digest.as_ref().map(ToString::to_string),
         descriptor,
         repository,
         tag,
         bytes_uploaded: None,
+        reused: false,
     })
 }
 
@@ -412,21 +410,9 @@ pub async fn probe(b: &BuildkitPlan) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeMap;
 
-    #[test]
-    fn cache_specs_take_buildx_shorthand() {
-        let bare = cache_spec("localhost:5000/app:cache").unwrap();
-        assert_eq!(bare.kind, "registry");
-        assert_eq!(bare.attrs["ref"], "localhost:5000/app:cache");
-        let full = cache_spec("type=registry,ref=r/app:c,mode=max").unwrap();
-        assert_eq!(
-            (full.kind.as_str(), full.attrs["mode"].as_str()),
-            ("registry", "max")
-        );
-        assert_eq!(cache_spec("type=inline").unwrap().kind, "inline");
-        assert!(cache_spec("type=registry,ref").is_err());
-    }
+    use super::*;
 
     fn plan(address: &str, tls: bool) -> BuildkitPlan {
         BuildkitPlan {

@@ -11,7 +11,7 @@ pub mod docker_endpoint;
 pub mod native;
 pub mod registry;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,7 @@ use crate::printer::Event;
 use crate::settings::{BuilderPlan, ServicePlan};
 
 /// A built image.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageResult {
     /// Manifest (or index) digest, `sha256:…`.
     pub digest: String,
@@ -37,6 +37,10 @@ pub struct ImageResult {
     pub tag: Option<String>,
     /// Blob bytes uploaded by fastbuild itself (native builder), when known.
     pub bytes_uploaded: Option<u64>,
+    /// Not built this time: the inputs were those of an earlier build whose image the registry
+    /// still serves (see [`crate::reuse`]).
+    #[serde(default)]
+    pub reused: bool,
 }
 
 impl ImageResult {
@@ -60,10 +64,18 @@ pub async fn build(
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) -> anyhow::Result<ImageResult> {
-    match &plan.builder {
+    let pending = match crate::reuse::check(plan, &events).await {
+        crate::reuse::Decision::Reuse(image) => return Ok(image),
+        crate::reuse::Decision::Build(pending) => pending,
+    };
+    let image = match &plan.builder {
         BuilderPlan::Buildkit(b) => buildkit::build(plan, b, events, cancel).await,
         BuilderPlan::Native(n) => native::build(plan, n, events, cancel).await,
+    }?;
+    if let Some(pending) = pending {
+        crate::reuse::record(plan, pending, &image);
     }
+    Ok(image)
 }
 
 /// The default tag derived from the content: `fb-` + the first 12 hex digits of the digest —

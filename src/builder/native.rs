@@ -83,8 +83,9 @@ pub async fn build(
     let work = work_dir()?;
     spec.cache_dir = Some(work.path().to_path_buf());
     spec.layer_cache = layer_cache_dir();
-    let client =
-        RegistryClient::new(registry_options(plan)).context("cannot set up the registry client")?;
+    let mut options = registry_options(plan);
+    options.memory_dir = registry_memory_dir();
+    let client = RegistryClient::new(options).context("cannot set up the registry client")?;
     let scratch;
     let (target, repository) = match &plan.destination {
         Destination::Registry {
@@ -184,6 +185,7 @@ pub async fn build(
         repository,
         tag: matches!(plan.destination, Destination::Registry { .. }).then(|| pushed.tag.clone()),
         bytes_uploaded: Some(pushed.stats.bytes_uploaded),
+        reused: false,
     })
 }
 
@@ -191,6 +193,23 @@ pub async fn build(
 /// `$XDG_CACHE_HOME/fastbuild/layers`, else `$HOME/.cache/fastbuild/layers`; none without any.
 fn layer_cache_dir() -> Option<std::path::PathBuf> {
     layer_cache_dir_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+}
+
+/// Where the registry client remembers registries between runs (the scheme each answered on,
+/// the blobs recent pushes left in a repository): `registries/` under `$FASTBUILD_CACHE_DIR`,
+/// else `$XDG_CACHE_HOME/fastbuild/registries`, else `$HOME/.cache/fastbuild/registries`; none
+/// without any (then every run probes and checks).
+fn registry_memory_dir() -> Option<std::path::PathBuf> {
+    registry_memory_dir_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+}
+
+fn registry_memory_dir_from(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<std::path::PathBuf> {
+    if let Some(dir) = var("FASTBUILD_CACHE_DIR") {
+        return Some(std::path::PathBuf::from(dir).join("registries"));
+    }
+    Some(layer_cache_dir_from(var)?.with_file_name("registries"))
 }
 
 fn layer_cache_dir_from(
@@ -263,5 +282,29 @@ mod tests {
         assert_eq!(dir(&all[1..]), Some("/x/fastbuild/layers".into()));
         assert_eq!(dir(&all[2..]), Some("/h/.cache/fastbuild/layers".into()));
         assert_eq!(dir(&[]), None);
+    }
+
+    #[test]
+    fn registry_memory_sits_beside_the_layer_cache() {
+        let memory = |vars: &[(&str, &str)]| {
+            registry_memory_dir_from(|name| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            })
+        };
+        assert_eq!(
+            memory(&[("FASTBUILD_CACHE_DIR", "/c"), ("HOME", "/h")]),
+            Some("/c/registries".into())
+        );
+        assert_eq!(
+            memory(&[("XDG_CACHE_HOME", "/x")]),
+            Some("/x/fastbuild/registries".into())
+        );
+        assert_eq!(
+            memory(&[("HOME", "/h")]),
+            Some("/h/.cache/fastbuild/registries".into())
+        );
+        assert_eq!(memory(&[]), None);
     }
 }

@@ -24,6 +24,24 @@ pub fn registry_options(plan: &ServicePlan) -> RegistryOptions {
     opts
 }
 
+/// A registry client for `plan`, kept for the life of the process per set of options: a
+/// resident `watch` keeps its registry connections (and tokens) between builds.
+pub fn client(plan: &ServicePlan) -> Result<RegistryClient> {
+    static CLIENTS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::BTreeMap<String, RegistryClient>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let options = registry_options(plan);
+    // The options hold paths and knobs, never credentials (those are read through them).
+    let key = format!("{options:?}");
+    let mut clients = CLIENTS.lock().expect("registry clients lock");
+    if let Some(c) = clients.get(&key) {
+        return Ok(c.clone());
+    }
+    let c = RegistryClient::new(options).context("cannot set up the registry client")?;
+    clients.insert(key, c.clone());
+    Ok(c)
+}
+
 /// Tags an already pushed manifest: fetches it by digest and PUTs the same bytes under `tag`
 /// (the digest does not change; nothing is looked up that the build did not already report).
 pub async fn tag_manifest(
@@ -32,8 +50,7 @@ pub async fn tag_manifest(
     digest: &str,
     tag: &str,
 ) -> Result<()> {
-    let client =
-        RegistryClient::new(registry_options(plan)).context("cannot set up the registry client")?;
+    let client = client(plan)?;
     let by_digest: fastbuild_oci::Reference = format!("{repository}@{digest}")
         .parse()
         .with_context(|| format!("bad image reference `{repository}@{digest}`"))?;

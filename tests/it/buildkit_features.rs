@@ -286,7 +286,7 @@ async fn provenance_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
         "no-op rebuild, same digest"
     );
     let (served, m) = manifest(&bed, &repo, "plain").await;
-    assert_eq!(served, plain.digest);
+    assert_eq!(served, plain.digest.to_string());
     assert_eq!(
         m["mediaType"], "application/vnd.oci.image.manifest.v1+json",
         "{m:#}"
@@ -295,7 +295,7 @@ async fn provenance_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
     let (with, events) = build(&client, opts("prov", Some("mode=max"))).await;
     let with = with.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
     let (served, index) = manifest(&bed, &repo, "prov").await;
-    assert_eq!(served, with.digest);
+    assert_eq!(served, with.digest.to_string());
     assert_eq!(
         index["mediaType"], "application/vnd.oci.image.index.v1+json",
         "{index:#}"
@@ -342,7 +342,11 @@ async fn multi_platform_build_pushes_one_index(bed: TestBed, daemon: Daemon) {
     assert!(logs.contains(&format!("{marker} linux/amd64")), "{logs}");
     assert!(logs.contains(&format!("{marker} linux/386")), "{logs}");
     let (served, index) = manifest(&bed, &repo, "v1").await;
-    assert_eq!(served, result.digest, "the reported digest is the index's");
+    assert_eq!(
+        served,
+        result.digest.to_string(),
+        "the reported digest is the index's"
+    );
     let platforms = crate::common::index_platforms(&index);
     assert_eq!(platforms, ["linux/amd64", "linux/386"], "{index:#}");
 }
@@ -410,7 +414,7 @@ async fn sbom_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
     let (with, events) = build(&client, opts("sbom", Some(format!("generator={scanner}")))).await;
     let with = with.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
     let (served, index) = manifest(&bed, &repo, "sbom").await;
-    assert_eq!(served, with.digest);
+    assert_eq!(served, with.digest.to_string());
     let attestation = index["manifests"]
         .as_array()
         .unwrap()
@@ -528,7 +532,7 @@ async fn registry_cache_turns_every_step_into_a_hit_on_a_cold_daemon() {
     // the image is the first one.
     let warm = OwnBuildkitd::start(&bed);
     let client = Client::connect(&warm.address, None).await.unwrap();
-    let shorthand = fastbuild::builder::buildkit::cache_spec(&cache_ref).unwrap();
+    let shorthand = fastbuild::settings::cache_spec(&cache_ref).unwrap();
     let (r, events) = build(&client, opts(vec![shorthand], vec![], "warm")).await;
     let warm_result = r.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
     let hits = cached_steps(&events);

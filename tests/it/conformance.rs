@@ -778,7 +778,7 @@ async fn fastbuild_build(
     let result = client.build(opts, tx, CancellationToken::new()).await;
     let logs = drain.await.unwrap();
     match result {
-        Ok(r) => r.digest,
+        Ok(r) => r.digest.to_string(),
         Err(e) => panic!("fastbuild build failed: {e}\n{logs}"),
     }
 }

@@ -12,6 +12,7 @@ mod history;
 mod native_cli;
 mod oci;
 mod promote;
+mod reuse;
 mod terminal;
 mod testbed;
 mod watch;

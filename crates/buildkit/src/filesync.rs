@@ -394,7 +394,9 @@ async fn send_file(
     Ok(total)
 }
 
+mod scan;
 mod walk;
+pub use scan::{ScannedEntry, scan_dir};
 #[allow(clippy::wildcard_imports)]
 pub(crate) use walk::*;
 

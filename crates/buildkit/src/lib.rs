@@ -60,12 +60,12 @@ pub mod transport;
 
 pub use auth::{Credentials, DockerAuth};
 pub use build::{
-    BuildOptions, BuildResult, CacheSpec, Compression, ImageDescriptor, NamedContext,
-    exporter_keys, validate,
+    BuildOptions, BuildResult, CacheSpec, Compression, ImageDescriptor, NamedContext, SolveRequest,
+    exporter_keys, solve_request, validate,
 };
 pub use client::{ActiveBuild, Client, ServerInfo, WorkerInfo};
 pub use error::{Error, Result};
-pub use filesync::DirSyncStats;
+pub use filesync::{DirSyncStats, ScannedEntry, scan_dir};
 pub use progress::{LogStream, ProgressEvent};
 pub use secrets::SecretSource;
 pub use ssh::{DEFAULT_ID as SSH_DEFAULT_ID, SshSource};

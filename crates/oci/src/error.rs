@@ -144,6 +144,18 @@ pub enum Error {
         /// The registry host.
         host: String,
     },
+    /// A request failed on the scheme remembered for its registry from an earlier run; the
+    /// memory is forgotten, and the next request probes the registry again.
+    #[error("`{host}` did not answer as it did before (over {scheme})")]
+    RememberedSchemeFailed {
+        /// The registry host.
+        host: String,
+        /// The scheme remembered for it (`http` or `https`).
+        scheme: &'static str,
+        /// The failure.
+        #[source]
+        source: Box<Error>,
+    },
     /// The registry's TLS certificate is not trusted.
     #[error(
         "the TLS certificate of `{host}` is not trusted; add its CA (`registry_ca: [FILE]` in fastbuild.yaml, or `--registry-ca FILE`)"
@@ -348,6 +360,23 @@ impl Error {
             action: action.into(),
             source,
         }
+    }
+
+    /// Whether this failure of a request may come from speaking the wrong scheme to its
+    /// registry: it could not be sent or answered (a TLS handshake with a plain-HTTP server), or
+    /// a 400 (a TLS server's answer to plain HTTP).
+    pub(crate) fn may_be_a_wrong_scheme(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => *status == 400,
+            Self::Transport { .. } | Self::ReadTimeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a manifest was refused because the registry lacks a blob it names
+    /// (`MANIFEST_BLOB_UNKNOWN`, or `BLOB_UNKNOWN` from some registries).
+    pub(crate) fn is_blob_unknown(&self) -> bool {
+        matches!(self, Self::Status { status: 400 | 404, body, .. } if body.contains("BLOB_UNKNOWN"))
     }
 
     /// Whether retrying the same step may succeed (408/429/5xx, connection errors, a stall).

@@ -63,7 +63,9 @@ pub use layer::{Compression, Layer, LayerSpec, build_layer};
 pub use layer_cache::{LayerCache, build_layer_cached};
 pub use oci_spec::image::Descriptor;
 pub use publish::{PushResult, PushStats, Target, build_and_push, default_tag, get_manifest};
-pub use reference::{DOCKER_HUB, Reference, api_host as reference_api_host};
+pub use reference::{
+    DOCKER_HUB, Reference, api_host as reference_api_host, valid_tag as is_valid_tag,
+};
 
 /// `RegistryClient` under the shorter name the CLI uses.
 pub type Registry = RegistryClient;

@@ -1,7 +1,7 @@
 //! The publisher: builds the layers, resolves the base, assembles the image and puts it in a
 //! registry (only missing blobs, manifest last) or an OCI image layout; returns the digest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -230,16 +230,23 @@ pub async fn build_and_push(
         temp_cache.path().to_owned()
     };
     let blob_dir = cache_dir.join("blobs").join("sha256");
-    let layers = build_layers(spec, compression, &blob_dir).await?;
-
     let base_ref = match &spec.base {
         BaseImage::Scratch => None,
         BaseImage::Reference(r) => Some(r.parse::<Reference>()?),
     };
-    let bases = match &base_ref {
-        Some(r) => Some(resolve_base(client, r, &platforms).await?),
-        None => None,
-    };
+    // The base is resolved (reads only) while the layers are built; a layer error is reported
+    // first, as when the two ran one after the other.
+    let (layers, bases) = tokio::join!(build_layers(spec, compression, &blob_dir), async {
+        match &base_ref {
+            Some(r) => {
+                once_more_after_a_forgotten_scheme(|| Box::pin(resolve_base(client, r, &platforms)))
+                    .await
+                    .map(Some)
+            }
+            None => Ok(None),
+        }
+    });
+    let (layers, bases) = (layers?, bases?);
     let images: Vec<Assembled> = platforms
         .iter()
         .enumerate()
@@ -306,15 +313,18 @@ pub async fn build_and_push(
     let (reference, tag, stats) = match target {
         Target::Registry(r) => {
             let tag = r.tag.clone().unwrap_or_else(|| default_tag(&digest));
-            let stats = push_to_registry(
-                client,
-                r,
-                base_ref.as_ref(),
-                &blob_dir,
-                &blobs,
-                &images,
-                (&top_bytes, top_type, &tag),
-            )
+            // Boxed: the push's state machine is large, and the caller's future need not be.
+            let stats = once_more_after_a_forgotten_scheme(|| {
+                Box::pin(push_to_registry(
+                    client,
+                    r,
+                    base_ref.as_ref(),
+                    &blob_dir,
+                    &blobs,
+                    &images,
+                    (&top_bytes, top_type, &tag),
+                ))
+            })
             .await?;
             (r.with_digest(digest.clone()).to_string(), tag, stats)
         }
@@ -338,6 +348,29 @@ pub async fn build_and_push(
     })
 }
 
+/// Runs `step` (requests to registries); when it fails because a registry no longer answers on
+/// the scheme remembered for it (that memory is then forgotten), runs it once more, probing.
+async fn once_more_after_a_forgotten_scheme<T, F, Fut>(step: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    match step().await {
+        Err(e @ Error::RememberedSchemeFailed { .. }) => {
+            tracing::debug!(error = %e, "probing the registry again");
+            step().await
+        }
+        done => done,
+    }
+}
+
+/// Pushes the blobs the registry may lack, then the manifest(s), and remembers the blobs as
+/// present in the repository (see [`RegistryClient`]'s memory).
+///
+/// A blob remembered as pushed to this repository by a recent build is not checked: the
+/// manifest `PUT` is the check. When the registry refuses the manifest for a blob it lacks
+/// (it lost a remembered one), the memory is forgotten and every blob goes the usual way —
+/// `HEAD`, then mount or upload — before the manifest is pushed again.
 async fn push_to_registry(
     client: &RegistryClient,
     target: &Reference,
@@ -345,38 +378,84 @@ async fn push_to_registry(
     blob_dir: &Path,
     blobs: &[Blob],
     images: &[Assembled],
-    (top_bytes, top_type, tag): (&bytes::Bytes, &str, &str),
+    top: (&bytes::Bytes, &str, &str),
 ) -> Result<PushStats> {
     let repo = Repo::push(target, base);
+    let remembered: HashSet<Digest> = client.remembered_blobs(&repo).into_iter().collect();
+    let mut outcomes = push_blobs(client, &repo, target, blob_dir, blobs, &remembered).await?;
+    match push_manifests(client, &repo, images, top).await {
+        Err(e) if e.is_blob_unknown() && !remembered.is_empty() => {
+            tracing::debug!(error = %e, "the registry lacks a blob remembered in it; checking every blob");
+            client.forget_blobs(&repo);
+            outcomes = push_blobs(client, &repo, target, blob_dir, blobs, &HashSet::new()).await?;
+            push_manifests(client, &repo, images, top).await?;
+        }
+        done => done?,
+    }
+    client.remember_blobs(&repo, blobs.iter().map(|b| &b.digest));
+    Ok(PushStats::from_outcomes(outcomes))
+}
+
+/// Every blob not in `remembered` checked and sent if missing, at most
+/// `max_concurrent_uploads` at once; the ones in `remembered` are taken as present.
+async fn push_blobs(
+    client: &RegistryClient,
+    repo: &Repo,
+    target: &Reference,
+    blob_dir: &Path,
+    blobs: &[Blob],
+    remembered: &HashSet<Digest>,
+) -> Result<Vec<BlobOutcome>> {
     let parallel = client.options().max_concurrent_uploads.max(1);
+    let known = blobs
+        .iter()
+        .filter(|b| remembered.contains(&b.digest))
+        .count();
+    if known > 0 {
+        tracing::debug!(
+            known,
+            blobs = blobs.len(),
+            "blobs remembered in the repository, not checked"
+        );
+    }
     // Boxed with an explicit `Send` bound: a closure returning `async move` blocks that borrow
     // would otherwise make the whole publish future `!Send` (rustc's higher-ranked lifetime
     // limitation), and callers could not `tokio::spawn` a build.
-    let repo_ref = &repo;
     let uploads: Vec<futures::future::BoxFuture<'_, Result<BlobOutcome>>> = blobs
         .iter()
+        .filter(|blob| !remembered.contains(&blob.digest))
         .map(|blob| {
             let fut: futures::future::BoxFuture<'_, Result<BlobOutcome>> = match &blob.source {
                 Source::Local(data) => {
-                    Box::pin(client.push_blob(repo_ref, &blob.digest, blob.size, data, None))
+                    Box::pin(client.push_blob(repo, &blob.digest, blob.size, data, None))
                 }
-                Source::Base(base) => Box::pin(push_base_blob(
-                    client, repo_ref, target, base, blob, blob_dir,
-                )),
+                Source::Base(base) => {
+                    Box::pin(push_base_blob(client, repo, target, base, blob, blob_dir))
+                }
             };
             fut
         })
         .collect();
-    let outcomes: Vec<BlobOutcome> = futures::stream::iter(uploads)
+    let mut outcomes: Vec<BlobOutcome> = futures::stream::iter(uploads)
         .buffer_unordered(parallel)
         .try_collect()
         .await?;
-    let stats = PushStats::from_outcomes(outcomes);
+    outcomes.extend(std::iter::repeat_n(BlobOutcome::Skipped, known));
+    Ok(outcomes)
+}
+
+/// The manifest of each platform of an index (by digest), then the top one under its tag.
+async fn push_manifests(
+    client: &RegistryClient,
+    repo: &Repo,
+    images: &[Assembled],
+    (top_bytes, top_type, tag): (&bytes::Bytes, &str, &str),
+) -> Result<()> {
     if images.len() > 1 {
         for image in images {
             client
                 .put_manifest(
-                    &repo,
+                    repo,
                     &image.manifest_digest.to_string(),
                     media_type_of(&image.manifest)?.as_str(),
                     &image.manifest,
@@ -384,8 +463,7 @@ async fn push_to_registry(
                 .await?;
         }
     }
-    client.put_manifest(&repo, tag, top_type, top_bytes).await?;
-    Ok(stats)
+    client.put_manifest(repo, tag, top_type, top_bytes).await
 }
 
 fn media_type_of(bytes: &[u8]) -> Result<String> {

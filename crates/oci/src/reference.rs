@@ -104,7 +104,9 @@ impl fmt::Display for Reference {
     }
 }
 
-fn valid_tag(tag: &str) -> bool {
+/// A tag as Docker's reference grammar has it: 1-128 characters of `[A-Za-z0-9_.-]`, not
+/// starting with `.` or `-`.
+pub fn valid_tag(tag: &str) -> bool {
     let bytes = tag.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 128

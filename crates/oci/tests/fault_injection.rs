@@ -20,6 +20,10 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Default)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "one switch per fault, set by name"
+)]
 struct Faults {
     /// Answer this many upload-starting POSTs with 503.
     post_503: u32,
@@ -48,6 +52,9 @@ struct Faults {
     blobs_per_repo: bool,
     /// Drop the connection halfway through this many blob GET bodies larger than 64 KiB.
     reset_download: u32,
+    /// Refuse a manifest naming a blob the repository lacks (`MANIFEST_BLOB_UNKNOWN`), as
+    /// distribution does.
+    check_manifest_blobs: bool,
 }
 
 #[derive(Default)]
@@ -383,6 +390,27 @@ fn route(
         return match method {
             "PUT" => {
                 s.repos.insert(name.to_owned());
+                if s.faults.check_manifest_blobs {
+                    let m: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let named = m["layers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .chain([&m["config"]]);
+                    for d in named.filter_map(|d| d["digest"].as_str()) {
+                        let there = if s.faults.blobs_per_repo {
+                            s.links.contains(&format!("{name} {d}"))
+                        } else {
+                            s.blobs.contains_key(d)
+                        };
+                        if !there {
+                            return reply(400).header("Content-Type", "application/json").body(
+                                format!(r#"{{"errors":[{{"code":"MANIFEST_BLOB_UNKNOWN","detail":"{d}"}}]}}"#)
+                                    .into_bytes(),
+                            );
+                        }
+                    }
+                }
                 if s.faults.manifest_500 > 0 {
                     s.faults.manifest_500 -= 1;
                     return reply(500);
@@ -1254,4 +1282,142 @@ async fn tag_lists_follow_their_links_and_disabled_deletes_are_named() {
     assert!(client.delete_manifest(&pinned).await.unwrap());
     assert!(client.list_tags(&repo, None).await.unwrap().is_empty());
     assert!(!client.delete_manifest(&pinned).await.unwrap());
+}
+
+/// The requests of `log` that are about blobs (`HEAD`s, uploads), manifests, or the scheme probe.
+fn requests(state: &Shared, kind: &str) -> Vec<String> {
+    let s = state.lock().unwrap();
+    s.log
+        .iter()
+        .filter(|l| match kind {
+            "head" => l.starts_with("HEAD ") && l.contains("/blobs/"),
+            "upload" => l.starts_with("PUT ") && l.contains("/blobs/uploads/"),
+            "manifest" => l.starts_with("PUT ") && l.contains("/manifests/"),
+            "probe" => l.ends_with(" /v2/"),
+            _ => unreachable!(),
+        })
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn remembered_blobs_are_not_checked_and_a_lost_one_is_pushed_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve(
+        "127.0.0.1:0",
+        Faults {
+            blobs_per_repo: true,
+            check_manifest_blobs: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let remembering = RegistryOptions {
+        memory_dir: Some(tmp.path().join("memory")),
+        ..options(tmp.path())
+    };
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let push = || async {
+        let client = RegistryClient::new(remembering.clone()).unwrap();
+        build_and_push(
+            &spec(tmp.path()),
+            &Target::Registry(target.clone()),
+            &client,
+        )
+        .await
+        .unwrap()
+    };
+    let first = push().await;
+    assert_eq!(first.stats.blobs_uploaded, 3);
+    assert_eq!(
+        requests(&state, "head").len(),
+        3,
+        "checked before the first push"
+    );
+
+    // A second run remembers both the scheme and the blobs: only the manifest goes out.
+    state.lock().unwrap().log.clear();
+    let second = push().await;
+    assert_eq!(second.digest, first.digest);
+    assert_eq!(
+        (second.stats.blobs_skipped, second.stats.bytes_uploaded),
+        (3, 0)
+    );
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(s.log, ["PUT /v2/team/app/manifests/v1"], "{:?}", s.log);
+    }
+
+    // The registry loses a layer (garbage collection, a restore): the manifest is refused,
+    // and the push checks every blob and sends the lost one again.
+    let m: serde_json::Value =
+        serde_json::from_slice(&state.lock().unwrap().manifests["v1"].1).unwrap();
+    let lost = m["layers"][1]["digest"].as_str().unwrap().to_owned();
+    {
+        let mut s = state.lock().unwrap();
+        s.links.remove(&format!("team/app {lost}"));
+        s.blobs.remove(&lost);
+        s.log.clear();
+    }
+    let third = push().await;
+    assert_eq!(third.digest, first.digest);
+    assert_eq!(third.stats.blobs_uploaded, 1);
+    assert_eq!(third.stats.blobs_skipped, 2);
+    assert_eq!(
+        requests(&state, "manifest").len(),
+        2,
+        "refused once, then pushed"
+    );
+    assert_eq!(
+        requests(&state, "head").len(),
+        3,
+        "every blob checked after the refusal"
+    );
+    assert_eq!(sha256(&state.lock().unwrap().blobs[&lost]), lost);
+}
+
+#[tokio::test]
+async fn a_remembered_scheme_the_registry_no_longer_speaks_is_probed_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve("127.0.0.1:0", Faults::default()).await;
+    let memory = tmp.path().join("memory");
+    let scheme_file = memory.join(addr.to_string()).join("scheme");
+    fs_err::create_dir_all(scheme_file.parent().unwrap()).unwrap();
+    // Remembered from a time the registry spoke TLS; it speaks plain HTTP now.
+    fs_err::write(&scheme_file, "https").unwrap();
+    let remembering = RegistryOptions {
+        memory_dir: Some(memory),
+        ..options(tmp.path())
+    };
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let push = || async {
+        let client = RegistryClient::new(remembering.clone()).unwrap();
+        build_and_push(
+            &spec(tmp.path()),
+            &Target::Registry(target.clone()),
+            &client,
+        )
+        .await
+    };
+    let first = push().await.unwrap();
+    assert_eq!(fs_err::read_to_string(&scheme_file).unwrap(), "http");
+    assert!(!requests(&state, "probe").is_empty(), "probed again");
+
+    // Remembered now: the next run does not probe.
+    state.lock().unwrap().log.clear();
+    let second = push().await.unwrap();
+    assert_eq!(second.digest, first.digest);
+    assert!(
+        requests(&state, "probe").is_empty(),
+        "{:?}",
+        state.lock().unwrap().log
+    );
+
+    // Without memory, every run probes.
+    state.lock().unwrap().log.clear();
+    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
+        .await
+        .unwrap();
+    assert!(!requests(&state, "probe").is_empty());
 }

@@ -535,6 +535,17 @@ pub(crate) fn walk(
     filter: &Filter,
     emit: &mut dyn FnMut(Stat, PathBuf) -> bool,
 ) -> std::io::Result<()> {
+    walk_with_metadata(root, filter, &mut |stat, path, _| emit(stat, path))
+}
+
+/// [`walk`], also handing over the `lstat` of each entry sent in walk order (`None` for a
+/// directory sent late, before its first sent descendant): what a caller keeping a stat cache
+/// (inode, change time) needs beyond the fsutil [`Stat`].
+pub(crate) fn walk_with_metadata(
+    root: &Path,
+    filter: &Filter,
+    emit: &mut dyn FnMut(Stat, PathBuf, Option<&std::fs::Metadata>) -> bool,
+) -> std::io::Result<()> {
     let mut parents: Vec<Visited> = Vec::new();
     let mut first_sent: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut frames = vec![Frame::read(root.to_path_buf(), Vec::new())?];
@@ -579,7 +590,7 @@ pub(crate) fn walk(
         if !skip {
             for parent in &mut parents {
                 if let Some((parent_stat, parent_path)) = parent.pending.take()
-                    && !emit(parent_stat, parent_path)
+                    && !emit(parent_stat, parent_path, None)
                 {
                     return Ok(());
                 }
@@ -594,7 +605,7 @@ pub(crate) fn walk(
                     }
                 }
             }
-            if !emit(stat, abs.clone()) {
+            if !emit(stat, abs.clone(), Some(&meta)) {
                 return Ok(());
             }
             if !is_dir {

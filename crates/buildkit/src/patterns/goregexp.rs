@@ -17,6 +17,11 @@
 //! ≥ 64 — unescaped `|` (alternation: `a*|b` is `^a[^/]*` or `b$`) and `{n,m}` repetition.
 //! `(` and `)` are always escaped, so the only groups are its own, and `(?flags)` never occurs
 //! (an error here if it did).
+//!
+//! One file past the usual ~700 lines, on purpose: the parser, the compiler to NFA
+//! instructions and the matcher share the instruction and class types and are checked together
+//! against Go's `regexp/syntax` (the tests at the end); apart, each would reach into the
+//! others' internals.
 
 use std::sync::Arc;
 

@@ -198,7 +198,7 @@ impl RegistryClient {
             if let Some(s) = service {
                 form.push(("service", s.to_owned()));
             }
-            self.inner.http.post(url.clone()).form(&form)
+            self.http_for(&url)?.post(url.clone()).form(&form)
         } else {
             {
                 let mut q = url.query_pairs_mut();
@@ -209,7 +209,7 @@ impl RegistryClient {
                     q.append_pair("scope", s);
                 }
             }
-            let mut rb = self.inner.http.get(url.clone());
+            let mut rb = self.http_for(&url)?.get(url.clone());
             if let Some(Credential::Basic { username, password }) = &cred {
                 rb = rb.basic_auth(username, Some(password));
             }
