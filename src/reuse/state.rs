@@ -81,7 +81,9 @@ impl State {
         let file = path(root, service);
         let read = || -> Result<Self> {
             let f = fs_err::File::open(&file)?;
-            let mut bytes = Vec::new();
+            // Sized up front: a growing buffer would hold up to twice the file.
+            let len = f.metadata().map_or(0, |m| m.len()).min(MAX_BYTES + 1);
+            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
             f.take(MAX_BYTES + 1).read_to_end(&mut bytes)?;
             anyhow::ensure!(
                 bytes.len() as u64 <= MAX_BYTES,
@@ -137,23 +139,60 @@ impl State {
         self
     }
 
-    /// Writes the state (temp file + rename: never half a file; no fsync: it is a cache).
+    /// Writes the state (temp file + rename: never half a file; no fsync: it is a cache),
+    /// streamed: with tens of thousands of files the JSON is megabytes, and holding it (and the
+    /// old file, to compare) would double the peak memory of a build. An unchanged state leaves
+    /// the file as it was.
     pub fn save(mut self, root: &Path, service: &str) -> Result<()> {
         self.version = VERSION;
         let file = path(root, service);
         let dir = file.parent().expect("the state file has a directory");
         fs_err::create_dir_all(dir)?;
-        let bytes = serde_json::to_vec(&self)?;
-        if fs_err::read(&file).is_ok_and(|old| old == bytes) {
-            return Ok(());
-        }
         let tmp = tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("cannot create a temporary file in `{}`", dir.display()))?;
-        fs_err::write(tmp.path(), &bytes)?;
+        let new_hash = {
+            let mut out = HashingWriter {
+                inner: std::io::BufWriter::new(tmp.as_file()),
+                hash: Sha256::new(),
+            };
+            serde_json::to_writer(&mut out, &self)?;
+            std::io::Write::flush(&mut out)
+                .with_context(|| format!("cannot write `{}`", tmp.path().display()))?;
+            out.hash.finalize()
+        };
+        if file_sha256(&file).is_some_and(|old| old == new_hash) {
+            return Ok(());
+        }
         tmp.persist(&file)
             .with_context(|| format!("cannot replace `{}`", file.display()))?;
         Ok(())
     }
+}
+
+/// Writes through to `inner` and hashes what it writes.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The sha256 of the file at `path` (read in pieces), if it can be read.
+fn file_sha256(path: &Path) -> Option<sha2::digest::Output<Sha256>> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut hash = Sha256::new();
+    std::io::copy(&mut f, &mut hash).ok()?;
+    Some(hash.finalize())
 }
 
 /// The fingerprint of the tree at `root` as FileSync would send it with the ignore `patterns`,

@@ -269,6 +269,8 @@ async fn send_dir(
         };
         match PacketType::try_from(msg.r#type) {
             Ok(PacketType::PacketReq) => {
+                // A finished task keeps its memory until it is joined.
+                while tasks.try_join_next().is_some() {}
                 // As fsutil: an ID is served once.
                 let Some((rel, path)) = files.lock().expect("files lock").remove(&msg.id) else {
                     break Err(Status::invalid_argument(format!(
@@ -276,14 +278,20 @@ async fn send_dir(
                         msg.id
                     )));
                 };
+                // The permit is taken before the task exists: BuildKit asks for every file at
+                // once, and a task waiting for its turn costs a kilobyte (50k files: ~50 MB).
+                // Not reading further requests meanwhile is safe: the receiver sends them apart
+                // from reading the data it is sent.
+                let Ok(permit) = readers.clone().acquire_owned().await else {
+                    break Err(Status::internal("file readers closed"));
+                };
                 let tx = tx.clone();
-                let readers = readers.clone();
                 let stats = stats.clone();
                 let dir_name = dir_name.clone();
                 let filter = filter.clone();
                 let read_root = read_root.clone();
                 tasks.spawn(async move {
-                    let _permit = readers.acquire_owned().await;
+                    let _permit = permit;
                     let allowed = filter.open_allowed(&rel);
                     match send_file(msg.id, &read_root, &rel, allowed, &tx).await {
                         Ok(n) => {
