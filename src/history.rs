@@ -9,6 +9,7 @@
 //! [`MAX_RECORDS`] the oldest records are dropped. A corrupt or truncated line (a crash, a
 //! hand edit) is skipped with a warning, never fatal.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -137,6 +138,53 @@ pub fn git_state(root: &Path) -> Option<GitState> {
     Some(GitState { commit, dirty })
 }
 
+/// The git state of project roots, read in the background from the start of a run: `git
+/// status` in a large work tree takes a while, and a build's record need not wait for it after
+/// the image is pushed. It is the state when the run started — the checkout the build read. A
+/// state nobody asks for (a reused build records nothing) is never waited for.
+#[derive(Debug, Default)]
+pub struct GitStates {
+    pending: std::sync::Mutex<BTreeMap<PathBuf, std::thread::JoinHandle<Option<GitState>>>>,
+    read: std::sync::Mutex<BTreeMap<PathBuf, Option<GitState>>>,
+}
+
+impl GitStates {
+    /// Starts reading the state of each distinct root, a thread each.
+    pub fn prefetch<'a>(roots: impl IntoIterator<Item = &'a Path>) -> Self {
+        let states = Self::default();
+        {
+            let mut pending = states.pending.lock().expect("not poisoned");
+            for root in roots {
+                if !pending.contains_key(root) {
+                    let owned = root.to_owned();
+                    pending.insert(
+                        root.to_owned(),
+                        std::thread::spawn(move || git_state(&owned)),
+                    );
+                }
+            }
+        }
+        states
+    }
+
+    /// The state of `root`: the one read in the background, else read now.
+    pub fn get(&self, root: &Path) -> Option<GitState> {
+        if let Some(state) = self.read.lock().expect("not poisoned").get(root) {
+            return state.clone();
+        }
+        let started = self.pending.lock().expect("not poisoned").remove(root);
+        let state = match started {
+            Some(handle) => handle.join().ok().flatten(),
+            None => git_state(root),
+        };
+        self.read
+            .lock()
+            .expect("not poisoned")
+            .insert(root.to_owned(), state.clone());
+        state
+    }
+}
+
 /// The journal of the project at `root`.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -238,6 +286,7 @@ pub fn record_build(
     plan: &ServicePlan,
     image: &ImageResult,
     values_written: bool,
+    git: Option<GitState>,
     printer: &Printer,
 ) {
     if !matches!(plan.destination, Destination::Registry { .. }) {
@@ -254,7 +303,7 @@ pub fn record_build(
             crate::settings::BuilderPlan::Native(_) => "native",
         }
         .to_owned(),
-        git: git_state(&plan.root),
+        git,
         values_file: values_written.then(|| {
             plan.values_file
                 .strip_prefix(&plan.root)

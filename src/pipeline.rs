@@ -200,6 +200,12 @@ pub async fn run(
         Flavor::Build => !args.no_values,
         Flavor::Push => args.values,
     };
+    let git = crate::history::GitStates::prefetch(
+        plans
+            .iter()
+            .filter(|p| matches!(p.destination, Destination::Registry { .. }))
+            .map(|p| p.root.as_path()),
+    );
     let outcomes = build_all(&plans, project.parallel, printer, cancel).await;
     if cancel.is_cancelled() {
         return Err(anyhow!(crate::Interrupted));
@@ -235,6 +241,7 @@ pub async fn run(
                         plan,
                         &image,
                         pushed && write_values_files,
+                        git.get(&plan.root),
                         printer,
                     );
                 }

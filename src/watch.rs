@@ -460,7 +460,7 @@ pub async fn run(
                         };
                         // Every new digest is history; an unchanged rebuild is not.
                         if changed {
-                            crate::history::record_build(&slot.plan, &image, outcome.is_ok(), printer);
+                            crate::history::record_build(&slot.plan, &image, outcome.is_ok(), crate::history::git_state(&slot.plan.root), printer);
                         }
                         if printer.is_json() {
                             printer.json(&serde_json::json!({

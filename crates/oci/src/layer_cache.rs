@@ -321,6 +321,19 @@ pub fn build_layer_cached(
     blob_dir: &Path,
     cache: Option<&LayerCache>,
 ) -> Result<Layer> {
+    build_layer_noting_misses(spec, compression, mtime, blob_dir, cache, || {})
+}
+
+/// [`build_layer_cached`], calling `on_miss` as soon as the cache is found not to hold the
+/// layer (before it is built; not called without a cache).
+pub(crate) fn build_layer_noting_misses(
+    spec: &LayerSpec,
+    compression: Compression,
+    mtime: u64,
+    blob_dir: &Path,
+    cache: Option<&LayerCache>,
+    on_miss: impl FnOnce(),
+) -> Result<Layer> {
     let started = SystemTime::now();
     let planner = Planner::plan(spec)?;
     let Some(cache) = cache else {
@@ -330,6 +343,7 @@ pub fn build_layer_cached(
     if let Some(layer) = cache.lookup(&key, compression, blob_dir) {
         return Ok(layer);
     }
+    on_miss();
     let layer = write_layer(&planner, spec, compression, mtime, blob_dir)?;
     if is_racy(&planner, started, cache.racy_window) {
         tracing::debug!(

@@ -15,9 +15,14 @@ use crate::image::{
     config_platform, index_platforms, media,
 };
 use crate::layer::{Compression, Layer};
-use crate::layer_cache::LayerCache;
-use crate::layer_cache::build_layer_cached;
+use crate::layer_cache::{LayerCache, build_layer_noting_misses};
 use crate::reference::Reference;
+
+mod early;
+mod layout;
+use early::EarlySessions;
+pub(crate) use layout::layout_temp_file;
+use layout::write_layout;
 
 /// Where the image goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,20 +183,27 @@ async fn resolve_base(
     Ok(out)
 }
 
+/// Builds every layer (through the layer cache when the spec has one), a task each; a cache
+/// miss is reported on `misses` as soon as it is known.
 async fn build_layers(
     spec: &ImageSpec,
     compression: Compression,
     blob_dir: &Path,
+    misses: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> Result<Vec<Layer>> {
     let mtime = spec.source_date_epoch.max(0) as u64;
     let cache = spec.layer_cache.as_ref().map(LayerCache::new);
     let mut tasks = Vec::new();
     for layer in &spec.layers {
         let (layer, dir, cache) = (layer.clone(), blob_dir.to_owned(), cache.clone());
+        let misses = misses.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
-            build_layer_cached(&layer, compression, mtime, &dir, cache.as_ref())
+            build_layer_noting_misses(&layer, compression, mtime, &dir, cache.as_ref(), || {
+                let _ = misses.send(());
+            })
         }));
     }
+    drop(misses);
     let mut out = Vec::new();
     for t in tasks {
         out.push(t.await.map_err(|e| Error::Task(e.to_string()))??);
@@ -234,35 +246,119 @@ pub async fn build_and_push(
         BaseImage::Scratch => None,
         BaseImage::Reference(r) => Some(r.parse::<Reference>()?),
     };
+    // Upload sessions for the blobs a rebuild is about to make (see `early`): only into a
+    // repository this machine pushed to recently, and only with a layer cache to say which
+    // layers changed.
+    let early_repo = match target {
+        Target::Registry(r) if spec.layer_cache.is_some() => {
+            let repo = Repo::push(r, base_ref.as_ref());
+            (!client.remembered_blobs(&repo).is_empty()).then_some(repo)
+        }
+        _ => None,
+    };
+    let (miss_tx, miss_rx) = tokio::sync::mpsc::unbounded_channel();
     // The base is resolved (reads only) while the layers are built; a layer error is reported
     // first, as when the two ran one after the other.
-    let (layers, bases) = tokio::join!(build_layers(spec, compression, &blob_dir), async {
-        match &base_ref {
-            Some(r) => {
-                once_more_after_a_forgotten_scheme(|| Box::pin(resolve_base(client, r, &platforms)))
-                    .await
-                    .map(Some)
+    let (layers, bases, early_urls) = tokio::join!(
+        build_layers(spec, compression, &blob_dir, miss_tx),
+        async {
+            match &base_ref {
+                Some(r) => once_more_after_a_forgotten_scheme(|| {
+                    Box::pin(resolve_base(client, r, &platforms))
+                })
+                .await
+                .map(Some),
+                None => Ok(None),
             }
-            None => Ok(None),
+        },
+        async {
+            match &early_repo {
+                Some(repo) => early::open_while_building(client, repo, miss_rx).await,
+                None => Vec::new(),
+            }
         }
-    });
-    let (layers, bases) = (layers?, bases?);
-    let images: Vec<Assembled> = platforms
-        .iter()
-        .enumerate()
-        .map(|(i, p)| assemble(spec, p, bases.as_ref().map(|b| &b[i]), &layers))
-        .collect::<Result<_>>()?;
+    );
+    let mut early = EarlySessions::new(early_urls);
+    // Sessions no blob took are cancelled whatever happens next.
+    let published: Result<PushResult> = async {
+        let (layers, bases) = (layers?, bases?);
+        early.fresh_are(
+            layers
+                .iter()
+                .filter(|l| !l.cache_hit)
+                .map(|l| l.digest.clone()),
+        );
+        let images: Vec<Assembled> = platforms
+            .iter()
+            .enumerate()
+            .map(|(i, p)| assemble(spec, p, bases.as_ref().map(|b| &b[i]), &layers))
+            .collect::<Result<_>>()?;
 
-    // Every blob once, in a stable order: base layers, new layers, configs.
+        let blobs = blobs_of(&images, &layers, base_ref.as_ref())?;
+        early.fresh_are(images.iter().map(|i| i.config_digest.clone()));
+
+        let (top_bytes, top_type, config_digest, descriptor) = top_of(spec, &images)?;
+        let digest = Digest::of(&top_bytes);
+
+        let (reference, tag, stats) = match target {
+            Target::Registry(r) => {
+                let tag = r.tag.clone().unwrap_or_else(|| default_tag(&digest));
+                // Boxed: the push's state machine is large, and the caller's future need not be.
+                let stats = once_more_after_a_forgotten_scheme(|| {
+                    Box::pin(push_to_registry(
+                        client,
+                        r,
+                        base_ref.as_ref(),
+                        (&blob_dir, &blobs, &early),
+                        &images,
+                        (&top_bytes, top_type, &tag),
+                    ))
+                })
+                .await?;
+                (r.with_digest(digest.clone()).to_string(), tag, stats)
+            }
+            Target::Layout(dir) => {
+                let tag = default_tag(&digest);
+                let stats =
+                    write_layout(client, dir, &blobs, &images, &descriptor, &top_bytes, &tag)
+                        .await?;
+                (format!("oci:{}@{digest}", dir.display()), tag, stats)
+            }
+        };
+        tracing::info!(%digest, reference, ?stats, "image published");
+        Ok(PushResult {
+            size: top_bytes.len() as u64,
+            digest,
+            media_type: top_type.to_owned(),
+            config_digest,
+            descriptor,
+            reference,
+            tag,
+            stats,
+        })
+    }
+    .await;
+    if let Some(repo) = &early_repo {
+        early::cancel(client, repo, early.leftovers()).await;
+    }
+    published
+}
+
+/// Every blob of `images` once, in a stable order (by digest), with where its bytes come from.
+fn blobs_of(
+    images: &[Assembled],
+    layers: &[Layer],
+    base_ref: Option<&Reference>,
+) -> Result<Vec<Blob>> {
     let mut blobs: BTreeMap<Digest, Blob> = BTreeMap::new();
     let local_layers: BTreeMap<&Digest, &Layer> = layers.iter().map(|l| (&l.digest, l)).collect();
-    for image in &images {
+    for image in images {
         for d in &image.layers {
             let digest = Digest::try_from(d.digest())?;
             let source =
                 match local_layers.get(&digest) {
                     Some(l) => Source::Local(BlobData::File(l.path.clone())),
-                    None => Source::Base(base_ref.clone().ok_or_else(|| {
+                    None => Source::Base(base_ref.cloned().ok_or_else(|| {
                         Error::Task("a base layer without a base image".to_owned())
                     })?),
                 };
@@ -278,10 +374,16 @@ pub async fn build_and_push(
             source: Source::Local(BlobData::Bytes(image.config.clone())),
         });
     }
-    let blobs: Vec<Blob> = blobs.into_values().collect();
+    Ok(blobs.into_values().collect())
+}
 
-    let (top_bytes, top_type, config_digest, platform) = if images.len() == 1 {
-        let i = &images[0];
+/// The top-level manifest (one platform) or index (several): its bytes, media type, config
+/// digest (one platform) and descriptor.
+fn top_of(
+    spec: &ImageSpec,
+    images: &[Assembled],
+) -> Result<(bytes::Bytes, &'static str, Option<Digest>, Descriptor)> {
+    let (top_bytes, top_type, config_digest, platform) = if let [i] = images {
         (
             i.manifest.clone(),
             spec.media_types.manifest(),
@@ -290,17 +392,16 @@ pub async fn build_and_push(
         )
     } else {
         (
-            assemble_index(spec.media_types, &images)?,
+            assemble_index(spec.media_types, images)?,
             spec.media_types.index(),
             None,
             None,
         )
     };
-    let digest = Digest::of(&top_bytes);
     let mut descriptor = Descriptor::new(
         MediaType::from(top_type),
         top_bytes.len() as u64,
-        digest.to_oci(),
+        Digest::of(&top_bytes).to_oci(),
     );
     if let Some(p) = &platform {
         let mut op = oci_spec::image::Platform::default();
@@ -309,43 +410,7 @@ pub async fn build_and_push(
         op.set_variant(p.variant.clone());
         descriptor.set_platform(Some(op));
     }
-
-    let (reference, tag, stats) = match target {
-        Target::Registry(r) => {
-            let tag = r.tag.clone().unwrap_or_else(|| default_tag(&digest));
-            // Boxed: the push's state machine is large, and the caller's future need not be.
-            let stats = once_more_after_a_forgotten_scheme(|| {
-                Box::pin(push_to_registry(
-                    client,
-                    r,
-                    base_ref.as_ref(),
-                    &blob_dir,
-                    &blobs,
-                    &images,
-                    (&top_bytes, top_type, &tag),
-                ))
-            })
-            .await?;
-            (r.with_digest(digest.clone()).to_string(), tag, stats)
-        }
-        Target::Layout(dir) => {
-            let tag = default_tag(&digest);
-            let stats =
-                write_layout(client, dir, &blobs, &images, &descriptor, &top_bytes, &tag).await?;
-            (format!("oci:{}@{digest}", dir.display()), tag, stats)
-        }
-    };
-    tracing::info!(%digest, reference, ?stats, "image published");
-    Ok(PushResult {
-        size: top_bytes.len() as u64,
-        digest,
-        media_type: top_type.to_owned(),
-        config_digest,
-        descriptor,
-        reference,
-        tag,
-        stats,
-    })
+    Ok((top_bytes, top_type, config_digest, descriptor))
 }
 
 /// Runs `step` (requests to registries); when it fails because a registry no longer answers on
@@ -375,19 +440,24 @@ async fn push_to_registry(
     client: &RegistryClient,
     target: &Reference,
     base: Option<&Reference>,
-    blob_dir: &Path,
-    blobs: &[Blob],
+    (blob_dir, blobs, early): (&Path, &[Blob], &EarlySessions),
     images: &[Assembled],
     top: (&bytes::Bytes, &str, &str),
 ) -> Result<PushStats> {
     let repo = Repo::push(target, base);
     let remembered: HashSet<Digest> = client.remembered_blobs(&repo).into_iter().collect();
-    let mut outcomes = push_blobs(client, &repo, target, blob_dir, blobs, &remembered).await?;
-    match push_manifests(client, &repo, images, top).await {
+    let to_push = (blob_dir, blobs, early);
+    let mut outcomes = push_blobs(client, &repo, target, to_push, &remembered).await?;
+    // Sessions opened early that no blob took go while the manifest does.
+    let (pushed, ()) = tokio::join!(
+        push_manifests(client, &repo, images, top),
+        early::cancel(client, &repo, early.leftovers())
+    );
+    match pushed {
         Err(e) if e.is_blob_unknown() && !remembered.is_empty() => {
             tracing::debug!(error = %e, "the registry lacks a blob remembered in it; checking every blob");
             client.forget_blobs(&repo);
-            outcomes = push_blobs(client, &repo, target, blob_dir, blobs, &HashSet::new()).await?;
+            outcomes = push_blobs(client, &repo, target, to_push, &HashSet::new()).await?;
             push_manifests(client, &repo, images, top).await?;
         }
         done => done?,
@@ -402,8 +472,7 @@ async fn push_blobs(
     client: &RegistryClient,
     repo: &Repo,
     target: &Reference,
-    blob_dir: &Path,
-    blobs: &[Blob],
+    (blob_dir, blobs, early): (&Path, &[Blob], &EarlySessions),
     remembered: &HashSet<Digest>,
 ) -> Result<Vec<BlobOutcome>> {
     let parallel = client.options().max_concurrent_uploads.max(1);
@@ -426,9 +495,16 @@ async fn push_blobs(
         .filter(|blob| !remembered.contains(&blob.digest))
         .map(|blob| {
             let fut: futures::future::BoxFuture<'_, Result<BlobOutcome>> = match &blob.source {
-                Source::Local(data) => {
-                    Box::pin(client.push_blob(repo, &blob.digest, blob.size, data, None))
-                }
+                Source::Local(data) => match early.take_for(&blob.digest) {
+                    // Freshly built: not asked for, sent into a session opened meanwhile.
+                    Some(session) => Box::pin(async move {
+                        client
+                            .upload_blob(repo, &blob.digest, blob.size, data, Some(session))
+                            .await
+                            .map(BlobOutcome::Uploaded)
+                    }),
+                    None => Box::pin(client.push_blob(repo, &blob.digest, blob.size, data, None)),
+                },
                 Source::Base(base) => {
                     Box::pin(push_base_blob(client, repo, target, base, blob, blob_dir))
                 }
@@ -514,115 +590,6 @@ async fn push_base_blob(
         )
         .await?;
     Ok(BlobOutcome::Uploaded(n))
-}
-
-async fn write_layout(
-    client: &RegistryClient,
-    dir: &Path,
-    blobs: &[Blob],
-    images: &[Assembled],
-    top: &Descriptor,
-    top_bytes: &bytes::Bytes,
-    tag: &str,
-) -> Result<PushStats> {
-    let blob_dir = dir.join("blobs").join("sha256");
-    fs_err::create_dir_all(&blob_dir).map_err(|e| Error::io("create the OCI layout", e))?;
-    fs_err::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .map_err(|e| Error::io("write the OCI layout", e))?;
-    let mut stats = PushStats::default();
-    let write_bytes = |digest: &Digest, bytes: &[u8]| -> Result<()> {
-        let path = blob_dir.join(digest.hex());
-        if !path.exists() {
-            atomic_write(&path, bytes)?;
-        }
-        Ok(())
-    };
-    for blob in blobs {
-        let path = blob_dir.join(blob.digest.hex());
-        if path.exists() {
-            stats.blobs_skipped += 1;
-            continue;
-        }
-        match &blob.source {
-            Source::Local(BlobData::Bytes(b)) => write_bytes(&blob.digest, b)?,
-            Source::Local(BlobData::File(src)) => {
-                let mut tmp = layout_temp_file(&blob_dir)
-                    .map_err(|e| Error::io("create a temp file in the OCI layout", e))?;
-                // Copies the bytes only: `fs::copy` would also copy the mode of the built blob
-                // (a 0600 temp file in the work dir).
-                let mut from = fs_err::File::open(src).map_err(|e| Error::io("copy a blob", e))?;
-                std::io::copy(&mut from, tmp.as_file_mut()).map_err(|e| {
-                    Error::io(format!("copy `{}` into the OCI layout", src.display()), e)
-                })?;
-                tmp.persist(&path)
-                    .map_err(|e| Error::io(format!("store `{}`", path.display()), e.error))?;
-            }
-            Source::Base(base) => {
-                client
-                    .download_blob(base, &blob.digest, blob.size, &path)
-                    .await?;
-            }
-            // Streamed copies go registry to registry (`copy_image`); a build never makes one.
-            Source::Local(BlobData::Remote(remote)) => {
-                return Err(Error::Task(format!(
-                    "{remote:?} cannot be written to an OCI layout"
-                )));
-            }
-        }
-        stats.blobs_uploaded += 1;
-        stats.bytes_uploaded += blob.size;
-    }
-    for image in images {
-        write_bytes(&image.manifest_digest, &image.manifest)?;
-    }
-    write_bytes(&Digest::try_from(top.digest())?, top_bytes)?;
-
-    // index.json: keep other entries, replace the one carrying the same ref name.
-    let index_path = dir.join("index.json");
-    let mut manifests: Vec<serde_json::Value> = match fs_err::read(&index_path) {
-        Ok(b) => {
-            let v: serde_json::Value = serde_json::from_slice(&b)
-                .map_err(json_err(format!("`{}`", index_path.display())))?;
-            v["manifests"].as_array().cloned().unwrap_or_default()
-        }
-        Err(_) => Vec::new(),
-    };
-    let ref_key = "org.opencontainers.image.ref.name";
-    manifests
-        .retain(|m| m["annotations"][ref_key] != tag && m["digest"] != top.digest().to_string());
-    let mut entry = serde_json::to_value(top).map_err(json_err("a descriptor".to_owned()))?;
-    entry["annotations"] = serde_json::json!({ ref_key: tag });
-    manifests.push(entry);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_INDEX,
-        "manifests": manifests,
-    });
-    atomic_write(&index_path, &crate::image::canonical_json(&index)?)?;
-    Ok(stats)
-}
-
-/// A temp file in `dir` for a file of an OCI layout (renamed into place once written): mode
-/// 0644 less the umask, as files created with `File::create` are (the BuildKit `oci:DIR` output,
-/// the values files) — not the 0600 of temp files, which left layouts unreadable to other users
-/// (a scanner or a server run as another user).
-/// Directories come from `create_dir_all`: 0755 less the umask.
-pub(crate) fn layout_temp_file(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
-    use std::os::unix::fs::PermissionsExt as _;
-    tempfile::Builder::new()
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-}
-
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = layout_temp_file(dir)
-        .map_err(|e| Error::io(format!("create a temp file in `{}`", dir.display()), e))?;
-    std::io::Write::write_all(&mut tmp, bytes)
-        .map_err(|e| Error::io(format!("write `{}`", tmp.path().display()), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io(format!("store `{}`", path.display()), e.error))?;
-    Ok(())
 }
 
 /// Fetches the manifest (or index) `reference` points at; for tests and `doctor`.

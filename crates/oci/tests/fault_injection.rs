@@ -361,6 +361,13 @@ fn route(
                 };
                 return reply(201).header("Docker-Content-Digest", reported);
             }
+            "DELETE" => {
+                return reply(if s.uploads.remove(id).is_some() {
+                    204
+                } else {
+                    404
+                });
+            }
             _ => return reply(405),
         }
     }
@@ -1420,4 +1427,74 @@ async fn a_remembered_scheme_the_registry_no_longer_speaks_is_probed_again() {
         .await
         .unwrap();
     assert!(!requests(&state, "probe").is_empty());
+}
+
+#[tokio::test]
+async fn a_rebuild_sends_fresh_blobs_into_sessions_opened_while_building() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve("127.0.0.1:0", Faults::default()).await;
+    let remembering = RegistryOptions {
+        memory_dir: Some(tmp.path().join("memory")),
+        ..options(tmp.path())
+    };
+    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let cached = |dir: &Path| ImageSpec {
+        layer_cache: Some(tmp.path().join("layer-cache")),
+        ..spec(dir)
+    };
+    let push = |spec: ImageSpec, options: RegistryOptions| {
+        let target = target.clone();
+        async move {
+            let client = RegistryClient::new(options).unwrap();
+            build_and_push(&spec, &Target::Registry(target), &client)
+                .await
+                .unwrap()
+        }
+    };
+    // The first push into the repository checks every blob, as always.
+    let first = push(cached(tmp.path()), remembering.clone()).await;
+    assert_eq!(requests(&state, "head").len(), 3);
+
+    // A rebuild with `small.txt` changed: the layer cache misses both layers (their sources were
+    // just written), so three sessions open while they build (two layers, the config). The
+    // small layer and the config are new and go up without a HEAD; the big layer is the same
+    // blob as before (remembered, not sent), so its session is cancelled.
+    state.lock().unwrap().log.clear();
+    let changed = cached(tmp.path());
+    fs_err::write(tmp.path().join("small.txt"), "changed\n").unwrap();
+    let second = push(changed.clone(), remembering).await;
+    assert_ne!(second.digest, first.digest);
+    assert_eq!(
+        (second.stats.blobs_uploaded, second.stats.blobs_skipped),
+        (2, 1)
+    );
+    {
+        let s = state.lock().unwrap();
+        let count = |prefix: &str| s.log.iter().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(
+            count("HEAD"),
+            0,
+            "fresh blobs are not asked for: {:?}",
+            s.log
+        );
+        assert_eq!(count("POST"), 3, "{:?}", s.log);
+        assert_eq!(
+            count("DELETE /v2/team/app/blobs/uploads/"),
+            1,
+            "{:?}",
+            s.log
+        );
+        assert!(s.uploads.is_empty(), "no session left open: {:?}", s.log);
+    }
+
+    // The same inputs pushed by a client with neither memory nor cache (HEAD first, as in CI)
+    // give the same image.
+    state.lock().unwrap().log.clear();
+    let spec_again = ImageSpec {
+        layer_cache: None,
+        ..changed
+    };
+    let checked = push(spec_again, options(tmp.path())).await;
+    assert_eq!(checked.digest, second.digest);
+    assert_eq!(requests(&state, "head").len(), 3);
 }

@@ -123,7 +123,8 @@ impl RegistryClient {
         .await
     }
 
-    pub(super) async fn start_upload(&self, repo: &Repo) -> Result<Url> {
+    /// Opens an upload session (`POST …/blobs/uploads/`) and returns where to send the bytes.
+    pub(crate) async fn start_upload(&self, repo: &Repo) -> Result<Url> {
         let url = self.url(repo, "blobs/uploads/").await?;
         let req = Req {
             registry: &repo.host,
@@ -142,6 +143,28 @@ impl RegistryClient {
             self.location(repo, &resp, &url).await
         })
         .await
+    }
+
+    /// Cancels an upload session that will not be used (`DELETE` on its location), so the
+    /// registry need not wait for its own clean-up. Best effort: a failure is only logged.
+    pub(crate) async fn cancel_upload(&self, repo: &Repo, location: &Url) {
+        let req = Req {
+            registry: &repo.host,
+            method: &Method::DELETE,
+            url: location,
+        };
+        let outcome = self
+            .within_deadline(req, async {
+                let resp = self.send(repo, Method::DELETE, location, Ok).await?;
+                match resp.status().as_u16() {
+                    200..=299 | 404 => Ok(()),
+                    _ => Err(self.status_error(&Method::DELETE, location, resp).await),
+                }
+            })
+            .await;
+        if let Err(error) = outcome {
+            tracing::debug!(%error, "an unused upload session was not cancelled");
+        }
     }
 
     /// Uploads a blob (monolithic up to `chunk_size`, chunked above), restarting the upload
