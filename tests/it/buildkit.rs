@@ -91,7 +91,7 @@ async fn registry_blob(bed: &TestBed, repo: &str, digest: &str) -> Vec<u8> {
     resp.bytes().await.unwrap().to_vec()
 }
 
-fn push_opts(bed: &TestBed, context: &Path, repo: &str, tag: &str) -> BuildOptions {
+pub(crate) fn push_opts(bed: &TestBed, context: &Path, repo: &str, tag: &str) -> BuildOptions {
     BuildOptions {
         context: context.to_owned(),
         image_names: vec![format!("{}/{repo}:{tag}", bed.registry)],

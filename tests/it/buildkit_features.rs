@@ -9,7 +9,7 @@ use std::process::Command;
 
 use fastbuild_buildkit::{BuildOptions, Client, NamedContext, ProgressEvent, SshSource};
 
-use crate::buildkit::{build, logs, uuid_like};
+use crate::buildkit::{build, logs, push_opts, uuid_like};
 use crate::common::{Daemon, OwnBuildkitd, TestBed, on_both_daemons, require_bed};
 
 async fn connect(bed: &TestBed, daemon: Daemon) -> Client {
@@ -258,14 +258,9 @@ async fn provenance_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
     let ctx = marker_context();
     let repo = format!("features/provenance-{}", uuid_like());
     let opts = |tag: &str, provenance: Option<&str>| BuildOptions {
-        context: ctx.path().to_owned(),
-        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
-        image_names: vec![format!("{}/{repo}:{tag}", bed.registry)],
-        push: true,
-        registry_insecure: true,
         oci_mediatypes: Some(true),
         provenance: provenance.map(str::to_owned),
-        ..BuildOptions::default()
+        ..push_opts(&bed, ctx.path(), &repo, tag)
     };
     let (plain, events) = build(&client, opts("plain", None)).await;
     let plain = plain.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
@@ -392,14 +387,9 @@ async fn sbom_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
     let ctx = marker_context();
     let repo = format!("features/sbom-{}", uuid_like());
     let opts = |tag: &str, sbom: Option<String>| BuildOptions {
-        context: ctx.path().to_owned(),
-        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
-        image_names: vec![format!("{}/{repo}:{tag}", bed.registry)],
-        push: true,
-        registry_insecure: true,
         oci_mediatypes: Some(true),
         sbom,
-        ..BuildOptions::default()
+        ..push_opts(&bed, ctx.path(), &repo, tag)
     };
     let (with, events) = build(&client, opts("sbom", Some(format!("generator={scanner}")))).await;
     let with = with.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));

@@ -6,7 +6,7 @@
 use std::io::Write as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::common::{TestBed, registry_repo_dir, repo_root, require_bed, sha256};
@@ -94,6 +94,11 @@ fn native_build(
 }
 
 /// A Docker config directory that does not exist: no credentials.
+/// [`native_build`] of the layer `data:/data` to the plain registry, without credentials.
+fn data_build(dir: &Path, bed: &TestBed, base: &str, repo: &str) -> Command {
+    native_build(dir, &no_creds(dir), &bed.registry, base, "data:/data", repo)
+}
+
 pub(crate) fn no_creds(dir: &Path) -> PathBuf {
     dir.join("no-docker-config")
 }
@@ -171,8 +176,8 @@ async fn tag_status(bed: &TestBed, repo: &str, tag: &str) -> u16 {
 /// The plain registry's in-progress uploads of `repo` (distribution's filesystem storage,
 /// `<rootdirectory>/docker/registry/v2/repositories/<repo>/_uploads/<uuid>/data`): uuid and
 /// bytes received so far.
-fn uploads_in_progress(repo: &str) -> Vec<(String, u64)> {
-    let dir = registry_repo_dir("registry", repo).join("_uploads");
+pub(crate) fn uploads_in_progress(name: &str, repo: &str) -> Vec<(String, u64)> {
+    let dir = registry_repo_dir(name, repo).join("_uploads");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
@@ -183,6 +188,33 @@ fn uploads_in_progress(repo: &str) -> Vec<(String, u64)> {
             Some((e.file_name().to_string_lossy().into_owned(), size))
         })
         .collect()
+}
+
+/// `cmd` started with no stdin, stdout or stderr.
+pub(crate) fn spawn_quietly(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `seen` every 10 ms until it gives a value, for at most 60 s and while `child` runs;
+/// `failures` say that it exited, and that the time ran out.
+pub(crate) fn poll_while_running<T>(
+    child: &mut Child,
+    failures: [&str; 2],
+    mut seen: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = seen() {
+            return v;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "{}", failures[0]);
+        assert!(Instant::now() < deadline, "{}", failures[1]);
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Forks argv[2..] from a small process, reaps it with `wait4(2)`, writes its `ru_maxrss`
@@ -307,40 +339,26 @@ async fn push_killed_mid_upload_leaves_no_manifest_and_a_rerun_succeeds() {
     let repo = unique("kill");
     let repository = format!("{}/{repo}", bed.registry);
     let build = || {
-        let mut cmd = native_build(
-            dir.path(),
-            &no_creds(dir.path()),
-            &bed.registry,
-            "scratch",
-            "data:/data",
-            &repo,
-        );
+        let mut cmd = data_build(dir.path(), &bed, "scratch", &repo);
         cmd.args(["--compression", "uncompressed"]);
         cmd
     };
 
     // Kill once the registry has received at least 1 MiB of the layer's upload.
-    let mut child = build()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let received = loop {
-        if let Some((_, n)) = uploads_in_progress(&repo)
-            .into_iter()
-            .find(|(_, n)| *n >= MIB)
-        {
-            break n;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "fastbuild exited before its upload was seen"
-        );
-        assert!(Instant::now() < deadline, "no upload seen within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut child = spawn_quietly(&mut build());
+    let received = poll_while_running(
+        &mut child,
+        [
+            "fastbuild exited before its upload was seen",
+            "no upload seen within 60 s",
+        ],
+        || {
+            uploads_in_progress("registry", &repo)
+                .into_iter()
+                .find(|(_, n)| *n >= MIB)
+        },
+    )
+    .1;
     assert!(
         child.try_wait().unwrap().is_none(),
         "fastbuild must still be pushing when killed"
@@ -655,29 +673,17 @@ async fn comma_separated_platforms_give_one_index_with_a_manifest_each() {
     let bed = require_bed!();
     let dir = data_workdir("x\n");
     let repo = unique("platforms");
-    let out = run(native_build(
-        dir.path(),
-        &no_creds(dir.path()),
-        &bed.registry,
-        "scratch",
-        "data:/data",
-        &repo,
-    )
-    .args(["--platform", "linux/amd64,linux/arm64"]));
+    let out = run(data_build(dir.path(), &bed, "scratch", &repo)
+        .args(["--platform", "linux/amd64,linux/arm64"]));
     assert_ok(&out);
     let (_, index) = served_manifest(&bed.registry, &repo, "v1").await;
     let platforms = crate::common::index_platforms(&index);
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{index:#}");
 
-    let out = run(native_build(
-        dir.path(),
-        &no_creds(dir.path()),
-        &bed.registry,
-        &bed.base_image,
-        "data:/data",
-        &unique("platforms-base"),
-    )
-    .args(["--platform", "linux/amd64,linux/arm64"]));
+    let out = run(
+        data_build(dir.path(), &bed, &bed.base_image, &unique("platforms-base"))
+            .args(["--platform", "linux/amd64,linux/arm64"]),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has no `linux/arm64` image"), "{err}");

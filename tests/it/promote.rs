@@ -14,7 +14,8 @@ use crate::common::{assert_ok, run};
 use crate::common::{helm_template_image, registry_repo_dir, testbed_dir};
 use crate::native_cli::{
     MIB, assert_rss_between_4_and_64_mib, bytes_uploaded, data_workdir, docker_config, native_cmd,
-    random_data_workdir, random_file, run_measuring_rss, text, unique, workdir,
+    poll_while_running, random_data_workdir, random_file, run_measuring_rss, spawn_quietly, text,
+    unique, uploads_in_progress, workdir,
 };
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -119,6 +120,15 @@ fn write_project(dir: &Path, bed: &TestBed, services: &str) {
         ),
     )
     .unwrap();
+}
+
+/// The service `app` of a project: native, on scratch, pushed to `repo` uncompressed and
+/// reproducible, with `layers` (the items of the YAML list).
+fn uncompressed_app(repo: &str, layers: &str) -> String {
+    format!(
+        "  app:\n    builder: native\n    base: scratch\n    repository: {repo}\n    \
+         compression: uncompressed\n    reproducible: true\n    layers: [{layers}]\n"
+    )
 }
 
 /// [`write_project`], then `fastbuild build` of all its services.
@@ -290,17 +300,6 @@ async fn promote_within_one_registry_mounts_every_blob_and_uploads_none() {
 
 /// Bytes received so far by the uploads in progress into `repo` of the bed registry `name`
 /// (`registry`, `registry-tls`): distribution's `_uploads/<uuid>/data` files.
-fn uploads_in_progress(name: &str, repo: &str) -> Vec<u64> {
-    let dir = registry_repo_dir(name, repo).join("_uploads");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| std::fs::metadata(e.ok()?.path().join("data")).ok())
-        .map(|m| m.len())
-        .collect()
-}
-
 /// Whether blob `digest` is linked into `repo` of the bed registry `name`.
 fn blob_linked(name: &str, repo: &str, digest: &str) -> bool {
     let hex = digest.strip_prefix("sha256:").unwrap();
@@ -328,11 +327,7 @@ async fn a_promote_killed_mid_layer_resumes_and_copies_only_what_is_missing() {
     write_and_build(
         dir.path(),
         &bed,
-        &format!(
-            "  app:\n    builder: native\n    base: scratch\n    repository: {repo}\n    \
-             compression: uncompressed\n    reproducible: true\n    \
-             layers: [{{src: big, dest: /big}}, {{src: small, dest: /small}}]\n"
-        ),
+        &uncompressed_app(&repo, "{src: big, dest: /big}, {src: small, dest: /small}"),
     );
     fs_err::remove_file(dir.path().join("big/big.bin")).unwrap();
     let digest = values_key(&dir.path().join("values/app.values.yaml"), "image.digest");
@@ -352,31 +347,23 @@ async fn a_promote_killed_mid_layer_resumes_and_copies_only_what_is_missing() {
     let to = format!("{}/resume", bed.registry_tls);
 
     // Kill once the small blobs are in and the big one is under way (≥ 1 MiB received).
-    let mut child = promote(&bed, dir.path(), "app", "prod.yaml", &to)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let received = loop {
-        let small_in = small
-            .iter()
-            .all(|d| blob_linked("registry-tls", &target_repo, d));
-        if let Some(n) = uploads_in_progress("registry-tls", &target_repo)
-            .into_iter()
-            .find(|n| *n >= MIB)
-            && small_in
-        {
-            break n;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "fastbuild exited before its copy was seen under way"
-        );
-        assert!(Instant::now() < deadline, "no copy seen within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut child = spawn_quietly(&mut promote(&bed, dir.path(), "app", "prod.yaml", &to));
+    let received = poll_while_running(
+        &mut child,
+        [
+            "fastbuild exited before its copy was seen under way",
+            "no copy seen within 60 s",
+        ],
+        || {
+            let small_in = small
+                .iter()
+                .all(|d| blob_linked("registry-tls", &target_repo, d));
+            let big = uploads_in_progress("registry-tls", &target_repo)
+                .into_iter()
+                .find(|(_, n)| *n >= MIB);
+            big.filter(|_| small_in).map(|(_, n)| n)
+        },
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     note(&format!(
@@ -408,11 +395,7 @@ async fn promote_copies_a_one_gib_image_with_peak_rss_under_64_mib() {
     write_and_build(
         dir.path(),
         &bed,
-        &format!(
-            "  app:\n    builder: native\n    base: scratch\n    repository: {repo}\n    \
-             compression: uncompressed\n    reproducible: true\n    \
-             layers: [{{src: data, dest: /data}}]\n"
-        ),
+        &uncompressed_app(&repo, "{src: data, dest: /data}"),
     );
     fs_err::remove_file(dir.path().join("data/big.bin")).unwrap();
     let digest = values_key(&dir.path().join("values/app.values.yaml"), "image.digest");

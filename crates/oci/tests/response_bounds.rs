@@ -288,6 +288,25 @@ fn manifest_route(status: u16, body: Body) -> Route {
     )
 }
 
+/// The message of `err`, which must be [`Error::ResponseTooLarge`] (for the `case` served).
+fn too_large(err: &Error, case: &Body) -> String {
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::ResponseTooLarge { .. }),
+        "{case:?}: {msg}"
+    );
+    msg
+}
+
+/// The server got out less than [`MAX_SERVED`] body bytes of the `case`.
+fn assert_bounded(seen: &Seen, case: &Body) {
+    assert!(
+        seen.served() < MAX_SERVED,
+        "{case:?}: {} bytes",
+        seen.served()
+    );
+}
+
 fn digest_of(b: &[u8]) -> Digest {
     Digest::of(b)
 }
@@ -305,22 +324,14 @@ async fn oversized_manifests_are_refused_without_reading_them() {
         let client = quick_client(tmp.path());
         let target = app_v1(addr);
         let err = fails("manifest", client.get_manifest(&target)).await;
-        let msg = err.to_string();
-        assert!(
-            matches!(err, Error::ResponseTooLarge { .. }),
-            "{body:?}: {msg}"
-        );
+        let msg = too_large(&err, &body);
         assert!(
             msg.contains(&format!(
                 "response too large from registry `{addr}`: a manifest or index may be at most 4 MiB (4194304 bytes), and GET http://{addr}/v2/team/app/manifests/v1 {seen_text}"
             )) && msg.contains("check that the reference names an image"),
             "{body:?}: {msg}"
         );
-        assert!(
-            seen.served() < MAX_SERVED,
-            "{body:?}: {} bytes",
-            seen.served()
-        );
+        assert_bounded(&seen, &body);
         assert_eq!(seen.count("GET /v2/team"), 1, "not retried");
     }
 }
@@ -399,22 +410,14 @@ async fn blob_downloads_stop_at_the_descriptor_size() {
         let target = app_v1(addr);
         let dest = tmp.path().join("blobs").join(digest.hex());
         let err = fails("blob", client.download_blob(&target, &digest, 1000, &dest)).await;
-        let msg = err.to_string();
-        assert!(
-            matches!(err, Error::ResponseTooLarge { .. }),
-            "{body:?}: {msg}"
-        );
+        let msg = too_large(&err, &body);
         assert!(
             msg.contains(&format!(
                 "blob `{digest}` has 1000 bytes by its descriptor, and GET http://{addr}/v2/team/app/blobs/{digest} {seen_text}"
             )),
             "{body:?}: {msg}"
         );
-        assert!(
-            seen.served() < MAX_SERVED,
-            "{body:?}: {} bytes",
-            seen.served()
-        );
+        assert_bounded(&seen, &body);
         assert!(!dest.exists());
         // Nothing but the (empty) blob directory is left: no temp file.
         assert_eq!(
