@@ -10,12 +10,11 @@ use std::time::Duration;
 use fastbuild_buildkit::{
     BuildOptions, BuildResult, Client, Error, ProgressEvent, SecretSource, TlsOptions,
 };
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Daemon, TestBed, on_both_daemons, require_bed};
+use crate::common::{Daemon, TestBed, on_both_daemons, require_bed, sha256};
 
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, \
 application/vnd.oci.image.index.v1+json, \
@@ -85,11 +84,14 @@ async fn registry_manifest(bed: &TestBed, repo: &str, tag: &str) -> (Vec<u8>, St
     (resp.bytes().await.unwrap().to_vec(), ct)
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+/// GETs a blob of `repo` from the plain registry.
+async fn registry_blob(bed: &TestBed, repo: &str, digest: &str) -> Vec<u8> {
+    let url = format!("http://{}/v2/{repo}/blobs/{digest}", bed.registry);
+    let resp = reqwest::get(url).await.unwrap();
+    resp.bytes().await.unwrap().to_vec()
 }
 
-fn push_opts(bed: &TestBed, context: &Path, repo: &str, tag: &str) -> BuildOptions {
+pub(crate) fn push_opts(bed: &TestBed, context: &Path, repo: &str, tag: &str) -> BuildOptions {
     BuildOptions {
         context: context.to_owned(),
         image_names: vec![format!("{}/{repo}:{tag}", bed.registry)],
@@ -106,6 +108,105 @@ fn fresh_opts(bed: &TestBed, context: &Path, repo: &str, tag: &str) -> BuildOpti
     BuildOptions {
         no_cache: true,
         ..push_opts(bed, context, repo, tag)
+    }
+}
+
+/// The text of the `Log` events of a build.
+pub(crate) fn logs(events: &[ProgressEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProgressEvent::Log { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the session sent `file` of the local dir `local` (`context`, `dockerfile`).
+fn sent(result: &BuildResult, local: &str, file: &str) -> bool {
+    result.sync_stats[local].files_sent.contains(file)
+}
+
+/// Whether a step whose name contains `step` completed (ran) in `events`.
+fn completed(events: &[ProgressEvent], step: &str) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, ProgressEvent::VertexCompleted { name, .. } if name.contains(step)))
+}
+
+/// A Docker config in `dir` with `user:password` for `registry`.
+fn docker_config(dir: &Path, registry: &str, user: &str, password: &str) {
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{user}:{password}"),
+    );
+    fs_err::write(
+        dir.join("config.json"),
+        format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+}
+
+/// The shared set-up of the builds: a client of one daemon, a context directory holding a
+/// Dockerfile, and a fresh repository name in the plain registry.
+struct Setup {
+    bed: TestBed,
+    client: Client,
+    ctx: tempfile::TempDir,
+    repo: String,
+}
+
+impl Setup {
+    async fn new(bed: &TestBed, daemon: Daemon, repo: &str) -> Setup {
+        Setup::on(bed, client(bed, daemon).await, repo)
+    }
+
+    /// The same with `client`.
+    fn on(bed: &TestBed, client: Client, repo: &str) -> Setup {
+        Setup {
+            bed: bed.clone(),
+            client,
+            ctx: tempfile::tempdir().unwrap(),
+            repo: unique(repo),
+        }
+    }
+
+    /// A Dockerfile on the bed's base: `ARG BASE`, `FROM ${BASE}` and `steps`.
+    fn dockerfile(&self, steps: &str) {
+        self.write("Dockerfile", &format!("ARG BASE\nFROM ${{BASE}}\n{steps}"));
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        write(self.ctx.path(), rel, content);
+    }
+
+    /// [`push_opts`] for the context, to `repo:tag`.
+    fn push_opts(&self, tag: &str) -> BuildOptions {
+        push_opts(&self.bed, self.ctx.path(), &self.repo, tag)
+    }
+
+    /// [`fresh_opts`] for the context, to `repo:tag`.
+    fn fresh_opts(&self, tag: &str) -> BuildOptions {
+        fresh_opts(&self.bed, self.ctx.path(), &self.repo, tag)
+    }
+
+    async fn build(&self, opts: BuildOptions) -> (Result<BuildResult, Error>, Vec<ProgressEvent>) {
+        build(&self.client, opts).await
+    }
+
+    /// The error of building the context (with [`push_opts`]) to `repo:tag`.
+    async fn failure(&self, tag: &str) -> Error {
+        self.build(self.push_opts(tag)).await.0.unwrap_err()
+    }
+
+    /// The manifest the registry serves for `repo:tag`.
+    async fn manifest(&self, tag: &str) -> (Vec<u8>, String) {
+        registry_manifest(&self.bed, &self.repo, tag).await
+    }
+
+    /// The blob `digest` the registry serves in `repo`.
+    async fn blob(&self, digest: &str) -> Vec<u8> {
+        registry_blob(&self.bed, &self.repo, digest).await
     }
 }
 
@@ -138,18 +239,12 @@ async fn unreachable_daemon_names_the_address_and_how_to_set_it() {
 }
 
 async fn pushed_build_digest_is_the_manifest_the_registry_serves(bed: TestBed, daemon: Daemon) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt && echo built > /built\n",
-    );
-    write(ctx.path(), "hello.txt", &format!("hello {}\n", uuid_like()));
-    let repo = unique("bk/push");
-    let (result, events) = build(&client, fresh_opts(&bed, ctx.path(), &repo, "v1")).await;
+    let t = Setup::new(&bed, daemon, "bk/push").await;
+    t.dockerfile("COPY hello.txt /hello.txt\nRUN cat /hello.txt && echo built > /built\n");
+    t.write("hello.txt", &format!("hello {}\n", uuid_like()));
+    let (result, events) = t.build(t.fresh_opts("v1")).await;
     let result = result.unwrap();
-    let (manifest, content_type) = registry_manifest(&bed, &repo, "v1").await;
+    let (manifest, content_type) = t.manifest("v1").await;
     assert_eq!(result.digest.to_string(), sha256(&manifest));
     let descriptor = result.descriptor.as_ref().expect("descriptor");
     assert_eq!(descriptor.digest, result.digest);
@@ -164,26 +259,13 @@ async fn pushed_build_digest_is_the_manifest_the_registry_serves(bed: TestBed, d
             .unwrap()
             .starts_with("sha256:")
     );
-    assert!(result.image_name.as_deref().unwrap().contains(&repo));
+    assert!(result.image_name.as_deref().unwrap().contains(&t.repo));
     // Progress: the RUN step started, completed, and printed the file.
-    assert!(
-        events.iter().any(
-            |e| matches!(e, ProgressEvent::VertexCompleted { name, .. } if name.contains("RUN cat"))
-        ),
-        "{events:#?}"
-    );
+    assert!(completed(&events, "RUN cat"), "{events:#?}");
     assert!(events.iter().any(|e| matches!(e, ProgressEvent::Log { data, .. } if String::from_utf8_lossy(data).contains("hello"))));
     // The context sent only what COPY needs (followpaths), plus the Dockerfile.
-    assert!(
-        result.sync_stats["context"]
-            .files_sent
-            .contains("hello.txt")
-    );
-    assert!(
-        result.sync_stats["dockerfile"]
-            .files_sent
-            .contains("Dockerfile")
-    );
+    assert!(sent(&result, "context", "hello.txt"));
+    assert!(sent(&result, "dockerfile", "Dockerfile"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,7 +507,7 @@ async fn same_build_twice_and_fresh_copy_with_other_mtimes_give_same_digest(
     let (c, events) = build(&client, opts(second.path(), "c", true)).await;
     let c = c.unwrap();
     assert!(
-        events.iter().any(|e| matches!(e, ProgressEvent::VertexCompleted { name, .. } if name.contains("RUN echo generated"))),
+        completed(&events, "RUN echo generated"),
         "the RUN step must have run again"
     );
     assert_eq!(a.digest, c.digest);
@@ -434,25 +516,22 @@ async fn same_build_twice_and_fresh_copy_with_other_mtimes_give_same_digest(
 }
 
 async fn dockerignored_file_is_never_sent_and_cannot_be_copied(bed: TestBed, daemon: Daemon) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        ".dockerignore",
-        "# secrets\nsecret.txt\n*.log\nbuild/\n!build/keep.txt\n",
-    );
-    write(ctx.path(), "secret.txt", "TOP-SECRET\n");
-    write(ctx.path(), "debug.log", "noise\n");
-    write(ctx.path(), "build/out.bin", "binary\n");
-    write(ctx.path(), "build/keep.txt", "keep\n");
-    write(ctx.path(), "src/app.txt", "app\n");
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nCOPY . /ctx/\nRUN find /ctx | sort\n",
-    );
-    let repo = unique("bk/ignore");
-    let (result, events) = build(&client, fresh_opts(&bed, ctx.path(), &repo, "v1")).await;
+    let t = Setup::new(&bed, daemon, "bk/ignore").await;
+    t.dockerfile("COPY . /ctx/\nRUN find /ctx | sort\n");
+    for (rel, content) in [
+        (
+            ".dockerignore",
+            "# secrets\nsecret.txt\n*.log\nbuild/\n!build/keep.txt\n",
+        ),
+        ("secret.txt", "TOP-SECRET\n"),
+        ("debug.log", "noise\n"),
+        ("build/out.bin", "binary\n"),
+        ("build/keep.txt", "keep\n"),
+        ("src/app.txt", "app\n"),
+    ] {
+        t.write(rel, content);
+    }
+    let (result, events) = t.build(t.fresh_opts("v1")).await;
     let result = result.unwrap();
     let sent = &result.sync_stats["context"];
     for never in ["secret.txt", "debug.log", "build/out.bin"] {
@@ -468,24 +547,13 @@ async fn dockerignored_file_is_never_sent_and_cannot_be_copied(bed: TestBed, dae
     for kept in ["src/app.txt", "build/keep.txt", "Dockerfile"] {
         assert!(sent.files_sent.contains(kept), "{kept} missing: {sent:?}");
     }
-    let log: String = events
-        .iter()
-        .filter_map(|e| match e {
-            ProgressEvent::Log { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
-            _ => None,
-        })
-        .collect();
+    let log = logs(&events);
     assert!(log.contains("/ctx/build/keep.txt"), "{log}");
     assert!(!log.contains("/ctx/secret.txt"), "{log}");
 
     // COPYing the ignored file fails, and it is still never sent.
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nCOPY secret.txt /secret.txt\n",
-    );
-    let (result, _) = build(&client, push_opts(&bed, ctx.path(), &repo, "v2")).await;
-    let err = result.unwrap_err();
+    t.dockerfile("COPY secret.txt /secret.txt\n");
+    let err = t.failure("v2").await;
     assert!(err.to_string().contains("secret.txt"), "{err}");
 }
 
@@ -493,29 +561,17 @@ async fn symlink_pointing_outside_the_context_does_not_leak_its_target(
     bed: TestBed,
     daemon: Daemon,
 ) {
-    let client = client(&bed, daemon).await;
     let outside = tempfile::tempdir().unwrap();
     let marker = format!("OUTSIDE-{}", uuid_like());
     write(outside.path(), "private.txt", &format!("{marker}\n"));
-    let ctx = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(outside.path().join("private.txt"), ctx.path().join("leak"))
-        .unwrap();
-    std::os::unix::fs::symlink("../../../../../../..", ctx.path().join("up")).unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nCOPY . /ctx/\nRUN readlink /ctx/leak; cat /ctx/leak || echo no-target; ls /ctx/up/ || true\n",
-    );
-    let repo = unique("bk/symlink");
-    let (result, events) = build(&client, fresh_opts(&bed, ctx.path(), &repo, "v1")).await;
+    let t = Setup::new(&bed, daemon, "bk/symlink").await;
+    t.dockerfile("COPY . /ctx/\nRUN readlink /ctx/leak; cat /ctx/leak || echo no-target; ls /ctx/up/ || true\n");
+    let ctx = t.ctx.path();
+    std::os::unix::fs::symlink(outside.path().join("private.txt"), ctx.join("leak")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../..", ctx.join("up")).unwrap();
+    let (result, events) = t.build(t.fresh_opts("v1")).await;
     let result = result.unwrap();
-    let log: String = events
-        .iter()
-        .filter_map(|e| match e {
-            ProgressEvent::Log { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
-            _ => None,
-        })
-        .collect();
+    let log = logs(&events);
     assert!(
         log.contains("private.txt"),
         "the link itself arrives: {log}"
@@ -530,12 +586,8 @@ async fn symlink_pointing_outside_the_context_does_not_leak_its_target(
     );
 
     // COPY of the link itself resolves inside the context only.
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nCOPY leak /leak\nRUN cat /leak\n",
-    );
-    let (result, _) = build(&client, push_opts(&bed, ctx.path(), &repo, "v2")).await;
+    t.dockerfile("COPY leak /leak\nRUN cat /leak\n");
+    let (result, _) = t.build(t.push_opts("v2")).await;
     match result {
         Ok(r) => assert!(
             !r.sync_stats["context"]
@@ -567,28 +619,14 @@ async fn build_args_target_and_dockerfile_outside_the_context(bed: TestBed, daem
         .insert("org.example.test".to_owned(), "yes".to_owned());
     let (result, events) = build(&client, opts).await;
     let result = result.unwrap();
-    let log: String = events
-        .iter()
-        .filter_map(|e| match e {
-            ProgressEvent::Log { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
-            _ => None,
-        })
-        .collect();
+    let log = logs(&events);
     assert!(log.contains("msg=from-build-arg"), "{log}");
     assert!(!log.contains("second-stage-ran"), "{log}");
     assert!(!events.iter().any(
         |e| matches!(e, ProgressEvent::VertexStarted { name, .. } if name.contains("second-stage"))
     ));
-    assert!(
-        result.sync_stats["dockerfile"]
-            .files_sent
-            .contains("app.Dockerfile")
-    );
-    assert!(
-        result.sync_stats["context"]
-            .files_sent
-            .contains("input.txt")
-    );
+    assert!(sent(&result, "dockerfile", "app.Dockerfile"));
+    assert!(sent(&result, "context", "input.txt"));
     // The label is in the pushed image config.
     let (manifest, _) = registry_manifest(&bed, &repo, "v1").await;
     let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
@@ -601,38 +639,23 @@ async fn build_args_target_and_dockerfile_outside_the_context(bed: TestBed, daem
             .map(ToString::to_string)
             .as_deref()
     );
-    let config = reqwest::get(format!(
-        "http://{}/v2/{repo}/blobs/{config_digest}",
-        bed.registry
-    ))
-    .await
-    .unwrap()
-    .bytes()
-    .await
-    .unwrap();
+    let config = registry_blob(&bed, &repo, config_digest).await;
     let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
     assert_eq!(config["config"]["Labels"]["org.example.test"], "yes");
 }
 
 async fn secrets_are_visible_to_run_and_absent_from_layers(bed: TestBed, daemon: Daemon) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
     let secret_value = format!("s3cr3t-{}", uuid_like());
     let secret_dir = tempfile::tempdir().unwrap();
     write(secret_dir.path(), "token", &secret_value);
     let home = std::env::var("HOME").unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!(
-            "ARG BASE\nFROM ${{BASE}}\n\
-             RUN --mount=type=secret,id=token test \"$(cat /run/secrets/token)\" = \"{secret_value}\" && echo token-ok\n\
+    let t = Setup::new(&bed, daemon, "bk/secrets").await;
+    t.dockerfile(&format!(
+            "RUN --mount=type=secret,id=token test \"$(cat /run/secrets/token)\" = \"{secret_value}\" && echo token-ok\n\
              RUN --mount=type=secret,id=home test \"$(cat /run/secrets/home)\" = \"{home}\" && echo home-ok\n\
              RUN test ! -e /run/secrets/token && echo gone-after\n"
-        ),
-    );
-    let repo = unique("bk/secrets");
-    let mut opts = fresh_opts(&bed, ctx.path(), &repo, "v1");
+        ));
+    let mut opts = t.fresh_opts("v1");
     opts.secrets.insert(
         "token".to_owned(),
         SecretSource::File(secret_dir.path().join("token")),
@@ -640,32 +663,21 @@ async fn secrets_are_visible_to_run_and_absent_from_layers(bed: TestBed, daemon:
     opts.secrets
         .insert("home".to_owned(), SecretSource::Env("HOME".to_owned()));
     opts.compression = Some(fastbuild_buildkit::Compression::None);
-    let (result, events) = build(&client, opts).await;
+    let (result, events) = t.build(opts).await;
     let result = result.unwrap();
-    let log: String = events
-        .iter()
-        .filter_map(|e| match e {
-            ProgressEvent::Log { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
-            _ => None,
-        })
-        .collect();
+    let log = logs(&events);
     for expected in ["token-ok", "home-ok", "gone-after"] {
         assert!(log.contains(expected), "{expected}: {log} {events:#?}");
     }
     // No layer (uncompressed tar) contains the secret bytes.
-    let (manifest, _) = registry_manifest(&bed, &repo, "v1").await;
+    let (manifest, _) = t.manifest("v1").await;
     assert_eq!(sha256(&manifest), result.digest.to_string());
     let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
     let layers = manifest["layers"].as_array().unwrap();
     assert!(!layers.is_empty());
     for layer in layers {
         let digest = layer["digest"].as_str().unwrap();
-        let blob = reqwest::get(format!("http://{}/v2/{repo}/blobs/{digest}", bed.registry))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let blob = t.blob(digest).await;
         assert!(
             !blob
                 .windows(secret_value.len())
@@ -675,63 +687,42 @@ async fn secrets_are_visible_to_run_and_absent_from_layers(bed: TestBed, daemon:
     }
 
     // A required secret that the session does not have fails the build, naming it.
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nRUN --mount=type=secret,id=absent,required=true true\n",
-    );
-    let (result, _) = build(&client, push_opts(&bed, ctx.path(), &repo, "v2")).await;
-    let err = result.unwrap_err();
+    t.dockerfile("RUN --mount=type=secret,id=absent,required=true true\n");
+    let err = t.failure("v2").await;
     assert!(err.to_string().contains("absent"), "{err}");
 }
 
 async fn no_cache_reruns_steps_that_are_otherwise_cached(bed: TestBed, daemon: Daemon) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
     let token = uuid_like();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("ARG BASE\nFROM ${{BASE}}\nRUN echo {token} > /token\n"),
-    );
-    let repo = unique("bk/nocache");
+    let t = Setup::new(&bed, daemon, "bk/nocache").await;
+    t.dockerfile(&format!("RUN echo {token} > /token\n"));
     let run_step = |events: &[ProgressEvent]| -> (bool, bool) {
-        let ran = events.iter().any(|e| matches!(e, ProgressEvent::VertexCompleted { name, .. } if name.contains("RUN echo")));
+        let ran = completed(events, "RUN echo");
         let cached = events.iter().any(
             |e| matches!(e, ProgressEvent::VertexCached { name, .. } if name.contains("RUN echo")),
         );
         (ran, cached)
     };
-    let (r, events) = build(&client, push_opts(&bed, ctx.path(), &repo, "a")).await;
-    r.unwrap();
-    assert_eq!(run_step(&events), (true, false));
-    let (r, events) = build(&client, push_opts(&bed, ctx.path(), &repo, "b")).await;
-    r.unwrap();
-    assert_eq!(run_step(&events), (false, true));
-    let mut opts = push_opts(&bed, ctx.path(), &repo, "c");
-    opts.no_cache = true;
-    let (r, events) = build(&client, opts).await;
-    r.unwrap();
-    assert_eq!(run_step(&events), (true, false));
+    let mut no_cache = t.push_opts("c");
+    no_cache.no_cache = true;
+    for (opts, expected) in [
+        (t.push_opts("a"), (true, false)),
+        (t.push_opts("b"), (false, true)),
+        (no_cache, (true, false)),
+    ] {
+        let (r, events) = t.build(opts).await;
+        r.unwrap();
+        assert_eq!(run_step(&events), expected);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Errors and cancellation
 
 async fn dockerfile_syntax_error_names_file_and_line(bed: TestBed, daemon: Daemon) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nRUNN echo typo\n",
-    );
-    let (result, _) = build(
-        &client,
-        push_opts(&bed, ctx.path(), &unique("bk/syntax"), "v1"),
-    )
-    .await;
-    match result.unwrap_err() {
+    let t = Setup::new(&bed, daemon, "bk/syntax").await;
+    t.dockerfile("RUNN echo typo\n");
+    match t.failure("v1").await {
         Error::DockerfileSyntax {
             file,
             line,
@@ -746,19 +737,9 @@ async fn dockerfile_syntax_error_names_file_and_line(bed: TestBed, daemon: Daemo
 }
 
 async fn failed_run_reports_step_exit_code_and_log_tail(bed: TestBed, daemon: Daemon) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nRUN for i in $(seq 1 30); do echo line-$i; done; exit 7\n",
-    );
-    let (result, _) = build(
-        &client,
-        push_opts(&bed, ctx.path(), &unique("bk/runfail"), "v1"),
-    )
-    .await;
-    match result.unwrap_err() {
+    let t = Setup::new(&bed, daemon, "bk/runfail").await;
+    t.dockerfile("RUN for i in $(seq 1 30); do echo line-$i; done; exit 7\n");
+    match t.failure("v1").await {
         err @ Error::RunFailed { .. } => {
             let Error::RunFailed {
                 step,
@@ -786,20 +767,10 @@ async fn failed_run_reports_step_exit_code_and_log_tail(bed: TestBed, daemon: Da
 }
 
 async fn missing_base_image_is_reported_as_such(bed: TestBed, daemon: Daemon) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
     let image = format!("{}/does/not-exist:{}", bed.registry, uuid_like());
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {image}\nRUN true\n"),
-    );
-    let (result, _) = build(
-        &client,
-        push_opts(&bed, ctx.path(), &unique("bk/nobase"), "v1"),
-    )
-    .await;
-    match result.unwrap_err() {
+    let t = Setup::new(&bed, daemon, "bk/nobase").await;
+    t.write("Dockerfile", &format!("FROM {image}\nRUN true\n"));
+    match t.failure("v1").await {
         Error::MissingBaseImage { image: got, .. } => {
             assert!(got.contains("does/not-exist"), "{got}");
         }
@@ -811,47 +782,32 @@ async fn push_to_authenticated_registry_uses_docker_config_credentials(
     bed: TestBed,
     daemon: Daemon,
 ) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nRUN echo auth > /auth\n",
-    );
-    let repo = unique("bk/auth");
-    let name = format!("{}/{repo}:v1", bed.registry_tls);
+    let t = Setup::new(&bed, daemon, "bk/auth").await;
+    t.dockerfile("RUN echo auth > /auth\n");
+    let name = format!("{}/{}:v1", bed.registry_tls, t.repo);
     let config_dir = tempfile::tempdir().unwrap();
     let opts = |config: &Path| BuildOptions {
-        context: ctx.path().to_owned(),
         image_names: vec![name.clone()],
-        push: true,
         // The bed's CA is not installed in dockerd: `registry.insecure` skips verification
         // there. The standalone buildkitd is configured with the CA and verifies the TLS.
         registry_insecure: daemon == Daemon::Dockerd,
-        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
         docker_config_dir: Some(config.to_owned()),
-        ..BuildOptions::default()
+        ..t.push_opts("v1")
     };
     // No credentials: refused, naming the registry.
-    let (result, _) = build(&client, opts(config_dir.path())).await;
+    let (result, _) = t.build(opts(config_dir.path())).await;
     match result.unwrap_err() {
         Error::AuthRefused { registry, .. } => assert_eq!(registry, bed.registry_tls),
         other => panic!("expected an auth error, got {other:?}"),
     }
     // With credentials in the Docker config: pushed.
-    let auth = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        format!("{}:{}", bed.registry_tls_user, bed.registry_tls_password),
+    docker_config(
+        config_dir.path(),
+        &bed.registry_tls,
+        &bed.registry_tls_user,
+        &bed.registry_tls_password,
     );
-    fs_err::write(
-        config_dir.path().join("config.json"),
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
-            bed.registry_tls
-        ),
-    )
-    .unwrap();
-    let (result, _) = build(&client, opts(config_dir.path())).await;
+    let (result, _) = t.build(opts(config_dir.path())).await;
     let result = result.unwrap();
     assert!(result.digest.to_string().starts_with("sha256:"));
 }
@@ -866,41 +822,20 @@ async fn token_registry_gets_the_password_from_fastbuild_never_from_the_daemon(
     bed: TestBed,
     daemon: Daemon,
 ) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!(
-            "ARG BASE\nFROM ${{BASE}}\nRUN echo {} > /token\n",
-            uuid_like()
-        ),
-    );
+    let t = Setup::new(&bed, daemon, "bk/token").await;
+    t.dockerfile(&format!("RUN echo {} > /token\n", uuid_like()));
     let config_dir = tempfile::tempdir().unwrap();
-    let auth = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        format!(
-            "{}:{}",
-            bed.registry_token_user, bed.registry_token_password
-        ),
+    docker_config(
+        config_dir.path(),
+        &bed.registry_token,
+        &bed.registry_token_user,
+        &bed.registry_token_password,
     );
-    fs_err::write(
-        config_dir.path().join("config.json"),
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
-            bed.registry_token
-        ),
-    )
-    .unwrap();
     let opts = |repo: &str, no_client_tokens: bool| BuildOptions {
-        context: ctx.path().to_owned(),
         image_names: vec![format!("{}/{repo}:v1", bed.registry_token)],
-        push: true,
-        registry_insecure: true,
-        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
         docker_config_dir: Some(config_dir.path().to_owned()),
         no_client_tokens,
-        ..BuildOptions::default()
+        ..t.push_opts("v1")
     };
     let from_fastbuild = |e: &serde_json::Value| {
         e["user_agent"]
@@ -908,11 +843,11 @@ async fn token_registry_gets_the_password_from_fastbuild_never_from_the_daemon(
             .is_some_and(|ua| ua.starts_with("fastbuild/"))
     };
 
-    let repo = unique("bk/token");
-    let (result, events) = build(&client, opts(&repo, false)).await;
+    let repo = &t.repo;
+    let (result, events) = t.build(opts(repo, false)).await;
     let result = result.unwrap_or_else(|e| panic!("push to the token registry: {e}\n{events:#?}"));
     assert!(result.digest.to_string().starts_with("sha256:"));
-    let requests = crate::common::token_requests(&bed, &repo);
+    let requests = crate::common::token_requests(&bed, repo);
     let credentialed: Vec<_> = requests
         .iter()
         .filter(|e| !e["account"].is_null())
@@ -929,7 +864,7 @@ async fn token_registry_gets_the_password_from_fastbuild_never_from_the_daemon(
     );
 
     let repo = unique("bk/token-daemon");
-    let (result, events) = build(&client, opts(&repo, true)).await;
+    let (result, events) = t.build(opts(&repo, true)).await;
     result.unwrap_or_else(|e| panic!("push with daemon-side tokens: {e}\n{events:#?}"));
     let requests = crate::common::token_requests(&bed, &repo);
     assert!(
@@ -944,23 +879,16 @@ async fn cancelling_a_build_returns_promptly_and_the_daemon_stays_usable(
     bed: TestBed,
     daemon: Daemon,
 ) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!(
-            "ARG BASE\nFROM ${{BASE}}\nRUN echo {} && sleep 60\n",
-            uuid_like()
-        ),
-    );
+    let t = Setup::new(&bed, daemon, "bk/cancel").await;
+    t.dockerfile(&format!("RUN echo {} && sleep 60\n", uuid_like()));
+    let client = &t.client;
     let cancel = CancellationToken::new();
     let (tx, mut rx) = mpsc::channel(1024);
     let started = std::time::Instant::now();
     let task = {
         let client = client.clone();
         let cancel = cancel.clone();
-        let opts = push_opts(&bed, ctx.path(), &unique("bk/cancel"), "v1");
+        let opts = t.push_opts("v1");
         tokio::spawn(async move { client.build(opts, tx, cancel).await })
     };
     // Cancel once the sleeping step has started.
@@ -1015,56 +943,42 @@ async fn push_to_plain_http_registry_without_insecure_suggests_registry_insecure
             });
         }
     });
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nRUN echo plain > /plain\n",
-    );
-    let repo = unique("bk/plain");
-    let mut opts = push_opts(&bed, ctx.path(), &repo, "v1");
+    let t = Setup::new(&bed, daemon, "bk/plain").await;
+    t.dockerfile("RUN echo plain > /plain\n");
+    let repo = &t.repo;
+    let mut opts = t.push_opts("v1");
     opts.image_names = vec![format!("{ip}:{port}/{repo}:v1")];
     opts.registry_insecure = false;
-    let (result, _) = build(&client, opts.clone()).await;
+    let (result, _) = t.build(opts.clone()).await;
     let err = result.unwrap_err();
     assert!(
-        matches!(&err, Error::PushFailed { plain_http_hint: true, reference, .. } if reference.contains(&repo)),
+        matches!(&err, Error::PushFailed { plain_http_hint: true, reference, .. } if reference.contains(repo)),
         "{err:?}"
     );
     assert!(err.to_string().contains("registry_insecure"), "{err}");
     opts.registry_insecure = true;
-    let (result, _) = build(&client, opts).await;
+    let (result, _) = t.build(opts).await;
     let result = result.unwrap();
-    let (manifest, _) = registry_manifest(&bed, &repo, "v1").await;
+    let (manifest, _) = t.manifest("v1").await;
     assert_eq!(sha256(&manifest), result.digest.to_string());
 }
 
 async fn registry_cache_export_is_pushed_and_importable(bed: TestBed, daemon: Daemon) {
-    let client = client(&bed, daemon).await;
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!(
-            "ARG BASE\nFROM ${{BASE}}\nRUN echo {} > /cached\n",
-            uuid_like()
-        ),
-    );
-    let repo = unique("bk/cache");
-    let cache_ref = format!("{}/{repo}:buildcache", bed.registry);
+    let t = Setup::new(&bed, daemon, "bk/cache").await;
+    t.dockerfile(&format!("RUN echo {} > /cached\n", uuid_like()));
+    let cache_ref = format!("{}/{}:buildcache", bed.registry, t.repo);
     let mut export = fastbuild_buildkit::CacheSpec::registry(&cache_ref);
     export.attrs.insert("mode".to_owned(), "max".to_owned());
     export
         .attrs
         .insert("registry.insecure".to_owned(), "true".to_owned());
-    let mut opts = push_opts(&bed, ctx.path(), &repo, "v1");
+    let mut opts = t.push_opts("v1");
     opts.cache_exports = vec![export, fastbuild_buildkit::CacheSpec::inline()];
-    let (result, _) = build(&client, opts).await;
+    let (result, _) = t.build(opts).await;
     let result = result.unwrap();
     assert!(result.digest.to_string().starts_with("sha256:"));
     // The cache manifest is in the registry.
-    let (cache_manifest, _) = registry_manifest(&bed, &repo, "buildcache").await;
+    let (cache_manifest, _) = t.manifest("buildcache").await;
     let cache_manifest: serde_json::Value = serde_json::from_slice(&cache_manifest).unwrap();
     let entries = cache_manifest["layers"]
         .as_array()
@@ -1072,13 +986,13 @@ async fn registry_cache_export_is_pushed_and_importable(bed: TestBed, daemon: Da
         .map_or(0, Vec::len);
     assert!(entries > 0, "{cache_manifest}");
     // Importing it is accepted (the step is then answered from a cache).
-    let mut opts = push_opts(&bed, ctx.path(), &repo, "v2");
+    let mut opts = t.push_opts("v2");
     let mut import = fastbuild_buildkit::CacheSpec::registry(&cache_ref);
     import
         .attrs
         .insert("registry.insecure".to_owned(), "true".to_owned());
     opts.cache_imports = vec![import];
-    let (result, events) = build(&client, opts).await;
+    let (result, events) = t.build(opts).await;
     result.unwrap();
     assert!(
         events.iter().any(
@@ -1126,21 +1040,12 @@ async fn standalone_buildkitd_over_tcp_with_mutual_tls_builds_and_pushes() {
     let client = Client::connect(&bed.buildkitd_tcp, Some(buildkitd_tls(&bed)))
         .await
         .unwrap();
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "ARG BASE\nFROM ${BASE}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n",
-    );
-    write(
-        ctx.path(),
-        "hello.txt",
-        &format!("hello over mTLS {}\n", uuid_like()),
-    );
-    let repo = unique("bk/mtls");
-    let (result, _) = build(&client, fresh_opts(&bed, ctx.path(), &repo, "v1")).await;
+    let t = Setup::on(&bed, client, "bk/mtls");
+    t.dockerfile("COPY hello.txt /hello.txt\nRUN cat /hello.txt\n");
+    t.write("hello.txt", &format!("hello over mTLS {}\n", uuid_like()));
+    let (result, _) = t.build(t.fresh_opts("v1")).await;
     let result = result.unwrap();
-    let (manifest, _) = registry_manifest(&bed, &repo, "v1").await;
+    let (manifest, _) = t.manifest("v1").await;
     assert_eq!(result.digest.to_string(), sha256(&manifest));
 }
 

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use fastbuild_buildkit::{BuildOptions, Client, NamedContext, ProgressEvent, SshSource};
 
-use crate::buildkit::{build, uuid_like};
+use crate::buildkit::{build, logs, push_opts, uuid_like};
 use crate::common::{Daemon, OwnBuildkitd, TestBed, on_both_daemons, require_bed};
 
 async fn connect(bed: &TestBed, daemon: Daemon) -> Client {
@@ -30,16 +30,6 @@ fn marker_context() -> tempfile::TempDir {
     )
     .unwrap();
     ctx
-}
-
-fn logs(events: &[ProgressEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            ProgressEvent::Log { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Copies `/usr/bin/ssh-add` and the shared libraries `ldd` names into `root` at the same
@@ -268,14 +258,9 @@ async fn provenance_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
     let ctx = marker_context();
     let repo = format!("features/provenance-{}", uuid_like());
     let opts = |tag: &str, provenance: Option<&str>| BuildOptions {
-        context: ctx.path().to_owned(),
-        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
-        image_names: vec![format!("{}/{repo}:{tag}", bed.registry)],
-        push: true,
-        registry_insecure: true,
         oci_mediatypes: Some(true),
         provenance: provenance.map(str::to_owned),
-        ..BuildOptions::default()
+        ..push_opts(&bed, ctx.path(), &repo, tag)
     };
     let (plain, events) = build(&client, opts("plain", None)).await;
     let plain = plain.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
@@ -402,14 +387,9 @@ async fn sbom_is_attached_only_on_request(bed: TestBed, daemon: Daemon) {
     let ctx = marker_context();
     let repo = format!("features/sbom-{}", uuid_like());
     let opts = |tag: &str, sbom: Option<String>| BuildOptions {
-        context: ctx.path().to_owned(),
-        build_args: BTreeMap::from([("BASE".to_owned(), bed.base_image.clone())]),
-        image_names: vec![format!("{}/{repo}:{tag}", bed.registry)],
-        push: true,
-        registry_insecure: true,
         oci_mediatypes: Some(true),
         sbom,
-        ..BuildOptions::default()
+        ..push_opts(&bed, ctx.path(), &repo, tag)
     };
     let (with, events) = build(&client, opts("sbom", Some(format!("generator={scanner}")))).await;
     let with = with.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
@@ -495,45 +475,25 @@ async fn registry_cache_turns_every_step_into_a_hit_on_a_cold_daemon() {
         ..BuildOptions::default()
     };
 
-    let first = OwnBuildkitd::start(&bed);
-    let client = Client::connect(&first.address, None).await.unwrap();
-    let (r, events) = build(
-        &client,
-        opts(
-            vec![],
-            vec![spec(&format!("ref={cache_ref},mode=max"))],
-            "one",
-        ),
-    )
-    .await;
-    let one = r.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
-    assert!(
-        cached_steps(&events).is_empty(),
-        "{:?}",
-        cached_steps(&events)
-    );
-    drop(client);
-    drop(first);
-
-    // Cold, without the cache: every RUN step runs.
-    let cold = OwnBuildkitd::start(&bed);
-    let client = Client::connect(&cold.address, None).await.unwrap();
-    let (r, events) = build(&client, opts(vec![], vec![], "cold")).await;
-    r.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
-    assert!(
-        cached_steps(&events).is_empty(),
-        "{:?}",
-        cached_steps(&events)
-    );
-    drop(client);
-    drop(cold);
+    let export = vec![spec(&format!("ref={cache_ref},mode=max"))];
+    let mut one = None;
+    // Cold, exporting the cache; then cold again without it: every RUN step runs.
+    for opts in [opts(vec![], export, "one"), opts(vec![], vec![], "cold")] {
+        let (r, events) = build_cold(&bed, opts).await;
+        let result = r.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
+        one.get_or_insert(result);
+        assert!(
+            cached_steps(&events).is_empty(),
+            "{:?}",
+            cached_steps(&events)
+        );
+    }
+    let one = one.unwrap();
 
     // Cold, with the cache (the shorthand `--cache-from REF`): every RUN step is a hit, and
     // the image is the first one.
-    let warm = OwnBuildkitd::start(&bed);
-    let client = Client::connect(&warm.address, None).await.unwrap();
     let shorthand = fastbuild::settings::cache_spec(&cache_ref).unwrap();
-    let (r, events) = build(&client, opts(vec![shorthand], vec![], "warm")).await;
+    let (r, events) = build_cold(&bed, opts(vec![shorthand], vec![], "warm")).await;
     let warm_result = r.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
     let hits = cached_steps(&events);
     assert_eq!(
@@ -542,6 +502,19 @@ async fn registry_cache_turns_every_step_into_a_hit_on_a_cold_daemon() {
         "both RUN steps from the registry cache: {hits:?}"
     );
     assert_eq!(warm_result.digest, one.digest);
+}
+
+/// `opts` built on a buildkitd of the test's own (a cold cache), stopped afterwards.
+async fn build_cold(
+    bed: &TestBed,
+    opts: BuildOptions,
+) -> (
+    Result<fastbuild_buildkit::BuildResult, fastbuild_buildkit::Error>,
+    Vec<ProgressEvent>,
+) {
+    let daemon = OwnBuildkitd::start(bed);
+    let client = Client::connect(&daemon.address, None).await.unwrap();
+    build(&client, opts).await
 }
 
 /// A pool of daemons (`buildkit:` as a list): ten services spread over two buildkitds by

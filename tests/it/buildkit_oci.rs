@@ -4,9 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use sha2::Digest as _;
-
-use crate::common::{Daemon, TestBed, on_both_daemons, require_bed};
+use crate::common::{Daemon, TestBed, on_both_daemons, require_bed, sha256, skopeo};
 use crate::common::{assert_ok, fastbuild, run};
 
 /// A context with a Dockerfile that copies `hello.txt` onto the bed's base image.
@@ -83,7 +81,7 @@ fn check_image(layout: &Path, digest: &str, hello: &str) -> String {
     );
     let manifest_bytes = fs_err::read(blob_path(layout, digest)).unwrap();
     assert_eq!(entry["size"], manifest_bytes.len());
-    let actual = format!("sha256:{:x}", sha2::Sha256::digest(&manifest_bytes));
+    let actual = sha256(&manifest_bytes);
     assert_eq!(
         actual, digest,
         "the manifest blob does not hash to its name"
@@ -95,10 +93,7 @@ fn check_image(layout: &Path, digest: &str, hello: &str) -> String {
     for d in std::iter::once(&manifest["config"]).chain(layers) {
         let d_digest = d["digest"].as_str().unwrap();
         let bytes = fs_err::read(blob_path(layout, d_digest)).unwrap();
-        assert_eq!(
-            format!("sha256:{:x}", sha2::Sha256::digest(&bytes)),
-            d_digest
-        );
+        assert_eq!(sha256(&bytes), d_digest);
         assert_eq!(d["size"], bytes.len());
     }
 
@@ -129,16 +124,7 @@ fn skopeo_digest(layout: &Path, reference: Option<&str>) -> String {
         Some(r) => format!("oci:{}:{r}", layout.display()),
         None => format!("oci:{}", layout.display()),
     };
-    let out = Command::new("skopeo")
-        .args(["inspect", &target])
-        .output()
-        .expect("run skopeo (Debian package `skopeo`)");
-    assert!(
-        out.status.success(),
-        "skopeo inspect {target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&skopeo(&["inspect", &target])).unwrap();
     json["Digest"].as_str().unwrap().to_owned()
 }
 

@@ -491,7 +491,7 @@ pub async fn served_manifest(
     assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
     let body = resp.bytes().await.unwrap();
     (
-        format!("sha256:{}", hex::encode(Sha256::digest(&body))),
+        sha256(&body),
         serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}")),
     )
 }
@@ -512,22 +512,98 @@ pub fn token_requests(bed: &TestBed, repo: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The string at `key` (`image.digest`) of a YAML values file, read with the YAML parser.
 #[allow(dead_code)]
-pub fn values_digest(path: &Path) -> String {
+pub fn values_key(path: &Path, key: &str) -> String {
     let text = fs_err::read_to_string(path).unwrap();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("digest: "))
-        .unwrap_or_else(|| panic!("no digest in {}:\n{text}", path.display()))
+    let v: serde_json::Value = serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}\n{text}", path.display()));
+    key.split('.')
+        .fold(&v, |v, k| &v[k])
+        .as_str()
+        .unwrap_or_else(|| panic!("no `{key}` in {}:\n{text}", path.display()))
         .to_owned()
 }
 
+/// `image.digest` of a values file written with the default keys.
+#[allow(dead_code)]
+pub fn values_digest(path: &Path) -> String {
+    values_key(path, "image.digest")
+}
+
+/// `image.graph` of a values file written with the default keys.
 #[allow(dead_code)]
 pub fn values_graph(path: &Path) -> String {
-    let text = fs_err::read_to_string(path).unwrap();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("graph: "))
-        .unwrap_or_else(|| panic!("no graph in {}:\n{text}", path.display()))
-        .to_owned()
+    values_key(path, "image.graph")
+}
+
+/// The bed's state directory (`FASTBUILD_TESTBED_DIR`, else `.testbed` in the repository).
+#[allow(dead_code)]
+pub fn testbed_dir() -> PathBuf {
+    std::env::var_os("FASTBUILD_TESTBED_DIR")
+        .map_or_else(|| repo_root().join(".testbed"), PathBuf::from)
+}
+
+/// Where the bed's registry `name` (`registry`, `registry-tls`) stores repository `repo`
+/// (distribution's filesystem storage, under the `rootdirectory` of its `config.yml`, read
+/// with the YAML parser).
+#[allow(dead_code)]
+pub fn registry_repo_dir(name: &str, repo: &str) -> PathBuf {
+    let config = testbed_dir().join(name).join("config.yml");
+    let text = fs_err::read_to_string(&config).unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", config.display()));
+    let root = v["storage"]["filesystem"]["rootdirectory"]
+        .as_str()
+        .expect("rootdirectory in the bed registry's config.yml");
+    Path::new(root)
+        .join("docker/registry/v2/repositories")
+        .join(repo)
+}
+
+/// The one `image:` line `helm template` renders for the bed's app chart with `args`
+/// (`-f VALUES`, `--set K=V`).
+#[allow(dead_code)]
+pub fn helm_template_image(bed: &TestBed, args: &[&str]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let chart = repo_root().join("testdata/charts/app");
+    let out = bed
+        .helm(home.path())
+        .args(["template", "it"])
+        .arg(chart)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm template {args:?}: {out:?}");
+    let manifest = String::from_utf8(out.stdout).unwrap();
+    let images: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    assert_eq!(images.len(), 1, "one image line expected in:\n{manifest}");
+    images[0].to_owned()
+}
+
+/// `sha256:<hex>` of `bytes`.
+#[allow(dead_code)]
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Runs `skopeo` with `args` (the Debian package `skopeo`); its stdout, after a success.
+#[allow(dead_code)]
+pub fn skopeo(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo (Debian package `skopeo`)");
+    assert!(
+        out.status.success(),
+        "skopeo {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// Exactly one `error: …` block on stderr (its causes follow as `Caused by:` lines).

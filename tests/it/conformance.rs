@@ -76,16 +76,36 @@ fn set_mtime(dir: &Path, rel: &str, secs: u64) {
         .unwrap();
 }
 
-fn symlink(dir: &Path, rel: &str, target: &str) {
-    let path = dir.join(rel);
-    fs_err::create_dir_all(path.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(target, path).unwrap();
+/// Writes each `(path, content)`.
+fn files(dir: &Path, files: &[(&str, &str)]) {
+    for (rel, content) in files {
+        write(dir, rel, content);
+    }
 }
 
-fn hard_link(dir: &Path, existing: &str, new: &str) {
-    let path = dir.join(new);
-    fs_err::create_dir_all(path.parent().unwrap()).unwrap();
-    fs_err::hard_link(dir.join(existing), path).unwrap();
+/// Writes each name, with the name as its content.
+fn named(dir: &Path, names: &[&str]) {
+    for name in names {
+        write(dir, name, name);
+    }
+}
+
+/// Each `(path, link target)`.
+fn symlinks(dir: &Path, links: &[(&str, &str)]) {
+    for (rel, target) in links {
+        let path = dir.join(rel);
+        fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, path).unwrap();
+    }
+}
+
+/// Each of `new` a hard link to `existing`.
+fn hard_link_all(dir: &Path, existing: &str, new: &[&str]) {
+    for new in new {
+        let path = dir.join(new);
+        fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+        fs_err::hard_link(dir.join(existing), path).unwrap();
+    }
 }
 
 fn sh(dir: &Path, script: &str) {
@@ -98,27 +118,52 @@ fn sh(dir: &Path, script: &str) {
     assert!(out.status.success(), "{script}: {out:?}");
 }
 
+/// A Dockerfile of `body` on the bed's base (`ARG BASE`, `FROM $BASE`).
+fn based(body: &str) -> String {
+    format!("ARG BASE\nFROM $BASE\n{body}")
+}
+
+/// A Dockerfile on the bed's base: `before`, `COPY . /ctx/`, `after` and the metadata probe.
+fn copy_all_with(before: &str, after: &str) -> String {
+    based(&format!("{before}COPY . /ctx/\n{after}{PROBE}"))
+}
+
+/// The Dockerfile [`based`] on `body`; nothing else asked of the clients.
+fn dockerfile(dir: &Path, body: &str) -> Spec {
+    write(dir, "Dockerfile", based(body));
+    Spec::default()
+}
+
 /// A `COPY . /ctx/` image of the bed's base plus the metadata probe: the whole context lands
 /// in one layer.
-fn copy_all(dir: &Path) {
-    write(
-        dir,
-        "Dockerfile",
-        format!("ARG BASE\nFROM $BASE\nCOPY . /ctx/\n{PROBE}"),
-    );
+fn copy_all(dir: &Path) -> Spec {
+    write(dir, "Dockerfile", copy_all_with("", ""));
+    Spec::default()
+}
+
+/// [`copy_all`] with `patterns` as the `.dockerignore`.
+fn copy_ignoring(dir: &Path, patterns: &str) -> Spec {
+    copy_all(dir);
+    write(dir, ".dockerignore", patterns);
+    Spec::default()
 }
 
 fn tree(dir: &Path) {
-    write(dir, "src/main.go", "package main\n");
-    write(dir, "src/util/strings.go", "package util\n");
-    write(dir, "README.md", "# readme\n");
-    write(dir, "docs/guide.md", "guide\n");
-    write(dir, "docs/img/logo.svg", "<svg/>\n");
-    write(dir, "tmp/cache.bin", "cache\n");
-    write(dir, "build/out/app", "binary\n");
-    write(dir, "build/keep/notes.txt", "keep\n");
-    write(dir, "app.log", "log\n");
-    write(dir, "nested/deep/app.log", "log\n");
+    files(
+        dir,
+        &[
+            ("src/main.go", "package main\n"),
+            ("src/util/strings.go", "package util\n"),
+            ("README.md", "# readme\n"),
+            ("docs/guide.md", "guide\n"),
+            ("docs/img/logo.svg", "<svg/>\n"),
+            ("tmp/cache.bin", "cache\n"),
+            ("build/out/app", "binary\n"),
+            ("build/keep/notes.txt", "keep\n"),
+            ("app.log", "log\n"),
+            ("nested/deep/app.log", "log\n"),
+        ],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,192 +186,120 @@ macro_rules! cases {
 cases! {
     dockerignore_double_star => |d: &Path| {
         tree(d);
-        copy_all(d);
-        write(d, ".dockerignore", "**/*.log\n**/tmp\n**/img/**\n");
-        Spec::default()
+        copy_ignoring(d, "**/*.log\n**/tmp\n**/img/**\n")
     };
     dockerignore_reinclude_inside_excluded_dir => |d: &Path| {
         tree(d);
-        copy_all(d);
-        write(d, ".dockerignore", "build\n!build/keep\n!build/out/app\ndocs/\n!docs/**/*.svg\n");
-        Spec::default()
+        copy_ignoring(d, "build\n!build/keep\n!build/out/app\ndocs/\n!docs/**/*.svg\n")
     };
     dockerignore_question_mark_and_classes => |d: &Path| {
-        for n in ["file1.txt", "file2.txt", "file10.txt", "data-a.bin", "data-b.bin", "data-d.bin", "x[1].txt"] {
-            write(d, n, n);
-        }
-        copy_all(d);
-        write(d, ".dockerignore", "file?.txt\ndata-[a-c].bin\n");
-        Spec::default()
+        named(d, &["file1.txt", "file2.txt", "file10.txt", "data-a.bin", "data-b.bin", "data-d.bin", "x[1].txt"]);
+        copy_ignoring(d, "file?.txt\ndata-[a-c].bin\n")
     };
     dockerignore_anchored_trailing_slash_and_inner_star => |d: &Path| {
         tree(d);
-        write(d, "only-root.txt", "root\n");
-        write(d, "sub/only-root.txt", "sub\n");
-        write(d, "pkg/a/gen/x.go", "x\n");
-        write(d, "pkg/b/gen/y.go", "y\n");
-        write(d, "pkg/b/keep.go", "k\n");
-        copy_all(d);
-        write(d, ".dockerignore", "/only-root.txt\ntmp/\n./build/out/\npkg/*/gen\n");
-        Spec::default()
+        files(d, &[("only-root.txt", "root\n"), ("sub/only-root.txt", "sub\n"), ("pkg/a/gen/x.go", "x\n"), ("pkg/b/gen/y.go", "y\n"), ("pkg/b/keep.go", "k\n")]);
+        copy_ignoring(d, "/only-root.txt\ntmp/\n./build/out/\npkg/*/gen\n")
     };
     dockerignore_comments_blank_lines_and_spaces => |d: &Path| {
         tree(d);
         write(d, "#notacomment.txt", "hash\n");
-        copy_all(d);
-        write(d, ".dockerignore", "\u{feff}# a comment\n\n   README.md   \n# docs\n\\#notacomment.txt\n\t\nnested\n");
-        Spec::default()
+        copy_ignoring(d, "\u{feff}# a comment\n\n   README.md   \n# docs\n\\#notacomment.txt\n\t\nnested\n")
     };
-    dockerignore_lists_the_dockerfile_and_itself => |d: &Path| {
-        tree(d);
-        copy_all(d);
-        write(d, ".dockerignore", "Dockerfile\n.dockerignore\n*.md\n");
-        Spec::default()
-    };
+    dockerignore_lists_the_dockerfile_and_itself => |d: &Path| { tree(d); copy_ignoring(d, "Dockerfile\n.dockerignore\n*.md\n") };
     dockerignore_beside_a_custom_named_dockerfile => |d: &Path| {
         tree(d);
-        write(d, "ci/app.Dockerfile", format!("ARG BASE\nFROM $BASE\nCOPY . /ctx/\n{PROBE}"));
-        write(d, "ci/app.Dockerfile.dockerignore", "docs\n*.log\n");
-        // The context's own .dockerignore loses to the Dockerfile's.
-        write(d, ".dockerignore", "src\n");
+        // The context's own .dockerignore (`src`) loses to the Dockerfile's.
+        files(d, &[("ci/app.Dockerfile", &copy_all_with("", "")), ("ci/app.Dockerfile.dockerignore", "docs\n*.log\n"), (".dockerignore", "src\n")]);
         Spec { dockerfile_dir: Some("ci"), filename: Some("app.Dockerfile"), ..Spec::default() }
     };
     dockerignore_escaped_brackets_like_nextjs_routes => |d: &Path| {
-        write(d, "app/[slug]/page.tsx", "slug\n");
-        write(d, "app/[id]/page.tsx", "id\n");
-        write(d, "app/s/page.tsx", "s\n");
-        write(d, "[keep]/x.txt", "keep\n");
-        copy_all(d);
-        write(d, ".dockerignore", "app/\\[slug\\]\n\\[keep\\]\n!\\[keep\\]\n");
-        Spec::default()
+        files(d, &[("app/[slug]/page.tsx", "slug\n"), ("app/[id]/page.tsx", "id\n"), ("app/s/page.tsx", "s\n"), ("[keep]/x.txt", "keep\n")]);
+        copy_ignoring(d, "app/\\[slug\\]\n\\[keep\\]\n!\\[keep\\]\n")
     };
-    dockerignore_exception_names_a_parent_directory => |d: &Path| {
-        tree(d);
-        copy_all(d);
-        write(d, ".dockerignore", "**/*.md\n!docs\n");
-        Spec::default()
-    };
-    dockerignore_excludes_everything_but_some => |d: &Path| {
-        tree(d);
-        copy_all(d);
-        write(d, ".dockerignore", "*\n!src\n!Dockerfile\n!docs/*.md\n");
-        Spec::default()
-    };
+    dockerignore_exception_names_a_parent_directory => |d: &Path| { tree(d); copy_ignoring(d, "**/*.md\n!docs\n") };
+    dockerignore_excludes_everything_but_some => |d: &Path| { tree(d); copy_ignoring(d, "*\n!src\n!Dockerfile\n!docs/*.md\n") };
     symlinks_relative_absolute_and_dangling => |d: &Path| {
         write(d, "data/real.txt", "real\n");
-        symlink(d, "rel", "data/real.txt");
-        symlink(d, "data/up", "../rel");
-        symlink(d, "abs", "/etc/passwd");
-        symlink(d, "dangling", "does/not/exist");
-        symlink(d, "outside", "../../../../etc/hostname");
-        copy_all(d);
-        Spec::default()
+        symlinks(d, &[("rel", "data/real.txt"), ("data/up", "../rel"), ("abs", "/etc/passwd"), ("dangling", "does/not/exist"), ("outside", "../../../../etc/hostname")]);
+        copy_all(d)
     };
     symlink_to_a_directory_and_loops => |d: &Path| {
         write(d, "dir/inner/file.txt", "inner\n");
-        symlink(d, "linkdir", "dir");
-        symlink(d, "self", "self");
-        symlink(d, "a", "b");
-        symlink(d, "b", "a");
-        write(
-            d,
-            "Dockerfile",
-            format!("ARG BASE\nFROM $BASE\nCOPY . /ctx/\nCOPY linkdir/inner /via-link/\n{PROBE}"),
-        );
+        symlinks(d, &[("linkdir", "dir"), ("self", "self"), ("a", "b"), ("b", "a")]);
+        write(d, "Dockerfile", copy_all_with("", "COPY linkdir/inner /via-link/\n"));
         Spec::default()
     };
     hard_links => |d: &Path| {
         write(d, "a/original.txt", "shared content\n");
-        hard_link(d, "a/original.txt", "b/link1.txt");
-        hard_link(d, "a/original.txt", "c/link2.txt");
+        hard_link_all(d, "a/original.txt", &["b/link1.txt", "c/link2.txt"]);
         write(d, "solo.txt", "solo\n");
-        copy_all(d);
-        Spec::default()
+        copy_all(d)
     };
     hard_link_whose_first_path_is_ignored => |d: &Path| {
         write(d, "a-ignored/original.txt", "shared content\n");
-        hard_link(d, "a-ignored/original.txt", "b/link1.txt");
-        hard_link(d, "a-ignored/original.txt", "c/link2.txt");
-        copy_all(d);
-        write(d, ".dockerignore", "a-ignored\n");
-        Spec::default()
+        hard_link_all(d, "a-ignored/original.txt", &["b/link1.txt", "c/link2.txt"]);
+        copy_ignoring(d, "a-ignored\n")
     };
     modes_setuid_setgid_sticky_and_private => |d: &Path| {
         for (f, m) in [("suid", 0o4755), ("sgid", 0o2755), ("exec", 0o755), ("private", 0o600), ("ro", 0o444)] {
             write(d, f, f);
             chmod(d, f, m);
         }
-        fs_err::create_dir_all(d.join("sticky")).unwrap();
-        write(d, "sticky/f", "f");
-        chmod(d, "sticky", 0o1777);
-        fs_err::create_dir_all(d.join("closed")).unwrap();
-        write(d, "closed/f", "f");
-        chmod(d, "closed", 0o700);
-        copy_all(d);
-        Spec::default()
+        for (dir, m) in [("sticky", 0o1777), ("closed", 0o700)] {
+            fs_err::create_dir_all(d.join(dir)).unwrap();
+            write(d, &format!("{dir}/f"), "f");
+            chmod(d, dir, m);
+        }
+        copy_all(d)
     };
     empty_dirs_and_empty_files => |d: &Path| {
         for e in ["empty", "a/b/c/empty", "only-dirs/x/y"] {
             fs_err::create_dir_all(d.join(e)).unwrap();
         }
-        write(d, "zero", "");
-        write(d, "a/zero", "");
-        copy_all(d);
-        Spec::default()
+        files(d, &[("zero", ""), ("a/zero", "")]);
+        copy_all(d)
     };
     fifos => |d: &Path| {
         write(d, "regular.txt", "r\n");
         sh(d, "mkfifo pipe && mkdir -p sub && mkfifo -m 0600 sub/private-pipe");
-        copy_all(d);
-        Spec::default()
+        copy_all(d)
     };
     xattrs => |d: &Path| {
-        write(d, "tagged.txt", "tagged\n");
-        write(d, "plain.txt", "plain\n");
+        files(d, &[("tagged.txt", "tagged\n"), ("plain.txt", "plain\n")]);
         sh(d, "python3 -c \"import os; os.setxattr('tagged.txt', 'user.fastbuild', b'conformance')\"");
-        copy_all(d);
-        Spec::default()
+        copy_all(d)
     };
     mtimes_in_1970_and_2100 => |d: &Path| {
-        write(d, "epoch.txt", "1970\n");
-        write(d, "old/one-second.txt", "1970\n");
-        write(d, "future.txt", "2100\n");
-        set_mtime(d, "epoch.txt", 0);
-        set_mtime(d, "old/one-second.txt", 1);
-        set_mtime(d, "future.txt", 4_102_444_800);
-        copy_all(d);
-        Spec::default()
+        for (f, content, secs) in [("epoch.txt", "1970\n", 0), ("old/one-second.txt", "1970\n", 1), ("future.txt", "2100\n", 4_102_444_800)] {
+            write(d, f, content);
+            set_mtime(d, f, secs);
+        }
+        copy_all(d)
     };
     spaces_and_unicode_names => |d: &Path| {
-        for n in ["with space.txt", "dir with spaces/inner file", "ünïcödé.txt", "日本語/ファイル.txt", "emoji-🚀.txt", "tab\tname", "quote'\"name", "percent%20+plus"] {
-            write(d, n, n);
-        }
-        copy_all(d);
-        Spec::default()
+        named(d, &["with space.txt", "dir with spaces/inner file", "ünïcödé.txt", "日本語/ファイル.txt", "emoji-🚀.txt", "tab\tname", "quote'\"name", "percent%20+plus"]);
+        copy_all(d)
     };
     non_utf8_names => |d: &Path| {
-        let name = OsStr::from_bytes(b"caf\xe9.txt");
-        fs_err::write(d.join(name), "latin-1 name\n").unwrap();
+        fs_err::write(d.join(OsStr::from_bytes(b"caf\xe9.txt")), "latin-1 name\n").unwrap();
         fs_err::create_dir_all(d.join(OsStr::from_bytes(b"dir-\xff\xfe"))).unwrap();
         fs_err::write(d.join(OsStr::from_bytes(b"dir-\xff\xfe/inner")), "inner\n").unwrap();
         write(d, "ascii.txt", "ascii\n");
-        copy_all(d);
-        Spec::default()
+        copy_all(d)
     };
     non_utf8_name_excluded_by_dockerignore => |d: &Path| {
-        fs_err::write(d.join(OsStr::from_bytes(b"junk-\xe9.tmp")), "junk\n").unwrap();
-        fs_err::write(d.join(OsStr::from_bytes(b"keep-\xe9.txt")), "keep\n").unwrap();
+        for (name, content) in [(&b"junk-\xe9.tmp"[..], "junk\n"), (&b"keep-\xe9.txt"[..], "keep\n")] {
+            fs_err::write(d.join(OsStr::from_bytes(name)), content).unwrap();
+        }
         write(d, "ascii.txt", "ascii\n");
-        copy_all(d);
-        write(d, ".dockerignore", "*.tmp\n");
-        Spec::default()
+        copy_ignoring(d, "*.tmp\n")
     };
     twenty_thousand_files => |d: &Path| {
         for i in 0..20_000 {
             write(d, &format!("f/{:03}/{i:05}.txt", i % 100), format!("{i}\n"));
         }
-        copy_all(d);
-        Spec::default()
+        copy_all(d)
     };
     hundred_megabyte_file => |d: &Path| {
         // Incompressible-ish, deterministic content.
@@ -339,38 +312,22 @@ cases! {
             chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
         }
         write(d, "big.bin", data);
-        copy_all(d);
-        Spec::default()
+        copy_all(d)
     };
     add_local_tar_gz => |d: &Path| {
-        write(d, "payload/a.txt", "a\n");
-        write(d, "payload/sub/b.txt", "b\n");
+        files(d, &[("payload/a.txt", "a\n"), ("payload/sub/b.txt", "b\n")]);
         sh(d, "tar --sort=name --mtime=@1000000 --owner=0 --group=0 --numeric-owner -czf archive.tar.gz payload && rm -r payload");
-        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nADD archive.tar.gz /extracted/\nADD archive.tar.gz /again\n");
-        Spec::default()
+        dockerfile(d, "ADD archive.tar.gz /extracted/\nADD archive.tar.gz /again\n")
     };
     copy_chown_chmod_and_link => |d: &Path| {
-        write(d, "app/config.yaml", "k: v\n");
-        write(d, "app/run.sh", "#!/bin/sh\n");
-        write(d, "static/index.html", "<html/>\n");
-        write(
-            d,
-            "Dockerfile",
-            "ARG BASE\nFROM $BASE\nCOPY --chown=1000:1000 app/ /app/\nCOPY --chmod=0750 app/run.sh /usr/local/bin/run\nCOPY --link static/ /srv/\nCOPY --link --chown=65534:65534 --chmod=0640 app/config.yaml /etc/app.yaml\n",
-        );
-        Spec::default()
+        files(d, &[("app/config.yaml", "k: v\n"), ("app/run.sh", "#!/bin/sh\n"), ("static/index.html", "<html/>\n")]);
+        dockerfile(d, "COPY --chown=1000:1000 app/ /app/\nCOPY --chmod=0750 app/run.sh /usr/local/bin/run\nCOPY --link static/ /srv/\nCOPY --link --chown=65534:65534 --chmod=0640 app/config.yaml /etc/app.yaml\n")
     };
     copy_wildcards => |d: &Path| {
-        for n in ["a1.txt", "a2.txt", "b1.txt", "src/x.go", "src/y.go", "src/y_test.go", "cfg/one.json", "cfg/two.yaml"] {
-            write(d, n, n);
-        }
-        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nCOPY a?.txt /one/\nCOPY src/*.go /two/\nCOPY cfg/*.[jy]* /three/\nCOPY [ab]1.txt /four/\n");
-        Spec::default()
+        named(d, &["a1.txt", "a2.txt", "b1.txt", "src/x.go", "src/y.go", "src/y_test.go", "cfg/one.json", "cfg/two.yaml"]);
+        dockerfile(d, "COPY a?.txt /one/\nCOPY src/*.go /two/\nCOPY cfg/*.[jy]* /three/\nCOPY [ab]1.txt /four/\n")
     };
-    heredocs => |d: &Path| {
-        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nCOPY <<EOF /etc/greeting\nhello from a heredoc\nEOF\nRUN <<EOT sh\nset -e\necho step one > /one\necho step two > /two\nEOT\nCOPY --chmod=0755 <<-'SCRIPT' /usr/local/bin/hi\n\t#!/bin/sh\n\techo hi $USER\nSCRIPT\n");
-        Spec::default()
-    };
+    heredocs => |d: &Path| dockerfile(d, "COPY <<EOF /etc/greeting\nhello from a heredoc\nEOF\nRUN <<EOT sh\nset -e\necho step one > /one\necho step two > /two\nEOT\nCOPY --chmod=0755 <<-'SCRIPT' /usr/local/bin/hi\n\t#!/bin/sh\n\techo hi $USER\nSCRIPT\n");
     multi_stage_copy_from_and_target => |d: &Path| {
         write(d, "src/app.txt", "app\n");
         write(d, "Dockerfile", "ARG BASE\nFROM $BASE AS build\nCOPY src/ /src/\nRUN cat /src/app.txt > /artifact && echo built >> /artifact\n\nFROM $BASE AS runtime\nCOPY --from=build /artifact /app/artifact\n\nFROM runtime AS debug\nRUN echo debug > /debug\n\nFROM $BASE AS unused\nRUN exit 1\n");
@@ -381,49 +338,36 @@ cases! {
         Spec { build_args: vec![("VERSION", "2.5"), ("MODE", "prod")], ..Spec::default() }
     };
     secrets_mount => |d: &Path| {
-        write(d, "secrets/token", "s3cr3t-value\n");
-        write(d, "app.txt", "app\n");
-        write(d, ".dockerignore", "secrets\n");
-        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nCOPY app.txt /app.txt\nRUN --mount=type=secret,id=token wc -c < /run/secrets/token > /token-size\n");
-        Spec { secrets: vec![("token", "secrets/token")], ..Spec::default() }
+        files(d, &[("secrets/token", "s3cr3t-value\n"), ("app.txt", "app\n"), (".dockerignore", "secrets\n")]);
+        Spec { secrets: vec![("token", "secrets/token")], ..dockerfile(d, "COPY app.txt /app.txt\nRUN --mount=type=secret,id=token wc -c < /run/secrets/token > /token-size\n") }
     };
-    labels_and_build_args_with_unicode => |d: &Path| {
-        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nARG GREETING\nENV GREETING=$GREETING\nLABEL inline=\"ünï\"\n");
-        Spec {
-            build_args: vec![("GREETING", "grüß dich — こんにちは")],
-            labels: vec![("org.example.title", "Büro ☕ app"), ("org.example.empty", "")],
-            ..Spec::default()
-        }
+    labels_and_build_args_with_unicode => |d: &Path| Spec {
+        build_args: vec![("GREETING", "grüß dich — こんにちは")],
+        labels: vec![("org.example.title", "Büro ☕ app"), ("org.example.empty", "")],
+        ..dockerfile(d, "ARG GREETING\nENV GREETING=$GREETING\nLABEL inline=\"ünï\"\n")
     };
     platform_linux_amd64 => |d: &Path| {
         write(d, "app.txt", "app\n");
         write(d, "Dockerfile", "ARG BASE\nFROM --platform=$TARGETPLATFORM $BASE\nARG TARGETPLATFORM\nARG BUILDPLATFORM\nCOPY app.txt /app.txt\nRUN echo \"$TARGETPLATFORM from $BUILDPLATFORM\" > /platform\n");
         Spec { platform: Some("linux/amd64"), ..Spec::default() }
     };
-    no_cache_reruns_steps_on_both => |d: &Path| {
-        write(d, "Dockerfile", "ARG BASE\nFROM $BASE\nRUN echo fixed > /fixed && mkdir -p /var/lib/app\n");
-        Spec::default()
-    };
+    no_cache_reruns_steps_on_both => |d: &Path| dockerfile(d, "RUN echo fixed > /fixed && mkdir -p /var/lib/app\n");
     dockerfile_outside_the_context => |d: &Path| {
-        write(d, "ctx/app/main.sh", "#!/bin/sh\n");
-        write(d, "ctx/.dockerignore", "*.md\n");
-        write(d, "ctx/README.md", "readme\n");
-        write(d, "docker/Dockerfile", format!("ARG BASE\nFROM $BASE\nCOPY . /ctx/\n{PROBE}"));
+        files(d, &[("ctx/app/main.sh", "#!/bin/sh\n"), ("ctx/.dockerignore", "*.md\n"), ("ctx/README.md", "readme\n"), ("docker/Dockerfile", &copy_all_with("", ""))]);
         Spec { context_dir: Some("ctx"), dockerfile_dir: Some("docker"), ..Spec::default() }
     };
     probe_of_a_tricky_tree => |d: &Path| {
         tree(d);
-        symlink(d, "link", "src/main.go");
+        symlinks(d, &[("link", "src/main.go")]);
         write(d, "exec.sh", "#!/bin/sh\n");
         chmod(d, "exec.sh", 0o755);
         set_mtime(d, "README.md", 1_234_567_890);
         write(d, ".dockerignore", "tmp\n*.log\n");
-        copy_all(d);
-        Spec::default()
+        copy_all(d)
     };
     copy_selected_paths_and_dirs => |d: &Path| {
         tree(d);
-        write(d, "Dockerfile", format!("ARG BASE\nFROM $BASE\nCOPY src/util /util/\nCOPY docs /docs\nCOPY README.md build/keep/ /misc/\nCOPY . /ctx/\n{PROBE}"));
+        write(d, "Dockerfile", copy_all_with("COPY src/util /util/\nCOPY docs /docs\nCOPY README.md build/keep/ /misc/\n", ""));
         write(d, ".dockerignore", "build/out\n");
         Spec::default()
     };
@@ -474,12 +418,8 @@ const WALK_TREE: &[&str] = &[
 ];
 
 fn walk_tree(d: &Path, patterns: &str) -> Spec {
-    for f in WALK_TREE {
-        write(d, f, *f);
-    }
-    copy_all(d);
-    write(d, ".dockerignore", patterns);
-    Spec::default()
+    named(d, WALK_TREE);
+    copy_ignoring(d, patterns)
 }
 
 macro_rules! walk_cases {
@@ -603,6 +543,16 @@ fn unique(name: &str) -> String {
     format!("{}-{nanos:x}", name.replace('_', "-"))
 }
 
+/// A case set up: what it asks, its directories, the repository both builds push to.
+struct Case<'a> {
+    spec: &'a Spec,
+    /// The case directory (paths of the [`Spec`] are relative to it).
+    dir: &'a Path,
+    context: &'a Path,
+    dockerfile_dir: &'a Path,
+    repo: &'a str,
+}
+
 async fn run_case(bed: &TestBed, name: &str, setup: impl FnOnce(&Path) -> Spec) {
     let root = tempfile::tempdir().unwrap();
     let case_dir = root.path().join("case");
@@ -615,17 +565,16 @@ async fn run_case(bed: &TestBed, name: &str, setup: impl FnOnce(&Path) -> Spec) 
         .dockerfile_dir
         .map_or_else(|| context.clone(), |c| case_dir.join(c));
     let repo = format!("conformance/{}", unique(name));
+    let case = Case {
+        spec: &spec,
+        dir: &case_dir,
+        context: &context,
+        dockerfile_dir: &dockerfile_dir,
+        repo: &repo,
+    };
 
-    let reference = buildctl_build(
-        bed,
-        &spec,
-        &case_dir,
-        &context,
-        &dockerfile_dir,
-        &repo,
-        root.path(),
-    );
-    let ours = fastbuild_build(bed, &spec, &case_dir, &context, &dockerfile_dir, &repo).await;
+    let reference = buildctl_build(bed, &case, root.path());
+    let ours = fastbuild_build(bed, &case).await;
     note(&format!(
         "conformance {name}: buildctl {reference} fastbuild {ours} {}",
         if reference == ours {
@@ -643,15 +592,14 @@ async fn run_case(bed: &TestBed, name: &str, setup: impl FnOnce(&Path) -> Spec) 
 }
 
 /// The reference build with upstream `buildctl`; returns `containerimage.digest`.
-fn buildctl_build(
-    bed: &TestBed,
-    spec: &Spec,
-    case_dir: &Path,
-    context: &Path,
-    dockerfile_dir: &Path,
-    repo: &str,
-    scratch: &Path,
-) -> String {
+fn buildctl_build(bed: &TestBed, case: &Case<'_>, scratch: &Path) -> String {
+    let Case {
+        spec,
+        dir: case_dir,
+        context,
+        dockerfile_dir,
+        repo,
+    } = *case;
     let metadata = scratch.join("buildctl-metadata.json");
     let mut cmd = Command::new(&bed.buildctl);
     cmd.args([
@@ -724,41 +672,40 @@ fn buildctl_build(
 }
 
 /// The same build through fastbuild's BuildKit client on the same daemon.
-async fn fastbuild_build(
-    bed: &TestBed,
-    spec: &Spec,
-    case_dir: &Path,
-    context: &Path,
-    dockerfile_dir: &Path,
-    repo: &str,
-) -> String {
+async fn fastbuild_build(bed: &TestBed, case: &Case<'_>) -> String {
     let client = Client::connect(&bed.buildkitd, None)
         .await
         .expect("connect to the standalone buildkitd");
-    let mut build_args: BTreeMap<String, String> = spec
+    let mut build_args: BTreeMap<String, String> = case
+        .spec
         .build_args
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     build_args.insert("BASE".to_owned(), bed.base_image.clone());
     let opts = BuildOptions {
-        context: context.to_owned(),
-        dockerfile: Some(dockerfile_dir.join(spec.filename.unwrap_or("Dockerfile"))),
-        target: spec.target.map(str::to_owned),
+        context: case.context.to_owned(),
+        dockerfile: Some(
+            case.dockerfile_dir
+                .join(case.spec.filename.unwrap_or("Dockerfile")),
+        ),
+        target: case.spec.target.map(str::to_owned),
         build_args,
-        labels: spec
+        labels: case
+            .spec
             .labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
-        platforms: spec.platform.map(str::to_owned).into_iter().collect(),
+        platforms: case.spec.platform.map(str::to_owned).into_iter().collect(),
         no_cache: true,
-        secrets: spec
+        secrets: case
+            .spec
             .secrets
             .iter()
-            .map(|(id, src)| ((*id).to_owned(), SecretSource::File(case_dir.join(src))))
+            .map(|(id, src)| ((*id).to_owned(), SecretSource::File(case.dir.join(src))))
             .collect(),
-        image_names: vec![format!("{}/{repo}:fastbuild", bed.registry)],
+        image_names: vec![format!("{}/{}:fastbuild", bed.registry, case.repo)],
         push: true,
         registry_insecure: true,
         source_date_epoch: Some(0),

@@ -6,12 +6,10 @@
 use std::io::Write as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sha2::Digest as _;
-
-use crate::common::{TestBed, repo_root, require_bed};
+use crate::common::{TestBed, registry_repo_dir, repo_root, require_bed, sha256};
 use crate::common::{assert_ok, fastbuild, run, served_manifest, served_manifest_digest};
 
 pub(crate) const MIB: u64 = 1024 * 1024;
@@ -34,6 +32,34 @@ pub(crate) fn workdir() -> tempfile::TempDir {
     fs_err::create_dir(&tmp).unwrap();
     set_mode(&tmp, 0o1777);
     dir
+}
+
+/// A [`workdir`] with `data/x` holding `content` (a layer source `data:/data`).
+pub(crate) fn data_workdir(content: &str) -> tempfile::TempDir {
+    let dir = workdir();
+    fs_err::create_dir(dir.path().join("data")).unwrap();
+    fs_err::write(dir.path().join("data/x"), content).unwrap();
+    dir
+}
+
+/// A [`workdir`] with `data/big.bin`: `size` bytes of [`random_file`] from `seed`.
+pub(crate) fn random_data_workdir(size: u64, seed: u64) -> tempfile::TempDir {
+    let dir = workdir();
+    fs_err::create_dir(dir.path().join("data")).unwrap();
+    random_file(&dir.path().join("data/big.bin"), size, seed);
+    dir
+}
+
+/// A peak RSS measured (`rss`, bytes) of a few MiB at least (the CLI cannot run in less: a
+/// measurement, not a zero) and under 64 MiB while doing `what`.
+pub(crate) fn assert_rss_between_4_and_64_mib(rss: u64, what: &str) {
+    assert!(rss > 4 * MIB, "{rss}");
+    assert!(rss < 64 * MIB, "peak RSS {} KiB while {what}", rss / 1024);
+}
+
+/// The `--layer` of the native example: `testdata/native/app` at `/app`.
+fn native_app_layer() -> String {
+    format!("{}:/app", repo_root().join("testdata/native/app").display())
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -68,6 +94,11 @@ fn native_build(
 }
 
 /// A Docker config directory that does not exist: no credentials.
+/// [`native_build`] of the layer `data:/data` to the plain registry, without credentials.
+fn data_build(dir: &Path, bed: &TestBed, base: &str, repo: &str) -> Command {
+    native_build(dir, &no_creds(dir), &bed.registry, base, "data:/data", repo)
+}
+
 pub(crate) fn no_creds(dir: &Path) -> PathBuf {
     dir.join("no-docker-config")
 }
@@ -145,19 +176,8 @@ async fn tag_status(bed: &TestBed, repo: &str, tag: &str) -> u16 {
 /// The plain registry's in-progress uploads of `repo` (distribution's filesystem storage,
 /// `<rootdirectory>/docker/registry/v2/repositories/<repo>/_uploads/<uuid>/data`): uuid and
 /// bytes received so far.
-fn uploads_in_progress(repo: &str) -> Vec<(String, u64)> {
-    let state = std::env::var_os("FASTBUILD_TESTBED_DIR")
-        .map_or_else(|| repo_root().join(".testbed"), PathBuf::from);
-    let config = fs_err::read_to_string(state.join("registry/config.yml")).unwrap();
-    let root = config
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("rootdirectory:"))
-        .expect("rootdirectory in the bed registry's config.yml")
-        .trim();
-    let dir = Path::new(root)
-        .join("docker/registry/v2/repositories")
-        .join(repo)
-        .join("_uploads");
+pub(crate) fn uploads_in_progress(name: &str, repo: &str) -> Vec<(String, u64)> {
+    let dir = registry_repo_dir(name, repo).join("_uploads");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
@@ -168,6 +188,33 @@ fn uploads_in_progress(repo: &str) -> Vec<(String, u64)> {
             Some((e.file_name().to_string_lossy().into_owned(), size))
         })
         .collect()
+}
+
+/// `cmd` started with no stdin, stdout or stderr.
+pub(crate) fn spawn_quietly(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `seen` every 10 ms until it gives a value, for at most 60 s and while `child` runs;
+/// `failures` say that it exited, and that the time ran out.
+pub(crate) fn poll_while_running<T>(
+    child: &mut Child,
+    failures: [&str; 2],
+    mut seen: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = seen() {
+            return v;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "{}", failures[0]);
+        assert!(Instant::now() < deadline, "{}", failures[1]);
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Forks argv[2..] from a small process, reaps it with `wait4(2)`, writes its `ru_maxrss`
@@ -222,12 +269,10 @@ pub(crate) fn run_measuring_rss(cmd: &Command, dir: &Path) -> (Output, u64) {
 #[tokio::test]
 async fn one_gib_layer_pushes_with_peak_rss_under_64_mib() {
     let bed = require_bed!();
-    let dir = workdir();
-    let data = dir.path().join("data");
-    fs_err::create_dir(&data).unwrap();
     let t0 = Instant::now();
-    random_file(&data.join("big.bin"), 1024 * MIB, 0x9E37_79B9_7F4A_7C15);
+    let dir = random_data_workdir(1024 * MIB, 0x9E37_79B9_7F4A_7C15);
     let generated = t0.elapsed();
+    let data = dir.path().join("data");
     let repo = unique("1gib");
     fs_err::write(
         dir.path().join("fastbuild.yaml"),
@@ -253,13 +298,7 @@ async fn one_gib_layer_pushes_with_peak_rss_under_64_mib() {
     // The whole gibibyte went over the wire in this run (a fresh repository: nothing to skip).
     let uploaded = bytes_uploaded(&stderr);
     assert!(uploaded > 1024 * MIB, "{uploaded} bytes uploaded\n{stderr}");
-    // A measurement, not a zero: the CLI cannot run in under a few MB.
-    assert!(rss > 4 * MIB, "{rss}");
-    assert!(
-        rss < 64 * MIB,
-        "peak RSS {} KiB while pushing a 1 GiB layer",
-        rss / 1024
-    );
+    assert_rss_between_4_and_64_mib(rss, "pushing a 1 GiB layer");
     assert_eq!(
         served_manifest_digest(&bed.registry, &repo, "big").await,
         digest
@@ -296,47 +335,30 @@ async fn one_gib_layer_pushes_with_peak_rss_under_64_mib() {
 #[tokio::test]
 async fn push_killed_mid_upload_leaves_no_manifest_and_a_rerun_succeeds() {
     let bed = require_bed!();
-    let dir = workdir();
-    let data = dir.path().join("data");
-    fs_err::create_dir(&data).unwrap();
-    random_file(&data.join("big.bin"), 300 * MIB, 0x2545_F491_4F6C_DD1D);
+    let dir = random_data_workdir(300 * MIB, 0x2545_F491_4F6C_DD1D);
     let repo = unique("kill");
     let repository = format!("{}/{repo}", bed.registry);
     let build = || {
-        let mut cmd = native_build(
-            dir.path(),
-            &no_creds(dir.path()),
-            &bed.registry,
-            "scratch",
-            "data:/data",
-            &repo,
-        );
+        let mut cmd = data_build(dir.path(), &bed, "scratch", &repo);
         cmd.args(["--compression", "uncompressed"]);
         cmd
     };
 
     // Kill once the registry has received at least 1 MiB of the layer's upload.
-    let mut child = build()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let received = loop {
-        if let Some((_, n)) = uploads_in_progress(&repo)
-            .into_iter()
-            .find(|(_, n)| *n >= MIB)
-        {
-            break n;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "fastbuild exited before its upload was seen"
-        );
-        assert!(Instant::now() < deadline, "no upload seen within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut child = spawn_quietly(&mut build());
+    let received = poll_while_running(
+        &mut child,
+        [
+            "fastbuild exited before its upload was seen",
+            "no upload seen within 60 s",
+        ],
+        || {
+            uploads_in_progress("registry", &repo)
+                .into_iter()
+                .find(|(_, n)| *n >= MIB)
+        },
+    )
+    .1;
     assert!(
         child.try_wait().unwrap().is_none(),
         "fastbuild must still be pushing when killed"
@@ -429,8 +451,7 @@ async fn no_credential_appears_in_trace_logs_of_a_tls_push() {
     use base64::Engine as _;
     let bed = require_bed!();
     let dir = workdir();
-    let app = repo_root().join("testdata/native/app");
-    let layer = format!("{}:/app", app.display());
+    let layer = native_app_layer();
     let password = bed.registry_tls_password.as_str();
     let (cfg, auth) = docker_config(
         &dir.path().join("cfg"),
@@ -498,10 +519,7 @@ async fn no_credential_appears_in_trace_logs_of_a_tls_push() {
         .unwrap();
     assert_eq!(served.status().as_u16(), 200);
     let bytes = served.bytes().await.unwrap();
-    assert_eq!(
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
-        digest
-    );
+    assert_eq!(sha256(&bytes), digest);
 
     // Wrong password: refused, said clearly, and still no secret (neither the wrong one nor
     // the right one) in the logs.
@@ -572,22 +590,17 @@ fn expect_error(cmd: &mut Command, code: i32) -> String {
 async fn bad_input_through_the_cli_is_one_clear_error_with_its_exit_code() {
     let bed = require_bed!();
     let dir = workdir();
-    let app = repo_root().join("testdata/native/app");
-    let layer = format!("{}:/app", app.display());
+    let layer = native_app_layer();
     let repo = unique("bad");
     let none = no_creds(dir.path());
+    let build = |base: &str, layer: &str| {
+        native_build(dir.path(), &none, &bed.registry, base, layer, &repo)
+    };
 
     // Missing layer source: a usage error, before any network.
     let missing = dir.path().join("no/such/dir");
     let e = expect_error(
-        &mut native_build(
-            dir.path(),
-            &none,
-            &bed.registry,
-            "scratch",
-            &format!("{}:/app", missing.display()),
-            &repo,
-        ),
+        &mut build("scratch", &format!("{}:/app", missing.display())),
         2,
     );
     assert!(
@@ -597,10 +610,7 @@ async fn bad_input_through_the_cli_is_one_clear_error_with_its_exit_code() {
 
     // Base image not found: names the reference.
     let nowhere = format!("{}/base/does-not-exist:latest", bed.registry);
-    let e = expect_error(
-        &mut native_build(dir.path(), &none, &bed.registry, &nowhere, &layer, &repo),
-        1,
-    );
+    let e = expect_error(&mut build(&nowhere, &layer), 1);
     assert!(
         e.contains(&format!("`{nowhere}`")) && e.contains("not found"),
         "{e}"
@@ -608,15 +618,7 @@ async fn bad_input_through_the_cli_is_one_clear_error_with_its_exit_code() {
 
     // Wrong platform: lists what the base has.
     let e = expect_error(
-        native_build(
-            dir.path(),
-            &none,
-            &bed.registry,
-            &bed.base_image,
-            &layer,
-            &repo,
-        )
-        .args(["--platform", "linux/s390x"]),
+        build(&bed.base_image, &layer).args(["--platform", "linux/s390x"]),
         1,
     );
     assert!(
@@ -639,17 +641,7 @@ async fn bad_input_through_the_cli_is_one_clear_error_with_its_exit_code() {
             .success()
     );
     let src_layer = format!("{}:/app", src.display());
-    let e = expect_error(
-        &mut native_build(
-            dir.path(),
-            &none,
-            &bed.registry,
-            "scratch",
-            &src_layer,
-            &repo,
-        ),
-        1,
-    );
+    let e = expect_error(&mut build("scratch", &src_layer), 1);
     assert!(e.contains(&format!("`{}`", fifo.display())), "{e}");
     fs_err::remove_file(&fifo).unwrap();
 
@@ -659,14 +651,7 @@ async fn bad_input_through_the_cli_is_one_clear_error_with_its_exit_code() {
     let locked = src.join("locked.txt");
     fs_err::write(&locked, "secret\n").unwrap();
     set_mode(&locked, 0o000);
-    let mut cmd = native_build(
-        dir.path(),
-        &none,
-        &bed.registry,
-        "scratch",
-        &src_layer,
-        &repo,
-    );
+    let mut cmd = build("scratch", &src_layer);
     if std::fs::File::open(&locked).is_ok() {
         cmd = as_nobody(&cmd, dir.path());
     }
@@ -686,33 +671,19 @@ async fn bad_input_through_the_cli_is_one_clear_error_with_its_exit_code() {
 #[tokio::test]
 async fn comma_separated_platforms_give_one_index_with_a_manifest_each() {
     let bed = require_bed!();
-    let dir = workdir();
-    fs_err::create_dir(dir.path().join("data")).unwrap();
-    fs_err::write(dir.path().join("data/x"), "x\n").unwrap();
+    let dir = data_workdir("x\n");
     let repo = unique("platforms");
-    let out = run(native_build(
-        dir.path(),
-        &no_creds(dir.path()),
-        &bed.registry,
-        "scratch",
-        "data:/data",
-        &repo,
-    )
-    .args(["--platform", "linux/amd64,linux/arm64"]));
+    let out = run(data_build(dir.path(), &bed, "scratch", &repo)
+        .args(["--platform", "linux/amd64,linux/arm64"]));
     assert_ok(&out);
     let (_, index) = served_manifest(&bed.registry, &repo, "v1").await;
     let platforms = crate::common::index_platforms(&index);
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{index:#}");
 
-    let out = run(native_build(
-        dir.path(),
-        &no_creds(dir.path()),
-        &bed.registry,
-        &bed.base_image,
-        "data:/data",
-        &unique("platforms-base"),
-    )
-    .args(["--platform", "linux/amd64,linux/arm64"]));
+    let out = run(
+        data_build(dir.path(), &bed, &bed.base_image, &unique("platforms-base"))
+            .args(["--platform", "linux/amd64,linux/arm64"]),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has no `linux/arm64` image"), "{err}");
@@ -724,9 +695,7 @@ async fn comma_separated_platforms_give_one_index_with_a_manifest_each() {
 #[tokio::test]
 async fn multi_platform_base_gives_an_index_and_the_values_pin_it() {
     let bed = require_bed!();
-    let dir = workdir();
-    fs_err::create_dir(dir.path().join("data")).unwrap();
-    fs_err::write(dir.path().join("data/x"), "x\n").unwrap();
+    let dir = data_workdir("x\n");
     let repo = unique("multi");
     let out = run(native_cmd(dir.path())
         .args([

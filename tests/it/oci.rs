@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::{TestBed, repo_root, require_bed, sha256, skopeo};
 use fastbuild_oci::{
     BaseImage, Compression, ConfigOverrides, Digest, Error, ImageSpec, LayerSpec, MediaTypes,
-    Reference, RegistryClient, RegistryOptions, Target, build_and_push,
+    PushResult, Reference, RegistryClient, RegistryOptions, Target, build_and_push,
 };
-use sha2::Digest as _;
-
-use crate::common::{TestBed, repo_root, require_bed};
 
 fn unique(name: &str) -> String {
     let nanos = SystemTime::now()
@@ -57,6 +55,24 @@ fn spec(base: BaseImage, app: &Path, config: &Path, compression: Compression) ->
         .into(),
         ..ImageSpec::default()
     }
+}
+
+/// [`spec`] of the `app` and `config` directories of `tree` (a copy of `testdata/native`).
+fn tree_spec(base: BaseImage, tree: &Path, compression: Compression) -> ImageSpec {
+    spec(base, &tree.join("app"), &tree.join("config"), compression)
+}
+
+/// `spec` pushed by `client` to `repo:tag` of the plain registry.
+async fn push_tag(
+    client: &RegistryClient,
+    spec: &ImageSpec,
+    bed: &TestBed,
+    repo: &str,
+    tag: &str,
+) -> PushResult {
+    build_and_push(spec, &Target::Registry(target(bed, repo, tag)), client)
+        .await
+        .unwrap()
 }
 
 fn target(bed: &TestBed, repo: &str, tag: &str) -> Reference {
@@ -110,33 +126,17 @@ async fn raw_get(bed: &TestBed, repo: &str, kind: &str, reference: &str) -> (Str
     (ct, resp.bytes().await.unwrap().to_vec())
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
 fn skopeo_digest(image: &str) -> String {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--raw"])
-        .arg(format!("docker://{image}"))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let raw_digest = sha256(&out.stdout);
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
-        .arg(format!("docker://{image}"))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let digest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let image = format!("docker://{image}");
+    let raw_digest = sha256(&skopeo(&["inspect", "--tls-verify=false", "--raw", &image]));
+    let out = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &image,
+    ]);
+    let digest = String::from_utf8(out).unwrap().trim().to_owned();
     assert_eq!(digest, raw_digest);
     digest
 }
@@ -158,19 +158,12 @@ async fn native_image_pushes_and_every_digest_checks_out() {
     let bed = require_bed!();
     let tmp = tempfile::tempdir().unwrap();
     let repo = unique("native");
-    let spec = spec(
+    let spec = tree_spec(
         BaseImage::Reference(bed.base_image.clone()),
-        &native().join("app"),
-        &native().join("config"),
+        &native(),
         Compression::Gzip,
     );
-    let pushed = build_and_push(
-        &spec,
-        &Target::Registry(target(&bed, &repo, "v1")),
-        &client(tmp.path()),
-    )
-    .await
-    .unwrap();
+    let pushed = push_tag(&client(tmp.path()), &spec, &bed, &repo, "v1").await;
     assert_eq!(
         pushed.reference,
         format!("{}/{repo}@{}", bed.registry, pushed.digest)
@@ -257,33 +250,16 @@ async fn same_inputs_with_other_mtimes_give_the_same_digest_and_upload_nothing()
     let client = client(tmp.path());
     let repo = unique("repro");
     let base = BaseImage::Reference(bed.base_image.clone());
-    let spec_a = spec(
-        base.clone(),
-        &a.join("app"),
-        &a.join("config"),
-        Compression::None,
-    );
-    let spec_b = spec(base, &b.join("app"), &b.join("config"), Compression::None);
+    let spec_a = tree_spec(base.clone(), &a, Compression::None);
+    let spec_b = tree_spec(base, &b, Compression::None);
 
-    let first = build_and_push(
-        &spec_a,
-        &Target::Registry(target(&bed, &repo, "a")),
-        &client,
-    )
-    .await
-    .unwrap();
+    let first = push_tag(&client, &spec_a, &bed, &repo, "a").await;
     // New repository: base layers are mounted from base/busybox, ours uploaded.
     assert!(first.stats.blobs_mounted >= 1, "{:?}", first.stats);
     assert_eq!(first.stats.blobs_uploaded, 3, "{:?}", first.stats);
     assert!(first.stats.bytes_uploaded > 0);
 
-    let second = build_and_push(
-        &spec_b,
-        &Target::Registry(target(&bed, &repo, "b")),
-        &client,
-    )
-    .await
-    .unwrap();
+    let second = push_tag(&client, &spec_b, &bed, &repo, "b").await;
     assert_eq!(second.digest, first.digest);
     assert_eq!(second.stats.blobs_uploaded, 0, "{:?}", second.stats);
     assert_eq!(second.stats.bytes_uploaded, 0);
@@ -309,18 +285,10 @@ async fn same_inputs_with_other_mtimes_give_the_same_digest_and_upload_nothing()
         let blob = fs_err::read(layout.join("blobs/sha256").join(d.hex())).unwrap();
         assert_eq!(sha256(&blob), d.to_string());
     }
-    let out = Command::new("skopeo")
-        .args(["inspect", "--format", "{{.Digest}}"])
-        .arg(format!("oci:{}", layout.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let layout = format!("oci:{}", layout.display());
+    let out = skopeo(&["inspect", "--format", "{{.Digest}}", &layout]);
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap().trim(),
+        String::from_utf8(out).unwrap().trim(),
         first.digest.to_string()
     );
 }
@@ -333,10 +301,9 @@ async fn one_changed_file_uploads_only_its_layer_and_the_config() {
     copy_tree(&native(), &src, 0);
     let client = client(tmp.path());
     let repo = unique("incremental");
-    let spec = spec(
+    let spec = tree_spec(
         BaseImage::Reference(bed.base_image.clone()),
-        &src.join("app"),
-        &src.join("config"),
+        &src,
         Compression::Gzip,
     );
     let t = Target::Registry(target(&bed, &repo, "dev"));
@@ -364,19 +331,16 @@ async fn multi_platform_scratch_image_is_an_index_and_docker_types_on_request() 
     let tmp = tempfile::tempdir().unwrap();
     let client = client(tmp.path());
     let repo = unique("multi");
-    let mut s = spec(
+    let mut s = tree_spec(
         BaseImage::Scratch,
-        &native().join("app"),
-        &native().join("config"),
+        &native(),
         Compression::Zstd { level: 3 },
     );
     s.platforms = vec![
         "linux/amd64".parse().unwrap(),
         "linux/arm64".parse().unwrap(),
     ];
-    let pushed = build_and_push(&s, &Target::Registry(target(&bed, &repo, "multi")), &client)
-        .await
-        .unwrap();
+    let pushed = push_tag(&client, &s, &bed, &repo, "multi").await;
     assert_eq!(pushed.media_type, "application/vnd.oci.image.index.v1+json");
     assert_eq!(pushed.config_digest, None);
     let (ct, index) = raw_get(&bed, &repo, "manifests", "multi").await;
@@ -399,13 +363,7 @@ async fn multi_platform_scratch_image_is_an_index_and_docker_types_on_request() 
     s.platforms.truncate(1);
     s.media_types = MediaTypes::Docker;
     s.compression = Some(Compression::Gzip);
-    let pushed = build_and_push(
-        &s,
-        &Target::Registry(target(&bed, &repo, "docker")),
-        &client,
-    )
-    .await
-    .unwrap();
+    let pushed = push_tag(&client, &s, &bed, &repo, "docker").await;
     let (ct, manifest) = raw_get(&bed, &repo, "manifests", "docker").await;
     assert_eq!(ct, "application/vnd.docker.distribution.manifest.v2+json");
     assert_eq!(sha256(&manifest), pushed.digest.to_string());
@@ -432,12 +390,7 @@ fn tls_options(bed: &TestBed, config_dir: &Path) -> RegistryOptions {
 }
 
 fn scratch_app() -> ImageSpec {
-    let mut s = spec(
-        BaseImage::Scratch,
-        &native().join("app"),
-        &native().join("config"),
-        Compression::Gzip,
-    );
+    let mut s = tree_spec(BaseImage::Scratch, &native(), Compression::Gzip);
     s.layers.truncate(1);
     s
 }
@@ -596,12 +549,7 @@ async fn bad_input_is_a_clear_error_and_pushes_no_manifest() {
     let src = tmp.path().join("escape");
     copy_tree(&native(), &src, 0);
     std::os::unix::fs::symlink("../../../etc/passwd", src.join("app/bin/passwd")).unwrap();
-    let s = spec(
-        base.clone(),
-        &src.join("app"),
-        &src.join("config"),
-        Compression::None,
-    );
+    let s = tree_spec(base.clone(), &src, Compression::None);
     let err = build_and_push(&s, &t, &client).await.unwrap_err();
     assert!(
         matches!(err, Error::SymlinkEscape { .. }),
@@ -615,22 +563,16 @@ async fn bad_input_is_a_clear_error_and_pushes_no_manifest() {
     );
 
     let nowhere = format!("{}/base/does-not-exist:latest", bed.registry);
-    let s = spec(
+    let s = tree_spec(
         BaseImage::Reference(nowhere.clone()),
-        &native().join("app"),
-        &native().join("config"),
+        &native(),
         Compression::None,
     );
     let err = build_and_push(&s, &t, &client).await.unwrap_err();
     assert!(matches!(err, Error::BaseNotFound { .. }), "{}", chain(&err));
     assert!(err.to_string().contains(&nowhere));
 
-    let mut s = spec(
-        base,
-        &native().join("app"),
-        &native().join("config"),
-        Compression::None,
-    );
+    let mut s = tree_spec(base, &native(), Compression::None);
     s.platforms = vec!["linux/s390x".parse().unwrap()];
     let err = build_and_push(&s, &t, &client).await.unwrap_err();
     let msg = err.to_string();

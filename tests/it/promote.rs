@@ -9,23 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::Digest as _;
-
-use crate::common::{TestBed, note, repo_root, require_bed};
+use crate::common::{TestBed, note, require_bed, sha256, values_key};
 use crate::common::{assert_ok, run};
+use crate::common::{helm_template_image, registry_repo_dir, testbed_dir};
 use crate::native_cli::{
-    MIB, bytes_uploaded, docker_config, native_cmd, random_file, run_measuring_rss, text, unique,
-    workdir,
+    MIB, assert_rss_between_4_and_64_mib, bytes_uploaded, data_workdir, docker_config, native_cmd,
+    poll_while_running, random_data_workdir, random_file, run_measuring_rss, spawn_quietly, text,
+    unique, uploads_in_progress, workdir,
 };
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json, \
     application/vnd.docker.distribution.manifest.list.v2+json";
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
 
 /// Status and bytes of a manifest as the plain registry (`tls: false`) or the TLS one (with
 /// the bed's credentials) serves it.
@@ -70,17 +66,6 @@ fn crane_manifest(bed: &TestBed, docker_config: &Path, reference: &str) -> Vec<u
     out.stdout
 }
 
-/// The string at `key` (`image.digest`) of a YAML values file.
-fn values_key(path: &Path, key: &str) -> String {
-    let text = fs_err::read_to_string(path).unwrap();
-    let v: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
-    key.split('.')
-        .fold(&v, |v, k| &v[k])
-        .as_str()
-        .unwrap_or_else(|| panic!("no `{key}` in {}:\n{text}", path.display()))
-        .to_owned()
-}
-
 /// A Docker config directory with the TLS registry's credentials.
 fn tls_login(bed: &TestBed, dir: &Path) -> PathBuf {
     docker_config(
@@ -106,24 +91,7 @@ fn promote(bed: &TestBed, dir: &Path, service: &str, values: &str, to: &str) -> 
 
 /// The `image:` line `helm template` renders for the bed's app chart with values file `values`.
 fn helm_image(bed: &TestBed, values: &Path) -> String {
-    let home = tempfile::tempdir().unwrap();
-    let chart = repo_root().join("testdata/charts/app");
-    let out = bed
-        .helm(home.path())
-        .args(["template", "it"])
-        .arg(chart)
-        .arg("-f")
-        .arg(values)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "helm template: {out:?}");
-    let manifest = String::from_utf8(out.stdout).unwrap();
-    let images: Vec<&str> = manifest
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("image: "))
-        .collect();
-    assert_eq!(images.len(), 1, "one image line expected in:\n{manifest}");
-    images[0].to_owned()
+    helm_template_image(bed, &["-f", values.to_str().unwrap()])
 }
 
 /// `(uploaded, bytes, already there, mounted)` from the `copied to …` note.
@@ -154,14 +122,27 @@ fn write_project(dir: &Path, bed: &TestBed, services: &str) {
     .unwrap();
 }
 
+/// The service `app` of a project: native, on scratch, pushed to `repo` uncompressed and
+/// reproducible, with `layers` (the items of the YAML list).
+fn uncompressed_app(repo: &str, layers: &str) -> String {
+    format!(
+        "  app:\n    builder: native\n    base: scratch\n    repository: {repo}\n    \
+         compression: uncompressed\n    reproducible: true\n    layers: [{layers}]\n"
+    )
+}
+
+/// [`write_project`], then `fastbuild build` of all its services.
+fn write_and_build(dir: &Path, bed: &TestBed, services: &str) {
+    write_project(dir, bed, services);
+    assert_ok(&run(native_cmd(dir).args(["build", "--progress", "plain"])));
+}
+
 #[tokio::test]
 async fn promote_copies_single_and_multi_platform_images_byte_for_byte_and_helm_renders_them() {
     let bed = require_bed!();
-    let dir = workdir();
-    fs_err::create_dir(dir.path().join("data")).unwrap();
-    fs_err::write(dir.path().join("data/x"), unique("content")).unwrap();
+    let dir = data_workdir(&unique("content"));
     let (single, multi) = (unique("promote-single"), unique("promote-multi"));
-    write_project(
+    write_and_build(
         dir.path(),
         &bed,
         &format!(
@@ -172,11 +153,6 @@ async fn promote_copies_single_and_multi_platform_images_byte_for_byte_and_helm_
             bed.base_image, bed.base_image_multi
         ),
     );
-    assert_ok(&run(native_cmd(dir.path()).args([
-        "build",
-        "--progress",
-        "plain",
-    ])));
     let to = format!("{}/promoted", bed.registry_tls);
     let login = tls_login(&bed, dir.path());
 
@@ -257,9 +233,7 @@ async fn promote_copies_single_and_multi_platform_images_byte_for_byte_and_helm_
 /// The bed's registry log (`$FASTBUILD_TESTBED_DIR/logs/registry.log`): its access-log lines
 /// (`127.0.0.1 - - […] "METHOD URI HTTP/1.1" STATUS …`) naming `path`.
 fn registry_requests(path: &str) -> Vec<String> {
-    let state = std::env::var_os("FASTBUILD_TESTBED_DIR")
-        .map_or_else(|| repo_root().join(".testbed"), PathBuf::from);
-    fs_err::read_to_string(state.join("logs/registry.log"))
+    fs_err::read_to_string(testbed_dir().join("logs/registry.log"))
         .unwrap()
         .lines()
         .filter(|l| l.starts_with("127.0.0.1 - -") && l.contains(path))
@@ -270,11 +244,9 @@ fn registry_requests(path: &str) -> Vec<String> {
 #[tokio::test]
 async fn promote_within_one_registry_mounts_every_blob_and_uploads_none() {
     let bed = require_bed!();
-    let dir = workdir();
-    fs_err::create_dir(dir.path().join("data")).unwrap();
-    fs_err::write(dir.path().join("data/x"), unique("mounted")).unwrap();
+    let dir = data_workdir(&unique("mounted"));
     let repo = unique("promote-mount");
-    write_project(
+    write_and_build(
         dir.path(),
         &bed,
         &format!(
@@ -283,11 +255,6 @@ async fn promote_within_one_registry_mounts_every_blob_and_uploads_none() {
             bed.base_image
         ),
     );
-    assert_ok(&run(native_cmd(dir.path()).args([
-        "build",
-        "--progress",
-        "plain",
-    ])));
     let digest = values_key(&dir.path().join("values/app.values.yaml"), "image.digest");
     let to = format!("{}/stage", bed.registry);
     let out = run(native_cmd(dir.path()).args([
@@ -333,17 +300,6 @@ async fn promote_within_one_registry_mounts_every_blob_and_uploads_none() {
 
 /// Bytes received so far by the uploads in progress into `repo` of the bed registry `name`
 /// (`registry`, `registry-tls`): distribution's `_uploads/<uuid>/data` files.
-fn uploads_in_progress(name: &str, repo: &str) -> Vec<u64> {
-    let dir = registry_repo_dir(name, repo).join("_uploads");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| std::fs::metadata(e.ok()?.path().join("data")).ok())
-        .map(|m| m.len())
-        .collect()
-}
-
 /// Whether blob `digest` is linked into `repo` of the bed registry `name`.
 fn blob_linked(name: &str, repo: &str, digest: &str) -> bool {
     let hex = digest.strip_prefix("sha256:").unwrap();
@@ -352,21 +308,6 @@ fn blob_linked(name: &str, repo: &str, digest: &str) -> bool {
         .join(hex)
         .join("link")
         .is_file()
-}
-
-fn registry_repo_dir(name: &str, repo: &str) -> PathBuf {
-    let state = std::env::var_os("FASTBUILD_TESTBED_DIR")
-        .map_or_else(|| repo_root().join(".testbed"), PathBuf::from);
-    let config = fs_err::read_to_string(state.join(name).join("config.yml")).unwrap();
-    let root = config
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("rootdirectory:"))
-        .expect("rootdirectory in the registry's config.yml")
-        .trim()
-        .to_owned();
-    Path::new(&root)
-        .join("docker/registry/v2/repositories")
-        .join(repo)
 }
 
 #[tokio::test]
@@ -383,20 +324,11 @@ async fn a_promote_killed_mid_layer_resumes_and_copies_only_what_is_missing() {
     );
     fs_err::write(dir.path().join("small/s.txt"), "small\n").unwrap();
     let repo = unique("promote-kill");
-    write_project(
+    write_and_build(
         dir.path(),
         &bed,
-        &format!(
-            "  app:\n    builder: native\n    base: scratch\n    repository: {repo}\n    \
-             compression: uncompressed\n    reproducible: true\n    \
-             layers: [{{src: big, dest: /big}}, {{src: small, dest: /small}}]\n"
-        ),
+        &uncompressed_app(&repo, "{src: big, dest: /big}, {src: small, dest: /small}"),
     );
-    assert_ok(&run(native_cmd(dir.path()).args([
-        "build",
-        "--progress",
-        "plain",
-    ])));
     fs_err::remove_file(dir.path().join("big/big.bin")).unwrap();
     let digest = values_key(&dir.path().join("values/app.values.yaml"), "image.digest");
     let manifest: serde_json::Value =
@@ -415,31 +347,23 @@ async fn a_promote_killed_mid_layer_resumes_and_copies_only_what_is_missing() {
     let to = format!("{}/resume", bed.registry_tls);
 
     // Kill once the small blobs are in and the big one is under way (≥ 1 MiB received).
-    let mut child = promote(&bed, dir.path(), "app", "prod.yaml", &to)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let received = loop {
-        let small_in = small
-            .iter()
-            .all(|d| blob_linked("registry-tls", &target_repo, d));
-        if let Some(n) = uploads_in_progress("registry-tls", &target_repo)
-            .into_iter()
-            .find(|n| *n >= MIB)
-            && small_in
-        {
-            break n;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "fastbuild exited before its copy was seen under way"
-        );
-        assert!(Instant::now() < deadline, "no copy seen within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut child = spawn_quietly(&mut promote(&bed, dir.path(), "app", "prod.yaml", &to));
+    let received = poll_while_running(
+        &mut child,
+        [
+            "fastbuild exited before its copy was seen under way",
+            "no copy seen within 60 s",
+        ],
+        || {
+            let small_in = small
+                .iter()
+                .all(|d| blob_linked("registry-tls", &target_repo, d));
+            let big = uploads_in_progress("registry-tls", &target_repo)
+                .into_iter()
+                .find(|(_, n)| *n >= MIB);
+            big.filter(|_| small_in).map(|(_, n)| n)
+        },
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     note(&format!(
@@ -466,28 +390,13 @@ async fn a_promote_killed_mid_layer_resumes_and_copies_only_what_is_missing() {
 #[tokio::test]
 async fn promote_copies_a_one_gib_image_with_peak_rss_under_64_mib() {
     let bed = require_bed!();
-    let dir = workdir();
-    fs_err::create_dir(dir.path().join("data")).unwrap();
-    random_file(
-        &dir.path().join("data/big.bin"),
-        1024 * MIB,
-        0x9E37_79B9_7F4A_7C15,
-    );
+    let dir = random_data_workdir(1024 * MIB, 0x9E37_79B9_7F4A_7C15);
     let repo = unique("promote-1gib");
-    write_project(
+    write_and_build(
         dir.path(),
         &bed,
-        &format!(
-            "  app:\n    builder: native\n    base: scratch\n    repository: {repo}\n    \
-             compression: uncompressed\n    reproducible: true\n    \
-             layers: [{{src: data, dest: /data}}]\n"
-        ),
+        &uncompressed_app(&repo, "{src: data, dest: /data}"),
     );
-    assert_ok(&run(native_cmd(dir.path()).args([
-        "build",
-        "--progress",
-        "plain",
-    ])));
     fs_err::remove_file(dir.path().join("data/big.bin")).unwrap();
     let digest = values_key(&dir.path().join("values/app.values.yaml"), "image.digest");
 
@@ -502,12 +411,7 @@ async fn promote_copies_a_one_gib_image_with_peak_rss_under_64_mib() {
     let (_, stderr) = text(&out);
     let uploaded = bytes_uploaded(&stderr);
     assert!(uploaded > 1024 * MIB, "{uploaded} bytes copied\n{stderr}");
-    assert!(rss > 4 * MIB, "{rss}");
-    assert!(
-        rss < 64 * MIB,
-        "peak RSS {} KiB while copying a 1 GiB image",
-        rss / 1024
-    );
+    assert_rss_between_4_and_64_mib(rss, "copying a 1 GiB image");
     let (status, bytes) = served(&bed, true, &format!("rss/{repo}"), &digest).await;
     assert_eq!((status, sha256(&bytes)), (200, digest));
     note(&format!(

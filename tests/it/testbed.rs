@@ -7,16 +7,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::{StatusCode, Url};
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::common::{TestBed, repo_root, require_bed};
+use crate::common::{TestBed, helm_template_image, require_bed, sha256};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
 
 /// A client that trusts only the bed's CA (verification on, no built-in roots).
 fn tls_client(bed: &TestBed) -> reqwest::Client {
@@ -76,7 +71,7 @@ async fn tls_registry_refuses_anonymous_push_and_accepts_its_user() {
         .unwrap()
         .as_nanos();
     let blob = format!("fastbuild test bed proof {nanos} {}", std::process::id()).into_bytes();
-    let digest = sha256_digest(&blob);
+    let digest = sha256(&blob);
     let started = client
         .post(uploads)
         .basic_auth(&bed.registry_tls_user, Some(&bed.registry_tls_password))
@@ -176,7 +171,7 @@ async fn base_image_is_a_linux_amd64_manifest_in_the_registry() {
         .unwrap()
         .to_owned();
     let body = resp.bytes().await.unwrap();
-    assert_eq!(sha256_digest(&body), served_digest);
+    assert_eq!(sha256(&body), served_digest);
     let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(manifest["mediaType"], OCI_MANIFEST);
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
@@ -189,7 +184,7 @@ async fn base_image_is_a_linux_amd64_manifest_in_the_registry() {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(sha256_digest(&config), config_digest);
+    assert_eq!(sha256(&config), config_digest);
     let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
     assert_eq!(config["os"], "linux");
     assert_eq!(config["architecture"], "amd64");
@@ -346,29 +341,15 @@ fn helm_version_is_v4() {
 
 /// The `image:` line `helm template` renders for the app chart with `sets`.
 fn rendered_image(bed: &TestBed, sets: &[&str]) -> String {
-    let home = tempfile::tempdir().unwrap();
-    let chart = repo_root().join("testdata/charts/app");
-    let mut cmd = bed.helm(home.path());
-    cmd.args(["template", "it", chart.to_str().unwrap()]);
-    for set in sets {
-        cmd.args(["--set", set]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "helm template {sets:?}: {out:?}");
-    let manifest = String::from_utf8(out.stdout).unwrap();
-    let images: Vec<&str> = manifest
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("image: "))
-        .collect();
-    assert_eq!(images.len(), 1, "one image line expected in:\n{manifest}");
-    images[0].to_owned()
+    let args: Vec<&str> = sets.iter().flat_map(|set| ["--set", set]).collect();
+    helm_template_image(bed, &args)
 }
 
 #[test]
 fn helm_template_renders_digest_first() {
     let bed = require_bed!();
     let repo = format!("{}/fastbuild-it/app", bed.registry);
-    let digest = sha256_digest(b"fastbuild digest-first chart");
+    let digest = sha256(b"fastbuild digest-first chart");
     let graph = format!("image.graph={repo}");
     let digest_set = format!("image.digest={digest}");
 

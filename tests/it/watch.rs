@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::require_bed;
+use crate::common::{self, TestBed, require_bed};
 use crate::common::{example_project, fake_helm, fastbuild, served_manifest_digest};
 
 /// A running `fastbuild watch --progress json`, its JSON events read on a thread.
@@ -44,6 +44,15 @@ impl Watch {
             events: rx,
             seen: Vec::new(),
         }
+    }
+
+    /// [`Self::start`], then the first result of `service` and the events of the next 500 ms
+    /// (the first build's late events).
+    fn started(dir: &Path, args: &[&str], service: &str) -> (Self, Value) {
+        let mut w = Self::start(dir, args);
+        let first = w.result_for(service);
+        let _ = w.drain(Duration::from_millis(500));
+        (w, first)
     }
 
     /// Waits for an event matching `pred`; panics with everything seen after `timeout`.
@@ -124,13 +133,61 @@ impl Drop for Watch {
     }
 }
 
+/// The digest in the values file of `service` (the example's `tilt-values/`).
 fn values_digest(dir: &Path, service: &str) -> String {
-    let text =
-        fs_err::read_to_string(dir.join(format!("tilt-values/{service}.values.yaml"))).unwrap();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("digest: "))
-        .unwrap()
-        .to_owned()
+    common::values_digest(&dir.join(format!("tilt-values/{service}.values.yaml")))
+}
+
+/// The values file of `service` holds the digest of `result`.
+fn assert_values_hold(dir: &Path, service: &str, result: &Value) {
+    assert_eq!(
+        values_digest(dir, service),
+        result["digest"].as_str().unwrap()
+    );
+}
+
+/// The digest of a `result` event: in the values file of `service`, served by the registry
+/// as its manifest's digest.
+async fn assert_published(bed: &TestBed, dir: &Path, service: &str, result: &Value) -> String {
+    let digest = result["digest"].as_str().unwrap().to_owned();
+    assert_eq!(values_digest(dir, service), digest);
+    assert_eq!(
+        served_manifest_digest(&bed.registry, service, &digest).await,
+        digest
+    );
+    digest
+}
+
+/// A one-shot `fastbuild ARGS` of the same project prints `digest`.
+fn assert_one_shot_prints(dir: &Path, args: &[&str], digest: &str) {
+    let out = fastbuild(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(digest),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Writes the example worker's binary (a shell script) with `body`.
+fn edit_worker(dir: &Path, body: &str) {
+    fs_err::write(
+        dir.join("services/worker/dist/worker"),
+        format!("#!/bin/sh\n{body}\n"),
+    )
+    .unwrap();
+}
+
+/// Replaces `from` by `to` in the file at `rel`; returns its text before.
+fn replace_in(dir: &Path, rel: &str, from: &str, to: &str) -> String {
+    let path = dir.join(rel);
+    let text = fs_err::read_to_string(&path).unwrap();
+    fs_err::write(&path, text.replace(from, to)).unwrap();
+    text
 }
 
 fn builds_of(events: &[Value], service: &str) -> usize {
@@ -149,27 +206,15 @@ async fn editing_one_file_rebuilds_only_its_service() {
         w.results_for(&["api", "worker"]).try_into().unwrap();
     let _ = w.drain(Duration::from_millis(500));
 
-    fs_err::write(
-        dir.path().join("services/worker/dist/worker"),
-        "#!/bin/sh\necho changed\n",
-    )
-    .unwrap();
+    edit_worker(dir.path(), "echo changed");
     let r = w.result_for("worker");
     assert_ne!(r["digest"], first_worker["digest"]);
-    let digest = r["digest"].as_str().unwrap().to_owned();
-    assert_eq!(values_digest(dir.path(), "worker"), digest);
-    assert_eq!(
-        served_manifest_digest(&bed.registry, "worker", &digest).await,
-        digest
-    );
+    assert_published(&bed, dir.path(), "worker", &r).await;
     let later = w.drain(Duration::from_millis(1500));
     let all: Vec<Value> = w.seen.clone();
     assert_eq!(builds_of(&all, "api"), 1, "api was rebuilt: {later:#?}");
     assert_eq!(builds_of(&all, "worker"), 2, "{all:#?}");
-    assert_eq!(
-        values_digest(dir.path(), "api"),
-        first_api["digest"].as_str().unwrap()
-    );
+    assert_values_hold(dir.path(), "api", &first_api);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -203,9 +248,7 @@ async fn excluded_and_generated_files_trigger_nothing() {
 async fn a_burst_of_saves_gives_one_build_of_the_final_content() {
     let bed = require_bed!();
     let dir = example_project();
-    let mut w = Watch::start(dir.path(), &["worker", "--debounce", "300"]);
-    w.result_for("worker");
-    let _ = w.drain(Duration::from_millis(500));
+    let (mut w, _) = Watch::started(dir.path(), &["worker", "--debounce", "300"], "worker");
     let file = dir.path().join("services/worker/dist/worker");
     for i in 0..10 {
         // editor-style save: write a temp file, rename over the original
@@ -217,23 +260,9 @@ async fn a_burst_of_saves_gives_one_build_of_the_final_content() {
     let r = w.result_for("worker");
     let _ = w.drain(Duration::from_millis(1500));
     assert_eq!(builds_of(&w.seen, "worker"), 2, "{:#?}", w.seen);
-    let digest = r["digest"].as_str().unwrap().to_owned();
-    assert_eq!(values_digest(dir.path(), "worker"), digest);
-    assert_eq!(
-        served_manifest_digest(&bed.registry, "worker", &digest).await,
-        digest
-    );
+    let digest = assert_published(&bed, dir.path(), "worker", &r).await;
     // The final content is what was built: an identical one-shot build gives the same digest.
-    let out = fastbuild(dir.path())
-        .args(["build", "worker", "--no-push"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&digest));
+    assert_one_shot_prints(dir.path(), &["build", "worker", "--no-push"], &digest);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -241,13 +270,12 @@ async fn a_change_during_a_build_cancels_it_and_the_final_digest_matches() {
     let bed = require_bed!();
     let dir = example_project();
     // A slow step, so the second change lands mid-build.
-    let dockerfile = dir.path().join("services/api/Dockerfile");
-    let text = fs_err::read_to_string(&dockerfile).unwrap();
-    fs_err::write(
-        &dockerfile,
-        text.replace("RUN chmod", "RUN sleep 4 && chmod"),
-    )
-    .unwrap();
+    replace_in(
+        dir.path(),
+        "services/api/Dockerfile",
+        "RUN chmod",
+        "RUN sleep 4 && chmod",
+    );
     let mut w = Watch::start(dir.path(), &["api"]);
     w.result_for("api");
     let version = dir.path().join("services/api/src/VERSION");
@@ -261,26 +289,12 @@ async fn a_change_during_a_build_cancels_it_and_the_final_digest_matches() {
         v["event"] == "cancelled"
     });
     let r = w.result_for("api");
-    let digest = r["digest"].as_str().unwrap().to_owned();
-    assert_eq!(values_digest(dir.path(), "api"), digest);
-    assert_eq!(
-        served_manifest_digest(&bed.registry, "api", &digest).await,
-        digest
-    );
+    let digest = assert_published(&bed, dir.path(), "api", &r).await;
     // A one-shot build of the final content gives the same digest (reproducible builds).
-    let out = fastbuild(dir.path())
-        .args(["build", "api", "--progress", "quiet"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&digest),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    assert_one_shot_prints(
+        dir.path(),
+        &["build", "api", "--progress", "quiet"],
+        &digest,
     );
 }
 
@@ -297,17 +311,11 @@ async fn a_failing_build_then_a_fix_recovers_without_restarting() {
         v["event"] == "failed" && v["service"] == "api"
     });
     // The values file keeps its last good digest.
-    assert_eq!(
-        values_digest(dir.path(), "api"),
-        good["digest"].as_str().unwrap()
-    );
+    assert_values_hold(dir.path(), "api", &good);
     fs_err::write(&dockerfile, format!("{text}RUN echo fixed\n")).unwrap();
     let fixed = w.result_for("api");
     assert_ne!(fixed["digest"], good["digest"]);
-    assert_eq!(
-        values_digest(dir.path(), "api"),
-        fixed["digest"].as_str().unwrap()
-    );
+    assert_values_hold(dir.path(), "api", &fixed);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -319,12 +327,12 @@ async fn editing_fastbuild_yaml_reloads_and_rebuilds_what_changed() {
         w.results_for(&["api", "worker"]).try_into().unwrap();
     let _ = w.drain(Duration::from_millis(500));
     let file = dir.path().join("fastbuild.yaml");
-    let text = fs_err::read_to_string(&file).unwrap();
-    fs_err::write(
-        &file,
-        text.replace("WORKER_MODE: local", "WORKER_MODE: reloaded"),
-    )
-    .unwrap();
+    let text = replace_in(
+        dir.path(),
+        "fastbuild.yaml",
+        "WORKER_MODE: local",
+        "WORKER_MODE: reloaded",
+    );
     let r = w.result_for("worker");
     assert_ne!(r["digest"], first_worker["digest"]);
     let _ = w.drain(Duration::from_millis(1500));
@@ -334,10 +342,7 @@ async fn editing_fastbuild_yaml_reloads_and_rebuilds_what_changed() {
         "api did not change: {:#?}",
         w.seen
     );
-    assert_eq!(
-        values_digest(dir.path(), "api"),
-        first_api["digest"].as_str().unwrap()
-    );
+    assert_values_hold(dir.path(), "api", &first_api);
     // A broken project file keeps the previous settings and the loop alive.
     fs_err::write(&file, "services: [not a map\n").unwrap();
     let _ = w.drain(Duration::from_millis(800));
@@ -356,11 +361,7 @@ async fn poll_mode_sees_changes_too() {
     let dir = example_project();
     let mut w = Watch::start(dir.path(), &["worker", "--poll"]);
     let first = w.result_for("worker");
-    fs_err::write(
-        dir.path().join("services/worker/dist/worker"),
-        "#!/bin/sh\necho polled\n",
-    )
-    .unwrap();
+    edit_worker(dir.path(), "echo polled");
     let r = w.result_for("worker");
     assert_ne!(r["digest"], first["digest"]);
 }
@@ -411,9 +412,7 @@ async fn deploy_runs_helm_on_a_new_digest_only_and_never_concurrently() {
 async fn a_watched_directory_deleted_and_created_again_is_still_watched() {
     let _bed = require_bed!();
     let dir = example_project();
-    let mut w = Watch::start(dir.path(), &["worker"]);
-    let first = w.result_for("worker");
-    let _ = w.drain(Duration::from_millis(500));
+    let (mut w, first) = Watch::started(dir.path(), &["worker"], "worker");
     let dist = dir.path().join("services/worker/dist");
     fs_err::remove_dir_all(&dist).unwrap();
     fs_err::create_dir_all(&dist).unwrap();
@@ -425,10 +424,7 @@ async fn a_watched_directory_deleted_and_created_again_is_still_watched() {
     fs_err::write(dist.join("worker"), "#!/bin/sh\necho edited again\n").unwrap();
     let third = w.result_for("worker");
     assert_ne!(third["digest"], second["digest"]);
-    assert_eq!(
-        values_digest(dir.path(), "worker"),
-        third["digest"].as_str().unwrap()
-    );
+    assert_values_hold(dir.path(), "worker", &third);
 }
 
 /// Hardening M5: any event restarted the debounce window, so a log file written every 50 ms
@@ -438,9 +434,7 @@ async fn a_file_written_continuously_outside_every_service_does_not_starve_a_bui
     let _bed = require_bed!();
     let dir = example_project();
     // A window much longer than the gaps between the noise's writes (20 ms).
-    let mut w = Watch::start(dir.path(), &["worker", "--debounce", "500"]);
-    w.result_for("worker");
-    let _ = w.drain(Duration::from_millis(500));
+    let (mut w, _) = Watch::started(dir.path(), &["worker", "--debounce", "500"], "worker");
     // Noise beside fastbuild.yaml (its directory is watched) for 40 s.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let noise = {
@@ -459,11 +453,7 @@ async fn a_file_written_continuously_outside_every_service_does_not_starve_a_bui
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    fs_err::write(
-        dir.path().join("services/worker/dist/worker"),
-        "#!/bin/sh\necho while noisy\n",
-    )
-    .unwrap();
+    edit_worker(dir.path(), "echo while noisy");
     // Well before the noise ends (40 s): the build is not held back by it.
     let started = Instant::now();
     w.result_for("worker");
@@ -482,19 +472,13 @@ async fn a_file_written_continuously_outside_every_service_does_not_starve_a_bui
 async fn a_new_watch_path_that_does_not_exist_yet_keeps_watch_running() {
     let _bed = require_bed!();
     let dir = example_project();
-    let mut w = Watch::start(dir.path(), &["worker"]);
-    let first = w.result_for("worker");
-    let _ = w.drain(Duration::from_millis(500));
-    let file = dir.path().join("fastbuild.yaml");
-    let text = fs_err::read_to_string(&file).unwrap();
-    fs_err::write(
-        &file,
-        text.replace(
-            "    entrypoint: [\"/app/worker\"]",
-            "    entrypoint: [\"/app/worker\"]\n    watch: [not/there/yet]",
-        ),
-    )
-    .unwrap();
+    let (mut w, first) = Watch::started(dir.path(), &["worker"], "worker");
+    replace_in(
+        dir.path(),
+        "fastbuild.yaml",
+        "    entrypoint: [\"/app/worker\"]",
+        "    entrypoint: [\"/app/worker\"]\n    watch: [not/there/yet]",
+    );
     let _ = w.drain(Duration::from_millis(1500));
     assert!(
         w.child.try_wait().unwrap().is_none(),
@@ -502,11 +486,7 @@ async fn a_new_watch_path_that_does_not_exist_yet_keeps_watch_running() {
         w.seen
     );
     // Still watching: an edit rebuilds.
-    fs_err::write(
-        dir.path().join("services/worker/dist/worker"),
-        "#!/bin/sh\necho still watching\n",
-    )
-    .unwrap();
+    edit_worker(dir.path(), "echo still watching");
     let r = w.result_for("worker");
     assert_ne!(r["digest"], first["digest"]);
     // And the new path, once created, is watched too.

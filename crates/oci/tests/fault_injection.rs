@@ -4,20 +4,22 @@
 //! It can also send uploads and blob downloads to another server (blob storage): credentials
 //! must stay with the registry, and plain HTTP is only used where it is allowed.
 
+mod support;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use fastbuild_oci::{
-    BaseImage, Compression, Error, ImageSpec, LayerSpec, Reference, RegistryClient,
-    RegistryOptions, RetryPolicy, Target, build_and_push,
+    BaseImage, Error, ImageSpec, LayerSpec, PushResult, Reference, RegistryClient, RegistryOptions,
+    Target, build_and_push,
 };
-use sha2::Digest as _;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+use support::{Head, app_v1, push_to, quick_options, read_head, scratch_image, sha256};
 
 #[derive(Default)]
 #[allow(
@@ -98,10 +100,6 @@ async fn serve(bind: &str, faults: Faults) -> (SocketAddr, Shared) {
     (addr, state)
 }
 
-fn sha256(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
-}
-
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
@@ -131,40 +129,15 @@ async fn connection(stream: TcpStream, state: Shared) {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     loop {
-        let Ok(buf) = r.fill_buf().await else { return };
-        if buf.is_empty() {
+        let Some(head) = read_head(&mut r, &mut w).await else {
             return;
-        }
-        if buf[0] == 0x16 {
-            // A TLS ClientHello: answer like a plain-HTTP server does.
-            let _ = w.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
-            return;
-        }
-        let mut line = String::new();
-        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_owned();
-        let target = parts.next().unwrap_or_default().to_owned();
-        let mut headers = HashMap::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-            }
-        }
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        };
+        let len = head.content_length();
+        let Head {
+            method,
+            target,
+            headers,
+        } = head;
         let url = url::Url::parse(&format!("http://fake{target}")).unwrap();
         let is_blob_body = (method == "PUT" || method == "PATCH")
             && url.path().contains("/blobs/uploads/")
@@ -487,17 +460,78 @@ fn route(
     reply(404)
 }
 
+/// Quick retries (5 attempts), uploads chunked at 64 KiB.
 fn options(dir: &Path) -> RegistryOptions {
     RegistryOptions {
-        docker_config: Some(dir.join("none")),
         chunk_size: 64 * 1024,
-        retry: RetryPolicy {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-        },
-        ..RegistryOptions::default()
+        ..quick_options(dir, 5)
     }
+}
+
+fn client(dir: &Path) -> RegistryClient {
+    RegistryClient::new(options(dir)).unwrap()
+}
+
+/// A server on loopback with `faults`.
+async fn serve_local(faults: Faults) -> (SocketAddr, Shared) {
+    serve("127.0.0.1:0", faults).await
+}
+
+/// A client that may use plain HTTP to `host`.
+fn insecure_client(dir: &Path, host: String) -> RegistryClient {
+    let mut opts = options(dir);
+    opts.insecure_hosts = vec![host];
+    RegistryClient::new(opts).unwrap()
+}
+
+/// A client logged in to `addr` as `alice` (password `pw-secret`) through a Docker config in
+/// `dir`.
+fn alice_client(dir: &Path, addr: SocketAddr) -> RegistryClient {
+    RegistryClient::new(options_with_login(
+        dir,
+        &addr.to_string(),
+        "alice",
+        "pw-secret",
+    ))
+    .unwrap()
+}
+
+/// One server on loopback with some faults, a client with [`options`] (in a fresh temp dir) and
+/// its `team/app:v1`.
+struct Setup {
+    tmp: tempfile::TempDir,
+    addr: SocketAddr,
+    state: Shared,
+    client: RegistryClient,
+    target: Reference,
+}
+
+impl Setup {
+    async fn new(faults: Faults) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let (addr, state) = serve_local(faults).await;
+        Setup {
+            client: client(tmp.path()),
+            target: app_v1(addr),
+            tmp,
+            addr,
+            state,
+        }
+    }
+
+    /// [`spec`] pushed to the target.
+    async fn push(&self) -> Result<PushResult, Error> {
+        push(self.tmp.path(), &self.target, &self.client).await
+    }
+}
+
+/// [`spec`] (made in `dir`) pushed to `target`.
+async fn push(
+    dir: &Path,
+    target: &Reference,
+    client: &RegistryClient,
+) -> Result<PushResult, Error> {
+    push_to(&spec(dir), target, client).await
 }
 
 /// Two layers: a small file (monolithic upload) and ~300 KiB (chunked at 64 KiB).
@@ -515,44 +549,26 @@ fn spec(dir: &Path) -> ImageSpec {
         })
         .collect();
     fs_err::write(&big, bytes).unwrap();
-    ImageSpec {
-        base: BaseImage::Scratch,
-        platforms: vec!["linux/amd64".parse().unwrap()],
-        layers: vec![
-            LayerSpec::new([(small, "/small.txt")]),
-            LayerSpec::new([(big, "/big.bin")]),
-        ],
-        compression: Some(Compression::None),
-        ..ImageSpec::default()
-    }
+    scratch_image(vec![
+        LayerSpec::new([(small, "/small.txt")]),
+        LayerSpec::new([(big, "/big.bin")]),
+    ])
 }
 
 #[tokio::test]
 async fn push_survives_503s_resets_and_relative_locations() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve(
-        "127.0.0.1:0",
-        Faults {
-            post_503: 2,
-            reset_body: 2,
-            manifest_500: 1,
-            lie_digest: false,
-            ..Faults::default()
-        },
-    )
+    let t = Setup::new(Faults {
+        post_503: 2,
+        reset_body: 2,
+        manifest_500: 1,
+        lie_digest: false,
+        ..Faults::default()
+    })
     .await;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let pushed = build_and_push(
-        &spec(tmp.path()),
-        &Target::Registry(target.clone()),
-        &client,
-    )
-    .await
-    .unwrap();
+    let pushed = t.push().await.unwrap();
 
     {
-        let s = state.lock().unwrap();
+        let s = t.state.lock().unwrap();
         assert_eq!(s.faults.post_503, 0, "the 503s were served");
         assert_eq!(s.faults.reset_body, 0, "the resets happened");
         assert_eq!(s.faults.manifest_500, 0);
@@ -575,9 +591,7 @@ async fn push_survives_503s_resets_and_relative_locations() {
     assert_eq!(pushed.stats.blobs_uploaded, 3);
 
     // A second push finds every blob: nothing is uploaded again.
-    let again = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap();
+    let again = t.push().await.unwrap();
     assert_eq!(again.digest, pushed.digest);
     assert_eq!(
         (again.stats.blobs_skipped, again.stats.bytes_uploaded),
@@ -587,47 +601,31 @@ async fn push_survives_503s_resets_and_relative_locations() {
 
 #[tokio::test]
 async fn lying_docker_content_digest_fails_clearly_and_pushes_no_manifest() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve(
-        "127.0.0.1:0",
-        Faults {
-            lie_digest: true,
-            ..Faults::default()
-        },
-    )
+    let t = Setup::new(Faults {
+        lie_digest: true,
+        ..Faults::default()
+    })
     .await;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap_err();
+    let err = t.push().await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{msg}");
     assert!(
         msg.contains("digest mismatch") && msg.contains(&sha256(b"something else")),
         "{msg}"
     );
-    assert!(state.lock().unwrap().manifests.is_empty());
+    assert!(t.state.lock().unwrap().manifests.is_empty());
 }
 
 #[tokio::test]
 async fn persistent_503_gives_up_after_the_retry_budget() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve(
-        "127.0.0.1:0",
-        Faults {
-            post_503: 1000,
-            ..Faults::default()
-        },
-    )
+    let t = Setup::new(Faults {
+        post_503: 1000,
+        ..Faults::default()
+    })
     .await;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap_err();
+    let err = t.push().await.unwrap_err();
     assert!(matches!(err, Error::Status { status: 503, .. }), "{err}");
-    let s = state.lock().unwrap();
+    let s = t.state.lock().unwrap();
     let posts = s.log.iter().filter(|l| l.starts_with("POST")).count();
     // 3 blobs × 5 attempts at most.
     assert!((5..=15).contains(&posts), "{posts} POSTs");
@@ -652,15 +650,9 @@ async fn plain_http_registry_is_diagnosed_unless_marked_insecure() {
     let tmp = tempfile::tempdir().unwrap();
     let (addr, _state) = serve(&format!("{ip}:0"), Faults::default()).await;
     let host = addr.to_string();
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let client = client(tmp.path());
     let target: Reference = format!("{host}/team/app:v1").parse().unwrap();
-    let err = build_and_push(
-        &spec(tmp.path()),
-        &Target::Registry(target.clone()),
-        &client,
-    )
-    .await
-    .unwrap_err();
+    let err = push(tmp.path(), &target, &client).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::PlainHttp { .. }), "{msg}");
     assert!(
@@ -668,43 +660,25 @@ async fn plain_http_registry_is_diagnosed_unless_marked_insecure() {
         "{msg}"
     );
 
-    let mut opts = options(tmp.path());
-    opts.insecure_hosts = vec![host];
-    let client = RegistryClient::new(opts).unwrap();
-    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap();
+    let client = insecure_client(tmp.path(), host);
+    push(tmp.path(), &target, &client).await.unwrap();
 }
 
 #[tokio::test]
 async fn bearer_token_flow_with_docker_config_credentials_and_token_cache() {
-    use base64::Engine as _;
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve(
-        "127.0.0.1:0",
-        Faults {
-            bearer: Some(("alice".into(), "pw:secret".into())),
-            ..Faults::default()
-        },
-    )
+    let (addr, state) = serve_local(Faults {
+        bearer: Some(("alice".into(), "pw:secret".into())),
+        ..Faults::default()
+    })
     .await;
-    let auth = base64::engine::general_purpose::STANDARD.encode("alice:pw:secret");
-    fs_err::write(
-        tmp.path().join("config.json"),
-        format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#),
-    )
-    .unwrap();
-    let mut opts = options(tmp.path());
-    opts.docker_config = Some(tmp.path().to_owned());
-    let client = RegistryClient::new(opts).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let pushed = build_and_push(
-        &spec(tmp.path()),
-        &Target::Registry(target.clone()),
-        &client,
-    )
-    .await
-    .unwrap();
+    let login = |password: &str| {
+        let opts = options_with_login(tmp.path(), &addr.to_string(), "alice", password);
+        RegistryClient::new(opts).unwrap()
+    };
+    let client = login("pw:secret");
+    let target = app_v1(addr);
+    let pushed = push(tmp.path(), &target, &client).await.unwrap();
     {
         let s = state.lock().unwrap();
         assert_eq!(sha256(&s.manifests["v1"].1), pushed.digest.to_string());
@@ -721,18 +695,8 @@ async fn bearer_token_flow_with_docker_config_credentials_and_token_cache() {
     assert!(!format!("{client:?}").contains("pw:secret"));
 
     // Wrong password: refused, and the error names the registry but not the secret.
-    let auth = base64::engine::general_purpose::STANDARD.encode("alice:wrong");
-    fs_err::write(
-        tmp.path().join("config.json"),
-        format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#),
-    )
-    .unwrap();
-    let mut opts = options(tmp.path());
-    opts.docker_config = Some(tmp.path().to_owned());
-    let client = RegistryClient::new(opts).unwrap();
-    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap_err();
+    let client = login("wrong");
+    let err = push(tmp.path(), &target, &client).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Unauthorized { .. }), "{msg}");
     assert!(
@@ -760,30 +724,21 @@ async fn credentials_stay_with_the_registry_when_uploads_and_blobs_live_on_anoth
     for bearer in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
         // Blob storage: another listener (another port, so another origin), no auth of its own.
-        let (storage_addr, storage) = serve("127.0.0.1:0", Faults::default()).await;
+        let (storage_addr, storage) = serve_local(Faults::default()).await;
         let login = Some(("alice".to_owned(), "pw-secret".to_owned()));
-        let (addr, registry) = serve(
-            "127.0.0.1:0",
-            Faults {
-                basic: if bearer { None } else { login.clone() },
-                bearer: if bearer { login } else { None },
-                upload_base: Some(format!("http://{storage_addr}")),
-                upload_state: Some(storage.clone()),
-                blob_redirect_base: Some(format!("http://{storage_addr}")),
-                ..Faults::default()
-            },
-        )
+        let (addr, registry) = serve_local(Faults {
+            basic: if bearer { None } else { login.clone() },
+            bearer: if bearer { login } else { None },
+            upload_base: Some(format!("http://{storage_addr}")),
+            upload_state: Some(storage.clone()),
+            blob_redirect_base: Some(format!("http://{storage_addr}")),
+            ..Faults::default()
+        })
         .await;
         let opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
         let client = RegistryClient::new(opts).unwrap();
-        let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-        let pushed = build_and_push(
-            &spec(tmp.path()),
-            &Target::Registry(target.clone()),
-            &client,
-        )
-        .await
-        .unwrap();
+        let target = app_v1(addr);
+        let pushed = push(tmp.path(), &target, &client).await.unwrap();
         // The blobs went to storage (PATCH + PUT there), fetched back through a redirect.
         let config: fastbuild_oci::Digest = {
             let r = registry.lock().unwrap();
@@ -822,20 +777,18 @@ async fn credentials_stay_with_the_registry_when_uploads_and_blobs_live_on_anoth
 #[tokio::test]
 #[allow(clippy::print_stderr)]
 async fn plain_http_upload_location_on_a_host_not_allowed_plain_http_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve(
-        "127.0.0.1:0",
-        Faults {
-            upload_base: Some("http://fastbuild-test.invalid:9".to_owned()),
-            ..Faults::default()
-        },
-    )
+    let Setup {
+        tmp,
+        addr,
+        state,
+        client,
+        ..
+    } = Setup::new(Faults {
+        upload_base: Some("http://fastbuild-test.invalid:9".to_owned()),
+        ..Faults::default()
+    })
     .await;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap_err();
+    let err = push(tmp.path(), &app_v1(addr), &client).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::LocationRefused { .. }), "{msg}");
     assert!(
@@ -859,31 +812,18 @@ async fn plain_http_upload_location_on_a_host_not_allowed_plain_http_is_refused(
         return;
     };
     let (storage_addr, storage) = serve(&format!("{ip}:0"), Faults::default()).await;
-    let (addr, _state) = serve(
-        "127.0.0.1:0",
-        Faults {
-            upload_base: Some(format!("http://{storage_addr}")),
-            upload_state: Some(storage.clone()),
-            ..Faults::default()
-        },
-    )
+    let (addr, _state) = serve_local(Faults {
+        upload_base: Some(format!("http://{storage_addr}")),
+        upload_state: Some(storage.clone()),
+        ..Faults::default()
+    })
     .await;
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let err = build_and_push(
-        &spec(tmp.path()),
-        &Target::Registry(target.clone()),
-        &client,
-    )
-    .await
-    .unwrap_err();
+    let target = app_v1(addr);
+    let err = push(tmp.path(), &target, &client).await.unwrap_err();
     assert!(matches!(err, Error::LocationRefused { .. }), "{err}");
     assert!(storage.lock().unwrap().log.is_empty(), "nothing was sent");
-    let mut opts = options(tmp.path());
-    opts.insecure_hosts = vec![storage_addr.to_string()];
-    let client = RegistryClient::new(opts).unwrap();
-    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap();
+    let client = insecure_client(tmp.path(), storage_addr.to_string());
+    push(tmp.path(), &target, &client).await.unwrap();
     assert_eq!(storage.lock().unwrap().blobs.len(), 3);
 }
 
@@ -899,13 +839,10 @@ async fn redirects_to_plain_http_or_to_another_scheme_of_the_same_origin_are_ref
         (String::new(), "changes only the scheme"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
-        let (addr, state) = serve(
-            "127.0.0.1:0",
-            Faults {
-                basic: Some(("alice".to_owned(), "pw-secret".to_owned())),
-                ..Faults::default()
-            },
-        )
+        let (addr, state) = serve_local(Faults {
+            basic: Some(("alice".to_owned(), "pw-secret".to_owned())),
+            ..Faults::default()
+        })
         .await;
         let base = if base.is_empty() {
             format!("https://{addr}")
@@ -913,10 +850,8 @@ async fn redirects_to_plain_http_or_to_another_scheme_of_the_same_origin_are_ref
             base
         };
         state.lock().unwrap().faults.blob_redirect_base = Some(base.clone());
-        let opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
-        let client = RegistryClient::new(opts).unwrap();
-        let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-        let err = client.get_blob(&target, &digest).await.unwrap_err();
+        let client = alice_client(tmp.path(), addr);
+        let err = client.get_blob(&app_v1(addr), &digest).await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::LocationRefused { .. }), "{msg}");
         assert!(
@@ -945,8 +880,8 @@ fn umask() -> u32 {
 async fn oci_layouts_are_written_0644_and_0755_like_the_other_outputs() {
     use std::os::unix::fs::PermissionsExt as _;
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, _state) = serve("127.0.0.1:0", Faults::default()).await;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let (addr, _state) = serve_local(Faults::default()).await;
+    let client = client(tmp.path());
     let base: Reference = format!("{addr}/base/img:v1").parse().unwrap();
     build_and_push(&spec(tmp.path()), &Target::Registry(base.clone()), &client)
         .await
@@ -999,42 +934,28 @@ async fn plain_http_token_realm_on_a_host_not_allowed_plain_http_gets_no_credent
     let tmp = tempfile::tempdir().unwrap();
     let login = Some(("alice".to_owned(), "pw-secret".to_owned()));
     let registry = |realm: String| {
-        serve(
-            "127.0.0.1:0",
-            Faults {
-                bearer: login.clone(),
-                realm: Some(realm),
-                ..Faults::default()
-            },
-        )
+        serve_local(Faults {
+            bearer: login.clone(),
+            realm: Some(realm),
+            ..Faults::default()
+        })
     };
     // A token service on another loopback port (another origin, as auth.docker.io is for
     // Docker Hub): loopback may use plain HTTP, so it gets the credentials.
-    let (auth_addr, auth) = serve(
-        "127.0.0.1:0",
-        Faults {
-            bearer: login.clone(),
-            ..Faults::default()
-        },
-    )
+    let (auth_addr, auth) = serve_local(Faults {
+        bearer: login.clone(),
+        ..Faults::default()
+    })
     .await;
     let (addr, _state) = registry(format!("http://{auth_addr}/token")).await;
-    let opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
-    let client = RegistryClient::new(opts.clone()).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap();
+    let client = alice_client(tmp.path(), addr);
+    push(tmp.path(), &app_v1(addr), &client).await.unwrap();
     assert_eq!(auth.lock().unwrap().authorized, ["GET /token"]);
 
     // A plain-HTTP realm on a host not allowed plain HTTP: refused before any request.
     let (addr, state) = registry("http://fastbuild-test.invalid:9/token?x=secret".to_owned()).await;
-    let opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
-    let client = RegistryClient::new(opts).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let err = build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap_err();
+    let client = alice_client(tmp.path(), addr);
+    let err = push(tmp.path(), &app_v1(addr), &client).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::LocationRefused { .. }), "{msg}");
     assert!(
@@ -1064,14 +985,8 @@ async fn plain_http_token_realm_on_a_host_not_allowed_plain_http_gets_no_credent
     let (addr, _state) = registry(format!("http://{auth_addr}/token")).await;
     let mut opts = options_with_login(tmp.path(), &addr.to_string(), "alice", "pw-secret");
     let client = RegistryClient::new(opts.clone()).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let err = build_and_push(
-        &spec(tmp.path()),
-        &Target::Registry(target.clone()),
-        &client,
-    )
-    .await
-    .unwrap_err();
+    let target = app_v1(addr);
+    let err = push(tmp.path(), &target, &client).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::LocationRefused { .. }), "{msg}");
     assert!(
@@ -1085,43 +1000,47 @@ async fn plain_http_token_realm_on_a_host_not_allowed_plain_http_gets_no_credent
     );
     opts.insecure_hosts = vec![auth_addr.to_string()];
     let client = RegistryClient::new(opts).unwrap();
-    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap();
+    push(tmp.path(), &target, &client).await.unwrap();
     assert_eq!(auth.lock().unwrap().authorized, ["GET /token"]);
 }
 
 /// `spec` pushed by fastbuild to `addr`'s `team/app:v1` for `platforms`; its digest.
 async fn pushed(addr: SocketAddr, dir: &Path, platforms: &[&str]) -> fastbuild_oci::Digest {
-    let client = RegistryClient::new(options(dir)).unwrap();
     let mut spec = spec(dir);
     spec.platforms = platforms.iter().map(|p| p.parse().unwrap()).collect();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    build_and_push(&spec, &Target::Registry(target), &client)
+    push_to(&spec, &app_v1(addr), &client(dir))
         .await
         .unwrap()
         .digest
 }
 
+/// `FROM/team/app@DIGEST` and `TO/prod/app:v1`: what a copy reads and writes.
+fn copy_refs(
+    from: SocketAddr,
+    digest: &fastbuild_oci::Digest,
+    to: SocketAddr,
+) -> (Reference, Reference) {
+    (
+        format!("{from}/team/app@{digest}").parse().unwrap(),
+        format!("{to}/prod/app:v1").parse().unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn a_copy_between_registries_streams_through_resets_and_moves_only_what_is_missing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (from, source) = serve("127.0.0.1:0", Faults::default()).await;
-    let (to, target) = serve(
-        "127.0.0.1:0",
-        Faults {
-            post_503: 1,
-            reset_body: 2,
-            ..Faults::default()
-        },
-    )
+    let (from, source) = serve_local(Faults::default()).await;
+    let (to, target) = serve_local(Faults {
+        post_503: 1,
+        reset_body: 2,
+        ..Faults::default()
+    })
     .await;
     let digest = pushed(from, tmp.path(), &["linux/amd64"]).await;
     // The source drops a download halfway too: the upload starts over with a new one.
     source.lock().unwrap().faults.reset_download = 1;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    let src: Reference = format!("{from}/team/app@{digest}").parse().unwrap();
-    let dst: Reference = format!("{to}/prod/app:v1").parse().unwrap();
+    let client = client(tmp.path());
+    let (src, dst) = copy_refs(from, &digest, to);
     let copied = client.copy_image(&src, &dst).await.unwrap();
     assert_eq!(copied.digest, digest);
     assert_eq!(copied.reference, format!("{to}/prod/app@{digest}"));
@@ -1165,8 +1084,8 @@ async fn a_copy_between_registries_streams_through_resets_and_moves_only_what_is
 #[tokio::test]
 async fn a_source_serving_other_bytes_fails_the_copy_before_the_target_commits_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let (from, source) = serve("127.0.0.1:0", Faults::default()).await;
-    let (to, target) = serve("127.0.0.1:0", Faults::default()).await;
+    let (from, source) = serve_local(Faults::default()).await;
+    let (to, target) = serve_local(Faults::default()).await;
     let digest = pushed(from, tmp.path(), &["linux/amd64"]).await;
     // The largest blob (the ~300 KiB layer) rots in the source: same size, one byte flipped.
     let damaged = {
@@ -1175,9 +1094,8 @@ async fn a_source_serving_other_bytes_fails_the_copy_before_the_target_commits_t
         *blob.last_mut().unwrap() ^= 1;
         d.clone()
     };
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    let src: Reference = format!("{from}/team/app@{digest}").parse().unwrap();
-    let dst: Reference = format!("{to}/prod/app:v1").parse().unwrap();
+    let client = client(tmp.path());
+    let (src, dst) = copy_refs(from, &digest, to);
     let err = client.copy_image(&src, &dst).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::BlobMismatch { .. }), "{msg}");
@@ -1196,19 +1114,15 @@ async fn a_source_serving_other_bytes_fails_the_copy_before_the_target_commits_t
 #[tokio::test]
 async fn a_copy_inside_one_registry_mounts_and_an_index_keeps_its_digest() {
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve(
-        "127.0.0.1:0",
-        Faults {
-            blobs_per_repo: true,
-            ..Faults::default()
-        },
-    )
+    let (addr, state) = serve_local(Faults {
+        blobs_per_repo: true,
+        ..Faults::default()
+    })
     .await;
     let digest = pushed(addr, tmp.path(), &["linux/amd64", "linux/arm64"]).await;
     let before = state.lock().unwrap().log.len();
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    let src: Reference = format!("{addr}/team/app@{digest}").parse().unwrap();
-    let dst: Reference = format!("{addr}/prod/app:v1").parse().unwrap();
+    let client = client(tmp.path());
+    let (src, dst) = copy_refs(addr, &digest, addr);
     let copied = client.copy_image(&src, &dst).await.unwrap();
     assert_eq!(copied.digest, digest);
     assert_eq!(copied.media_type, "application/vnd.oci.image.index.v1+json");
@@ -1244,13 +1158,10 @@ async fn a_copy_inside_one_registry_mounts_and_an_index_keeps_its_digest() {
 #[tokio::test]
 async fn tag_lists_follow_their_links_and_disabled_deletes_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve(
-        "127.0.0.1:0",
-        Faults {
-            delete_disabled: true,
-            ..Faults::default()
-        },
-    )
+    let (addr, state) = serve_local(Faults {
+        delete_disabled: true,
+        ..Faults::default()
+    })
     .await;
     let digest = pushed(addr, tmp.path(), &["linux/amd64"]).await;
     {
@@ -1260,7 +1171,7 @@ async fn tag_lists_follow_their_links_and_disabled_deletes_are_named() {
             s.manifests.insert(tag.to_owned(), v1.clone());
         }
     }
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let client = client(tmp.path());
     let repo: Reference = format!("{addr}/team/app").parse().unwrap();
     let tags = client.list_tags(&repo, Some(2)).await.unwrap();
     assert_eq!(tags, ["a", "b", "c", "d", "e", "v1"]);
@@ -1310,31 +1221,22 @@ fn requests(state: &Shared, kind: &str) -> Vec<String> {
 #[tokio::test]
 async fn remembered_blobs_are_not_checked_and_a_lost_one_is_pushed_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve(
-        "127.0.0.1:0",
-        Faults {
-            blobs_per_repo: true,
-            check_manifest_blobs: true,
-            ..Faults::default()
-        },
-    )
+    let (addr, state) = serve_local(Faults {
+        blobs_per_repo: true,
+        check_manifest_blobs: true,
+        ..Faults::default()
+    })
     .await;
     let remembering = RegistryOptions {
         memory_dir: Some(tmp.path().join("memory")),
         ..options(tmp.path())
     };
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let push = || async {
+    let target = app_v1(addr);
+    let push_remembering = || async {
         let client = RegistryClient::new(remembering.clone()).unwrap();
-        build_and_push(
-            &spec(tmp.path()),
-            &Target::Registry(target.clone()),
-            &client,
-        )
-        .await
-        .unwrap()
+        push(tmp.path(), &target, &client).await.unwrap()
     };
-    let first = push().await;
+    let first = push_remembering().await;
     assert_eq!(first.stats.blobs_uploaded, 3);
     assert_eq!(
         requests(&state, "head").len(),
@@ -1344,7 +1246,7 @@ async fn remembered_blobs_are_not_checked_and_a_lost_one_is_pushed_again() {
 
     // A second run remembers both the scheme and the blobs: only the manifest goes out.
     state.lock().unwrap().log.clear();
-    let second = push().await;
+    let second = push_remembering().await;
     assert_eq!(second.digest, first.digest);
     assert_eq!(
         (second.stats.blobs_skipped, second.stats.bytes_uploaded),
@@ -1366,7 +1268,7 @@ async fn remembered_blobs_are_not_checked_and_a_lost_one_is_pushed_again() {
         s.blobs.remove(&lost);
         s.log.clear();
     }
-    let third = push().await;
+    let third = push_remembering().await;
     assert_eq!(third.digest, first.digest);
     assert_eq!(third.stats.blobs_uploaded, 1);
     assert_eq!(third.stats.blobs_skipped, 2);
@@ -1386,7 +1288,7 @@ async fn remembered_blobs_are_not_checked_and_a_lost_one_is_pushed_again() {
 #[tokio::test]
 async fn a_remembered_scheme_the_registry_no_longer_speaks_is_probed_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve("127.0.0.1:0", Faults::default()).await;
+    let (addr, state) = serve_local(Faults::default()).await;
     let memory = tmp.path().join("memory");
     let scheme_file = memory.join(addr.to_string()).join("scheme");
     fs_err::create_dir_all(scheme_file.parent().unwrap()).unwrap();
@@ -1396,23 +1298,18 @@ async fn a_remembered_scheme_the_registry_no_longer_speaks_is_probed_again() {
         memory_dir: Some(memory),
         ..options(tmp.path())
     };
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    let push = || async {
+    let target = app_v1(addr);
+    let push_remembering = || async {
         let client = RegistryClient::new(remembering.clone()).unwrap();
-        build_and_push(
-            &spec(tmp.path()),
-            &Target::Registry(target.clone()),
-            &client,
-        )
-        .await
+        push(tmp.path(), &target, &client).await
     };
-    let first = push().await.unwrap();
+    let first = push_remembering().await.unwrap();
     assert_eq!(fs_err::read_to_string(&scheme_file).unwrap(), "http");
     assert!(!requests(&state, "probe").is_empty(), "probed again");
 
     // Remembered now: the next run does not probe.
     state.lock().unwrap().log.clear();
-    let second = push().await.unwrap();
+    let second = push_remembering().await.unwrap();
     assert_eq!(second.digest, first.digest);
     assert!(
         requests(&state, "probe").is_empty(),
@@ -1422,10 +1319,8 @@ async fn a_remembered_scheme_the_registry_no_longer_speaks_is_probed_again() {
 
     // Without memory, every run probes.
     state.lock().unwrap().log.clear();
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    build_and_push(&spec(tmp.path()), &Target::Registry(target), &client)
-        .await
-        .unwrap();
+    let client = client(tmp.path());
+    push(tmp.path(), &target, &client).await.unwrap();
     assert!(!requests(&state, "probe").is_empty());
 }
 

@@ -3,6 +3,8 @@
 //! each time with a clear error naming the registry, the URL and the limit — quickly, having
 //! read no more than its bounds (the server counts the body bytes it got out).
 
+mod support;
+
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,12 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fastbuild_oci::{
-    BaseImage, Compression, Digest, Error, ImageSpec, LayerSpec, Reference, RegistryClient,
-    RegistryOptions, RetryPolicy, Target, build_and_push,
-};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use fastbuild_oci::{Digest, Error, LayerSpec, RegistryClient, RegistryOptions};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+use support::{app_v1, push_to, quick_options, read_head, scratch_image, sparse_file};
 
 /// A response body.
 #[derive(Clone, Debug)]
@@ -89,34 +90,11 @@ async fn serve(routes: impl FnOnce(SocketAddr) -> Vec<Route>) -> (SocketAddr, Ar
 async fn connection(stream: TcpStream, routes: Arc<Vec<Route>>, seen: Arc<Seen>) {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
-    if r.fill_buf().await.is_ok_and(|b| b.first() == Some(&0x16)) {
-        // A TLS ClientHello (the client probing for HTTPS): answer like a plain-HTTP server.
-        let _ = w.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+    let Some(head) = read_head(&mut r, &mut w).await else {
         return;
-    }
-    let mut line = String::new();
-    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-        return;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let path = parts.next().unwrap_or_default().to_owned();
-    let mut len = 0;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-            return;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
+    };
+    let len = head.content_length();
+    let (method, path) = (head.method, head.target);
     seen.log.lock().unwrap().push(format!("{method} {path}"));
     let answer = routes
         .iter()
@@ -242,16 +220,39 @@ async fn connection(stream: TcpStream, routes: Arc<Vec<Route>>, seen: Arc<Seen>)
 /// Short timeouts (the defaults are 30 s and 2 min) and one retry.
 fn options(dir: &Path) -> RegistryOptions {
     RegistryOptions {
-        docker_config: Some(dir.join("none")),
         read_timeout: Duration::from_millis(300),
         request_timeout: Duration::from_secs(60),
-        retry: RetryPolicy {
-            max_attempts: 2,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-        },
-        ..RegistryOptions::default()
+        ..quick_options(dir, 2)
     }
+}
+
+fn quick_client(dir: &Path) -> RegistryClient {
+    RegistryClient::new(options(dir)).unwrap()
+}
+
+/// A route answering `method` on paths under `prefix`.
+fn route(method: &'static str, prefix: &str, answer: Answer) -> Route {
+    (method, prefix.to_owned(), answer)
+}
+
+/// The blob GETs of `team/app` answered 200 with `body`.
+fn blob_route(body: Body) -> Route {
+    route("GET", "/v2/team/app/blobs/", reply(200, body))
+}
+
+/// Upload POSTs of `team/app` answered 202 with an absolute `Location` on `addr` whose query
+/// is `_state=STATE`.
+fn upload_start_route(addr: SocketAddr, state: &str) -> Route {
+    let location = format!("http://{addr}/v2/team/app/blobs/uploads/u1?_state={state}");
+    route(
+        "POST",
+        "/v2/team/app/blobs/uploads/",
+        Answer::Reply(
+            202,
+            vec![("Location".to_owned(), location)],
+            Body::Bytes(vec![]),
+        ),
+    )
 }
 
 /// The error `f` fails with, within a generous bound: every case here fails in well under a
@@ -273,9 +274,9 @@ const MAX_SERVED: u64 = 64 << 20;
 const SAFETY_CAP: u64 = 256 << 20;
 
 fn manifest_route(status: u16, body: Body) -> Route {
-    (
+    route(
         "GET",
-        "/v2/team/app/manifests/".to_owned(),
+        "/v2/team/app/manifests/",
         Answer::Reply(
             status,
             vec![(
@@ -285,6 +286,25 @@ fn manifest_route(status: u16, body: Body) -> Route {
             body,
         ),
     )
+}
+
+/// The message of `err`, which must be [`Error::ResponseTooLarge`] (for the `case` served).
+fn too_large(err: &Error, case: &Body) -> String {
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::ResponseTooLarge { .. }),
+        "{case:?}: {msg}"
+    );
+    msg
+}
+
+/// The server got out less than [`MAX_SERVED`] body bytes of the `case`.
+fn assert_bounded(seen: &Seen, case: &Body) {
+    assert!(
+        seen.served() < MAX_SERVED,
+        "{case:?}: {} bytes",
+        seen.served()
+    );
 }
 
 fn digest_of(b: &[u8]) -> Digest {
@@ -301,25 +321,17 @@ async fn oversized_manifests_are_refused_without_reading_them() {
         (Body::Endless, "sent more".to_owned()),
     ] {
         let (addr, seen) = serve(|_| vec![manifest_route(200, body.clone())]).await;
-        let client = RegistryClient::new(options(tmp.path())).unwrap();
-        let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+        let client = quick_client(tmp.path());
+        let target = app_v1(addr);
         let err = fails("manifest", client.get_manifest(&target)).await;
-        let msg = err.to_string();
-        assert!(
-            matches!(err, Error::ResponseTooLarge { .. }),
-            "{body:?}: {msg}"
-        );
+        let msg = too_large(&err, &body);
         assert!(
             msg.contains(&format!(
                 "response too large from registry `{addr}`: a manifest or index may be at most 4 MiB (4194304 bytes), and GET http://{addr}/v2/team/app/manifests/v1 {seen_text}"
             )) && msg.contains("check that the reference names an image"),
             "{body:?}: {msg}"
         );
-        assert!(
-            seen.served() < MAX_SERVED,
-            "{body:?}: {} bytes",
-            seen.served()
-        );
+        assert_bounded(&seen, &body);
         assert_eq!(seen.count("GET /v2/team"), 1, "not retried");
     }
 }
@@ -327,20 +339,12 @@ async fn oversized_manifests_are_refused_without_reading_them() {
 #[tokio::test]
 async fn oversized_configs_tokens_and_error_bodies_are_cut() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = |addr: SocketAddr| -> Reference { format!("{addr}/team/app:v1").parse().unwrap() };
 
     // An image config (a blob fetched into memory).
-    let (addr, seen) = serve(|_| {
-        vec![(
-            "GET",
-            "/v2/team/app/blobs/".to_owned(),
-            reply(200, Body::Chunked(100 << 20)),
-        )]
-    })
-    .await;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let (addr, seen) = serve(|_| vec![blob_route(Body::Chunked(100 << 20))]).await;
+    let client = quick_client(tmp.path());
     let digest = digest_of(b"config");
-    let err = fails("config", client.get_blob(&target(addr), &digest)).await;
+    let err = fails("config", client.get_blob(&app_v1(addr), &digest)).await;
     let msg = err.to_string();
     assert!(
         matches!(err, Error::ResponseTooLarge { .. })
@@ -355,21 +359,21 @@ async fn oversized_configs_tokens_and_error_bodies_are_cut() {
     let (addr, seen) = serve(|addr| {
         let challenge = format!(r#"Bearer realm="http://{addr}/token",service="fake""#);
         vec![
-            (
+            route(
                 "GET",
-                "/v2/team/".to_owned(),
+                "/v2/team/",
                 Answer::Reply(
                     401,
                     vec![("WWW-Authenticate".to_owned(), challenge)],
                     Body::Bytes(vec![]),
                 ),
             ),
-            ("GET", "/token".to_owned(), reply(200, Body::Endless)),
+            route("GET", "/token", reply(200, Body::Endless)),
         ]
     })
     .await;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    let err = fails("token", client.get_manifest(&target(addr))).await;
+    let client = quick_client(tmp.path());
+    let err = fails("token", client.get_manifest(&app_v1(addr))).await;
     let msg = err.to_string();
     assert!(
         matches!(err, Error::ResponseTooLarge { .. })
@@ -383,8 +387,8 @@ async fn oversized_configs_tokens_and_error_bodies_are_cut() {
 
     // An error body: cut at 1 MiB, the status error is still the error.
     let (addr, seen) = serve(|_| vec![manifest_route(400, Body::Endless)]).await;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
-    let err = fails("error body", client.get_manifest(&target(addr))).await;
+    let client = quick_client(tmp.path());
+    let err = fails("error body", client.get_manifest(&app_v1(addr))).await;
     assert!(matches!(err, Error::Status { status: 400, .. }), "{err}");
     assert!(seen.served() < MAX_SERVED, "{} bytes", seen.served());
 }
@@ -401,34 +405,19 @@ async fn blob_downloads_stop_at_the_descriptor_size() {
             "announced 1001 bytes".to_owned(),
         ),
     ] {
-        let (addr, seen) = serve(|_| {
-            vec![(
-                "GET",
-                "/v2/team/app/blobs/".to_owned(),
-                reply(200, body.clone()),
-            )]
-        })
-        .await;
-        let client = RegistryClient::new(options(tmp.path())).unwrap();
-        let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+        let (addr, seen) = serve(|_| vec![blob_route(body.clone())]).await;
+        let client = quick_client(tmp.path());
+        let target = app_v1(addr);
         let dest = tmp.path().join("blobs").join(digest.hex());
         let err = fails("blob", client.download_blob(&target, &digest, 1000, &dest)).await;
-        let msg = err.to_string();
-        assert!(
-            matches!(err, Error::ResponseTooLarge { .. }),
-            "{body:?}: {msg}"
-        );
+        let msg = too_large(&err, &body);
         assert!(
             msg.contains(&format!(
                 "blob `{digest}` has 1000 bytes by its descriptor, and GET http://{addr}/v2/team/app/blobs/{digest} {seen_text}"
             )),
             "{body:?}: {msg}"
         );
-        assert!(
-            seen.served() < MAX_SERVED,
-            "{body:?}: {} bytes",
-            seen.served()
-        );
+        assert_bounded(&seen, &body);
         assert!(!dest.exists());
         // Nothing but the (empty) blob directory is left: no temp file.
         assert_eq!(
@@ -442,7 +431,6 @@ async fn blob_downloads_stop_at_the_descriptor_size() {
 #[tokio::test]
 async fn stalled_registries_fail_after_the_read_timeout() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = |addr: SocketAddr| -> Reference { format!("{addr}/team/app:v1").parse().unwrap() };
     let check = |err: Error, addr: SocketAddr, url: &str, what: &str| {
         let msg = err.to_string();
         assert!(matches!(err, Error::ReadTimeout { .. }), "{msg}");
@@ -462,9 +450,9 @@ async fn stalled_registries_fail_after_the_read_timeout() {
         (reply(503, Body::Stall), ""),
     ] {
         let (addr, seen) =
-            serve(|_| vec![("GET", "/v2/team/app/manifests/".to_owned(), answer.clone())]).await;
-        let client = RegistryClient::new(options(tmp.path())).unwrap();
-        let err = fails("manifest", client.get_manifest(&target(addr))).await;
+            serve(|_| vec![route("GET", "/v2/team/app/manifests/", answer.clone())]).await;
+        let client = quick_client(tmp.path());
+        let err = fails("manifest", client.get_manifest(&app_v1(addr))).await;
         if what.is_empty() {
             // A stalled error body is cut at the read timeout: the status is the error.
             assert!(matches!(err, Error::Status { status: 503, .. }), "{err}");
@@ -476,20 +464,13 @@ async fn stalled_registries_fail_after_the_read_timeout() {
     }
 
     // A blob download whose body stops.
-    let (addr, _seen) = serve(|_| {
-        vec![(
-            "GET",
-            "/v2/team/app/blobs/".to_owned(),
-            reply(200, Body::Stall),
-        )]
-    })
-    .await;
-    let client = RegistryClient::new(options(tmp.path())).unwrap();
+    let (addr, _seen) = serve(|_| vec![blob_route(Body::Stall)]).await;
+    let client = quick_client(tmp.path());
     let digest = digest_of(b"layer");
     let dest = tmp.path().join("blobs").join(digest.hex());
     let err = fails(
         "download",
-        client.download_blob(&target(addr), &digest, 1000, &dest),
+        client.download_blob(&app_v1(addr), &digest, 1000, &dest),
     )
     .await;
     let url = format!("GET http://{addr}/v2/team/app/blobs/{digest}");
@@ -500,18 +481,8 @@ async fn stalled_registries_fail_after_the_read_timeout() {
 async fn stalled_uploads_fail_after_the_read_or_request_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     // 64 MiB of zeros (a sparse file), uncompressed: far more than the socket buffers hold.
-    let file = tmp.path().join("big.bin");
-    fs_err::File::create(&file)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let spec = ImageSpec {
-        base: BaseImage::Scratch,
-        platforms: vec!["linux/amd64".parse().unwrap()],
-        layers: vec![LayerSpec::new([(file, "/big.bin")])],
-        compression: Some(Compression::None),
-        ..ImageSpec::default()
-    };
+    let file = sparse_file(tmp.path(), 64 << 20);
+    let spec = scratch_image(vec![LayerSpec::new([(file, "/big.bin")])]);
     for (put, what, limit, setting) in [
         // The registry stops reading the body: no progress for the read timeout.
         (
@@ -531,19 +502,8 @@ async fn stalled_uploads_fail_after_the_read_or_request_timeout() {
     ] {
         let (addr, seen) = serve(|addr| {
             vec![
-                (
-                    "POST",
-                    "/v2/team/app/blobs/uploads/".to_owned(),
-                    Answer::Reply(
-                        202,
-                        vec![(
-                            "Location".to_owned(),
-                            format!("http://{addr}/v2/team/app/blobs/uploads/u1?_state=secret"),
-                        )],
-                        Body::Bytes(vec![]),
-                    ),
-                ),
-                ("PUT", "/v2/team/app/blobs/uploads/".to_owned(), put.clone()),
+                upload_start_route(addr, "secret"),
+                route("PUT", "/v2/team/app/blobs/uploads/", put.clone()),
             ]
         })
         .await;
@@ -551,12 +511,8 @@ async fn stalled_uploads_fail_after_the_read_or_request_timeout() {
         opts.request_timeout = Duration::from_secs(1);
         opts.chunk_size = 128 << 20;
         let client = RegistryClient::new(opts).unwrap();
-        let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-        let err = fails(
-            "upload",
-            build_and_push(&spec, &Target::Registry(target), &client),
-        )
-        .await;
+        let target = app_v1(addr);
+        let err = fails("upload", push_to(&spec, &target, &client)).await;
         let msg = err.to_string();
         assert!(
             matches!(&err, Error::ReadTimeout { setting: s, .. } if *s == setting),
@@ -576,40 +532,15 @@ async fn stalled_uploads_fail_after_the_read_or_request_timeout() {
 #[tokio::test]
 async fn a_slow_upload_that_keeps_moving_is_not_cut() {
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("big.bin");
-    fs_err::File::create(&file)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    let spec = ImageSpec {
-        base: BaseImage::Scratch,
-        platforms: vec!["linux/amd64".parse().unwrap()],
-        layers: vec![LayerSpec::new([(file, "/big.bin")])],
-        compression: Some(Compression::None),
-        ..ImageSpec::default()
-    };
+    let file = sparse_file(tmp.path(), 16 << 20);
+    let spec = scratch_image(vec![LayerSpec::new([(file, "/big.bin")])]);
     let (addr, seen) = serve(|addr| {
         vec![
-            (
-                "POST",
-                "/v2/team/app/blobs/uploads/".to_owned(),
-                Answer::Reply(
-                    202,
-                    vec![(
-                        "Location".to_owned(),
-                        format!("http://{addr}/v2/team/app/blobs/uploads/u1?_state=s"),
-                    )],
-                    Body::Bytes(vec![]),
-                ),
-            ),
-            (
+            upload_start_route(addr, "s"),
+            route("PUT", "/v2/team/app/blobs/uploads/", Answer::SlowRead),
+            route(
                 "PUT",
-                "/v2/team/app/blobs/uploads/".to_owned(),
-                Answer::SlowRead,
-            ),
-            (
-                "PUT",
-                "/v2/team/app/manifests/".to_owned(),
+                "/v2/team/app/manifests/",
                 reply(201, Body::Bytes(vec![])),
             ),
         ]
@@ -622,14 +553,11 @@ async fn a_slow_upload_that_keeps_moving_is_not_cut() {
     opts.request_timeout = Duration::from_secs(30);
     opts.chunk_size = 128 << 20;
     let client = RegistryClient::new(opts).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        build_and_push(&spec, &Target::Registry(target), &client),
-    )
-    .await
-    .expect("the upload finished")
-    .unwrap();
+    let target = app_v1(addr);
+    tokio::time::timeout(Duration::from_secs(60), push_to(&spec, &target, &client))
+        .await
+        .expect("the upload finished")
+        .unwrap();
     assert_eq!(seen.count("PUT /v2/team/app/blobs/uploads/"), 2, "no retry");
 }
 
@@ -642,7 +570,7 @@ async fn a_dripping_small_response_hits_the_request_deadline() {
     opts.read_timeout = Duration::from_secs(10);
     opts.request_timeout = Duration::from_secs(1);
     let client = RegistryClient::new(opts).unwrap();
-    let target: Reference = format!("{addr}/team/app:v1").parse().unwrap();
+    let target = app_v1(addr);
     let err = fails("drip", client.get_manifest(&target)).await;
     let msg = err.to_string();
     assert!(matches!(err, Error::DeadlineExceeded { .. }), "{msg}");
