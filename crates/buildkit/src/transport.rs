@@ -375,35 +375,30 @@ mod tests {
 
     #[test]
     fn parses_addresses() {
-        assert_eq!(
-            Address::parse("unix:///run/buildkit/buildkitd.sock").unwrap(),
-            Address::Unix("/run/buildkit/buildkitd.sock".into())
-        );
-        assert_eq!(
-            Address::parse("tcp://127.0.0.1:1234").unwrap(),
-            Address::Tcp {
-                host: "127.0.0.1".into(),
-                port: 1234
-            }
-        );
-        assert_eq!(
-            Address::parse("tcp://[::1]:1234").unwrap(),
-            Address::Tcp {
-                host: "::1".into(),
-                port: 1234
-            }
-        );
-        assert_eq!(
-            Address::parse("docker-unix:///var/run/docker.sock").unwrap(),
-            Address::DockerUnix("/var/run/docker.sock".into())
-        );
-        assert_eq!(
-            Address::parse("docker-tcp://10.0.0.5:2376").unwrap(),
-            Address::DockerTcp {
-                host: "10.0.0.5".into(),
-                port: 2376
-            }
-        );
+        let tcp = |host: &str, port| Address::Tcp {
+            host: host.into(),
+            port,
+        };
+        let docker_tcp = |host: &str, port| Address::DockerTcp {
+            host: host.into(),
+            port,
+        };
+        let sock = "/run/buildkit/buildkitd.sock";
+        for (text, want) in [
+            (
+                "unix:///run/buildkit/buildkitd.sock",
+                Address::Unix(sock.into()),
+            ),
+            ("tcp://127.0.0.1:1234", tcp("127.0.0.1", 1234)),
+            ("tcp://[::1]:1234", tcp("::1", 1234)),
+            (
+                "docker-unix:///var/run/docker.sock",
+                Address::DockerUnix("/var/run/docker.sock".into()),
+            ),
+            ("docker-tcp://10.0.0.5:2376", docker_tcp("10.0.0.5", 2376)),
+        ] {
+            assert_eq!(Address::parse(text).unwrap(), want, "{text}");
+        }
         assert!(matches!(
             Address::parse("docker-ssh://me@box").unwrap(),
             Address::DockerCommand(_)

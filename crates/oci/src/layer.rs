@@ -49,6 +49,28 @@ impl Compression {
         }
     }
 
+    /// The compression a user setting names (`fastbuild.yaml`'s `compression:`,
+    /// `--compression`): `auto` ([`Self::default_for_registry`] when pushing to `host`, else
+    /// gzip), `gzip`, `zstd` (at [`ZSTD_LEVEL`]), `uncompressed` or `none`; `None` for any other.
+    pub fn from_setting(setting: &str, host: Option<&str>) -> Option<Self> {
+        Some(match setting {
+            "auto" => host.map_or(Self::Gzip, Self::default_for_registry),
+            "gzip" => Self::Gzip,
+            "zstd" => Self::Zstd { level: ZSTD_LEVEL },
+            "uncompressed" | "none" => Self::None,
+            _ => return None,
+        })
+    }
+
+    /// The name BuildKit's exporters and the CLI use: `gzip`, `zstd` or `uncompressed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Zstd { .. } => "zstd",
+            Self::None => "uncompressed",
+        }
+    }
+
     /// The OCI layer media type.
     pub fn oci_media_type(self) -> &'static str {
         match self {
