@@ -269,6 +269,11 @@ mod tests {
         }
     }
 
+    /// Bitnami's `common.images.image` keys: registry, repository and digest apart.
+    fn registry_keys() -> ValuesConfig {
+        keys("image.repository", "image.digest", "image.registry", "")
+    }
+
     /// One snapshot per key set users ask for: the design note's default, Bitnami's
     /// `common.images.image` (registry + repository + digest), tag-only charts and Tilt's
     /// `helm_resource` image keys (registry + repository + tag), a chart taking the whole
@@ -277,10 +282,7 @@ mod tests {
     fn each_key_set_renders_as_charts_expect() {
         let cases = [
             ("default", ValuesConfig::default()),
-            (
-                "bitnami_registry_repository_digest",
-                keys("image.repository", "image.digest", "image.registry", ""),
-            ),
+            ("bitnami_registry_repository_digest", registry_keys()),
             (
                 "tag_only_registry_repository_tag",
                 keys("image.repository", "", "image.registry", "image.tag"),
@@ -303,12 +305,7 @@ mod tests {
             let out = render("gw", &image(), &keys).unwrap();
             insta::assert_snapshot!(name, out);
         }
-        let out = render(
-            "gw",
-            &image(),
-            &keys("image.repository", "image.digest", "image.registry", ""),
-        )
-        .unwrap();
+        let out = render("gw", &image(), &registry_keys()).unwrap();
         assert!(out.contains("  registry: docker.io\n"), "{out}");
         assert!(out.contains("  repository: ameide/inference\n"), "{out}");
     }
@@ -321,12 +318,7 @@ mod tests {
             digest: format!("sha256:{}", "b".repeat(64)).parse().unwrap(),
             tag: None,
         };
-        let out = render(
-            "gw",
-            &image,
-            &keys("image.repository", "image.digest", "image.registry", ""),
-        )
-        .unwrap();
+        let out = render("gw", &image, &registry_keys()).unwrap();
         assert!(out.contains("  registry: localhost:5000\n"), "{out}");
         assert!(out.contains("  repository: gw\n"), "{out}");
     }

@@ -286,16 +286,17 @@ fn tls_config(
             what,
             source,
         };
+    let certificates = |path: &std::path::Path, what: String| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
+            .map_err(|e| tls_err(what, Some(Box::new(e))))
+    };
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &opts.ca_cert {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
-            .map_err(|e| {
-                tls_err(
-                    format!("cannot read CA certificates from `{}`", ca.display()),
-                    Some(Box::new(e)),
-                )
-            })?;
+        let certs = certificates(
+            ca,
+            format!("cannot read CA certificates from `{}`", ca.display()),
+        )?;
         if certs.is_empty() {
             return Err(tls_err(
                 format!("no certificate found in `{}`", ca.display()),
@@ -329,14 +330,10 @@ fn tls_config(
         .with_root_certificates(roots);
     let mut config = match (&opts.cert, &opts.key) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
-                .map_err(|e| {
-                    tls_err(
-                        format!("cannot read client certificate `{}`", cert.display()),
-                        Some(Box::new(e)),
-                    )
-                })?;
+            let chain = certificates(
+                cert,
+                format!("cannot read client certificate `{}`", cert.display()),
+            )?;
             let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 tls_err(
                     format!("cannot read client key `{}`", key.display()),

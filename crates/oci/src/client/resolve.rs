@@ -26,12 +26,7 @@ impl RegistryClient {
                 head,
                 accept_manifests,
                 |req, resp| async move {
-                    Ok(self.present(req, resp).await?.map(|resp| {
-                        resp.headers()
-                            .get("docker-content-digest")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned)
-                    }))
+                    Ok(self.present(req, resp).await?.as_ref().map(digest_header))
                 },
             )
             .await?;
@@ -49,4 +44,12 @@ impl RegistryClient {
             Some(None) => Ok(self.fetch_manifest(reference).await?.map(|m| m.digest)),
         }
     }
+}
+
+/// The `Docker-Content-Digest` a registry answered with, if any (not yet parsed).
+fn digest_header(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
