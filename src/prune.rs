@@ -378,7 +378,7 @@ async fn prune_one(
     if images.is_empty() {
         printer.note(
             Some(name),
-            &format!("{}: no fastbuild images", repo.repository_name()),
+            format!("{}: no fastbuild images", repo.repository_name()),
         );
         return Ok(false);
     }
@@ -398,7 +398,7 @@ async fn prune_one(
         };
         printer.note(
             Some(name),
-            &format!("keep {}@{}: {why}", repo.repository_name(), image.digest),
+            format!("keep {}@{}: {why}", repo.repository_name(), image.digest),
         );
     }
     let verb = if args.dry_run {
@@ -426,7 +426,7 @@ async fn prune_one(
     }
     printer.note(
         Some(name),
-        &format!(
+        format!(
             "{}: {total} fastbuild image(s), {} kept, {} {verb}",
             repo.repository_name(),
             kept.len(),

@@ -48,7 +48,7 @@ pub fn list(project: &Project, args: &HistoryArgs, printer: &Printer) -> Result<
     if shown.is_empty() {
         printer.note(
             None,
-            &format!(
+            format!(
                 "no history yet in {} (it grows with every successful build or push)",
                 Journal::new(&project.root).path().display()
             ),
@@ -150,10 +150,7 @@ pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer)
         })?
     };
     if current == Some(target.to_string()) {
-        printer.note(
-            Some(&name),
-            &format!("already pins {target}; nothing to do"),
-        );
+        printer.note(Some(&name), format!("already pins {target}; nothing to do"));
         return Ok(());
     }
 
@@ -209,7 +206,7 @@ pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer)
     }
     printer.note(
         Some(&name),
-        &format!(
+        format!(
             "wrote {} (was {})",
             plan.values_file.display(),
             current.as_deref().unwrap_or("unpinned")

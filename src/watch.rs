@@ -326,7 +326,7 @@ pub async fn run(
             };
             printer.note(
                 Some(&plan.name),
-                &format!("rebuilding: changed {}{more}", shown.join(", ")),
+                format!("rebuilding: changed {}{more}", shown.join(", ")),
             );
         }
         tokio::spawn(async move {
@@ -357,7 +357,7 @@ pub async fn run(
     } else {
         printer.note(
             None,
-            &format!("watching {} service(s); Ctrl-C to stop", slots.len()),
+            format!("watching {} service(s); Ctrl-C to stop", slots.len()),
         );
     }
 

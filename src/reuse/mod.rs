@@ -296,10 +296,10 @@ async fn current_digest(
     if let Some(d) = &reference.digest {
         return Ok(Some(d.clone()));
     }
-    Ok(client
+    client
         .manifest_digest(&reference)
         .await
-        .with_context(|| format!("cannot resolve `{name}`"))?)
+        .with_context(|| format!("cannot resolve `{name}`"))
 }
 
 /// Whether the registry still serves `image` under every name a build would push.

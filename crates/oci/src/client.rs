@@ -64,6 +64,7 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, appl
 
 /// Asks for any of the manifest media types ([`MANIFEST_ACCEPT`]): the request builder of a
 /// manifest `GET` or `HEAD`.
+#[allow(clippy::unnecessary_wraps)] // the shape of the request builders `call` and `send` take
 fn accept_manifests(rb: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
     Ok(rb.header(http::header::ACCEPT, MANIFEST_ACCEPT))
 }

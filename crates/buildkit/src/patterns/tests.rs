@@ -131,7 +131,7 @@ fn kind(p: &str) -> (String, String) {
 fn compile_tests_table() {
     // One pattern a line: the pattern, its kind and, for a regexp, Go's expression. The last
     // four are not in Go's table: escapes and classes are copied into the expression.
-    let table = r#"
+    let table = r"
 *                                                       regexp  ^[^/]*$
 file*                                                   regexp  ^file[^/]*$
 *file                                                   regexp  ^[^/]*file$
@@ -157,7 +157,7 @@ app/\[slug\]                                            regexp  ^app/\[slug\]$
 [a*]                                                    regexp  ^[a[^/]*]$
 a]                                                      regexp  ^a]$
 a^b                                                     exact
-"#;
+";
     for row in table.lines().skip(1) {
         let mut columns = row.split_whitespace();
         let pattern = columns.next().unwrap();
