@@ -409,6 +409,19 @@ pub struct ServiceFlags {
     pub no_rollback_on_failure: bool,
 }
 
+/// The helm binary a command runs (`--helm`, `HELM`).
+#[derive(Debug, Args, Clone)]
+pub struct HelmBinary {
+    /// Helm binary.
+    #[arg(
+        long = "helm",
+        env = "HELM",
+        default_value = "helm",
+        value_name = "HELM"
+    )]
+    pub program: String,
+}
+
 /// Arguments of `helm`.
 #[derive(Debug, Args, Clone)]
 pub struct HelmArgs {
@@ -424,9 +437,8 @@ pub struct HelmArgs {
     /// With `--run`: run even if nothing changed.
     #[arg(long, requires = "run")]
     pub force: bool,
-    /// Helm binary.
-    #[arg(long, env = "HELM", default_value = "helm")]
-    pub helm: String,
+    #[command(flatten)]
+    pub helm: HelmBinary,
     #[command(flatten)]
     pub service_flags: ServiceFlags,
 }
@@ -476,9 +488,8 @@ pub struct RollbackArgs {
     /// Run the service's `helm upgrade` afterwards.
     #[arg(long)]
     pub deploy: bool,
-    /// Helm binary.
-    #[arg(long, env = "HELM", default_value = "helm")]
-    pub helm: String,
+    #[command(flatten)]
+    pub helm: HelmBinary,
     #[command(flatten)]
     pub service_flags: ServiceFlags,
 }
@@ -489,9 +500,8 @@ pub struct DoctorArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// Helm binary.
-    #[arg(long, env = "HELM", default_value = "helm")]
-    pub helm: String,
+    #[command(flatten)]
+    pub helm: HelmBinary,
     /// kubectl binary.
     #[arg(long, env = "KUBECTL", default_value = "kubectl")]
     pub kubectl: String,
@@ -523,9 +533,8 @@ pub struct WatchArgs {
     /// successful build (whose digest is otherwise reused).
     #[arg(long)]
     pub force: bool,
-    /// Helm binary.
-    #[arg(long, env = "HELM", default_value = "helm")]
-    pub helm: String,
+    #[command(flatten)]
+    pub helm: HelmBinary,
     #[command(flatten)]
     pub service_flags: ServiceFlags,
 }

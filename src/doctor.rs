@@ -156,7 +156,7 @@ pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>>
     // Registries, once per host.
     let mut hosts = BTreeSet::new();
     for plan in &plans {
-        if let Destination::Registry { host, insecure, .. } = &plan.destination
+        if let Destination::Registry { host, insecure, .. } = &plan.registry.destination
             && hosts.insert(host.clone())
         {
             checks.push(registry_check(plan, host, *insecure).await);
@@ -170,12 +170,12 @@ pub async fn collect(project: &Project, args: &DoctorArgs) -> Result<Vec<Check>>
         }
     }
 
-    checks.push(tool_check("helm", &args.helm, &["version", "--short"]).await);
+    checks.push(tool_check("helm", &args.helm.program, &["version", "--short"]).await);
     checks.push(tool_check("kubectl", &args.kubectl, &["version", "--client"]).await);
 
     for plan in &plans {
         if plan.helm.is_some() {
-            checks.push(chart_check(plan, &args.helm).await);
+            checks.push(chart_check(plan, &args.helm.program).await);
         }
     }
 
@@ -260,7 +260,7 @@ async fn push_probe_check(
     if !insecure {
         return None;
     }
-    let Destination::Registry { .. } = &plan.destination else {
+    let Destination::Registry { .. } = &plan.registry.destination else {
         return None;
     };
     let ctx = tempfile::tempdir().ok()?;
@@ -276,7 +276,7 @@ async fn push_probe_check(
         image_names: vec![format!("{registry}/fastbuild-doctor-probe:probe")],
         push: true,
         registry_insecure: true,
-        docker_config_dir: plan.docker_config.clone(),
+        docker_config_dir: plan.registry.docker_config.clone(),
         ..fastbuild_buildkit::BuildOptions::default()
     };
     let tls = b.tls.as_ref().map(|t| fastbuild_buildkit::TlsOptions {
@@ -346,14 +346,14 @@ async fn registry_check(plan: &ServicePlan, host: &str, insecure: bool) -> Check
     } else {
         format!(" (its API at {api})")
     };
-    if let Some(source) = &plan.registry_source {
+    if let Some(source) = &plan.registry.registry_source {
         shown_api.push_str("; from ");
         shown_api.push_str(source);
     }
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none());
-    match fastbuild_oci::ca_certificates(&plan.registry_ca_files) {
+    match fastbuild_oci::ca_certificates(&plan.registry.registry_ca_files) {
         Ok(certs) => {
             for c in certs {
                 builder = builder.add_root_certificate(c);
@@ -509,7 +509,10 @@ pub async fn chart_check(plan: &ServicePlan, helm_bin: &str) -> Check {
         argv.push(format!("--values={}", v.display()));
     }
     if let Some(k) = &plan.values_keys.repository_key {
-        argv.push(format!("--set-string={k}={}", plan.pull_repository));
+        argv.push(format!(
+            "--set-string={k}={}",
+            plan.registry.pull_repository
+        ));
     }
     argv.push(format!("--set-string={digest_key}={PROBE_DIGEST}"));
     let Ok(out) = tokio::process::Command::new(helm_bin)
@@ -534,12 +537,15 @@ pub async fn chart_check(plan: &ServicePlan, helm_bin: &str) -> Check {
         );
     }
     let rendered = String::from_utf8_lossy(&out.stdout);
-    let pinned = format!("{}@{PROBE_DIGEST}", plan.pull_repository);
+    let pinned = format!("{}@{PROBE_DIGEST}", plan.registry.pull_repository);
     if rendered.contains(&pinned) {
         check(
             name,
             Status::Ok,
-            format!("renders digest-first ({}@sha256:…)", plan.pull_repository),
+            format!(
+                "renders digest-first ({}@sha256:…)",
+                plan.registry.pull_repository
+            ),
         )
     } else {
         check(
@@ -548,7 +554,7 @@ pub async fn chart_check(plan: &ServicePlan, helm_bin: &str) -> Check {
             format!(
                 "does not render `{}@<digest>` from `{digest_key}`: the chart is tag-only or uses other keys.\n\
                  Make the Deployment digest-first:\n{DIGEST_FIRST_SNIPPET}",
-                plan.pull_repository
+                plan.registry.pull_repository
             ),
         )
     }

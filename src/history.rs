@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result};
+use fastbuild_oci::Digest;
 
 use crate::builder::ImageResult;
 use crate::printer::Printer;
@@ -53,8 +54,8 @@ pub struct Record {
     pub service: String,
     /// Repository as the cluster pulls it (what the values file pins).
     pub repository: String,
-    /// `sha256:…`.
-    pub digest: String,
+    /// The digest pinned (`sha256:…` in the journal; a line with anything else is not a record).
+    pub digest: Digest,
     /// Seconds since the Unix epoch (UTC).
     pub time: u64,
     /// What made it.
@@ -73,36 +74,8 @@ pub struct Record {
 impl Record {
     /// `YYYY-MM-DD HH:MM:SS` UTC.
     pub fn time_shown(&self) -> String {
-        time_shown(self.time)
+        crate::printer::time_shown(self.time)
     }
-}
-
-/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
-pub fn time_shown(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (Howard
-/// Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Seconds since the epoch, now.
@@ -270,8 +243,8 @@ impl Journal {
 
 /// The distinct digests `service` was pinned to, newest first (a digest pinned again counts
 /// where it was pinned last).
-pub fn digests_newest_first(records: &[Record], service: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+pub fn digests_newest_first(records: &[Record], service: &str) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::new();
     for r in records.iter().rev().filter(|r| r.service == service) {
         if !out.contains(&r.digest) {
             out.push(r.digest.clone());
@@ -289,12 +262,12 @@ pub fn record_build(
     git: Option<GitState>,
     printer: &Printer,
 ) {
-    if !matches!(plan.destination, Destination::Registry { .. }) {
+    if !matches!(plan.registry.destination, Destination::Registry { .. }) {
         return;
     }
     let record = Record {
         service: plan.name.clone(),
-        repository: plan.pull_repository.clone(),
+        repository: plan.registry.pull_repository.clone(),
         digest: image.digest.clone(),
         time: now(),
         kind: Kind::Build,
@@ -328,7 +301,9 @@ mod tests {
         Record {
             service: service.into(),
             repository: format!("localhost:5000/{service}"),
-            digest: format!("sha256:{}", digest.to_string().repeat(64)),
+            digest: format!("sha256:{}", digest.to_string().repeat(64))
+                .parse()
+                .unwrap(),
             time,
             kind: Kind::Build,
             builder: "native".into(),
@@ -385,7 +360,7 @@ mod tests {
         ];
         let d: Vec<char> = digests_newest_first(&rs, "api")
             .iter()
-            .map(|d| d.chars().last().unwrap())
+            .map(|d| d.hex().chars().last().unwrap())
             .collect();
         assert_eq!(d, ['d', 'a', 'b']);
     }

@@ -209,7 +209,7 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
                 &args.service_flags,
             )?;
             if args.run {
-                match outputs::helm::run(&plan, &args.helm, args.force).await? {
+                match outputs::helm::run(&plan, &args.helm.program, args.force).await? {
                     outputs::helm::RunOutcome::Deployed => printer.note(Some(&plan.name), "helm upgrade succeeded"),
                     outputs::helm::RunOutcome::Skipped => printer.note(
                         Some(&plan.name),
@@ -218,10 +218,10 @@ pub async fn run(cli: Cli, printer: &Printer, cancel: &CancellationToken) -> Res
                 }
             } else {
                 let cwd = std::env::current_dir()?;
-                let helm_argv = outputs::helm::argv_relative(&plan, &cwd, &args.helm)?;
+                let helm_argv = outputs::helm::argv_relative(&plan, &cwd, &args.helm.program)?;
                 printer.raw(&format!(
                     "{}\n",
-                    outputs::helm::shell_line(&args.helm, &helm_argv)
+                    outputs::helm::shell_line(&args.helm.program, &helm_argv)
                 ));
             }
             Ok(())

@@ -11,11 +11,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::atomic::{self, WriteOutcome};
+use crate::atomic;
 use crate::builder::{self, ImageResult};
 use crate::cli::{BuildArgs, MetadataFormat};
 use crate::outputs::{metadata, values};
-use crate::printer::{Event, Printer, ServiceState};
+use crate::printer::{Event, Message, Outcome, Printer, ServiceState};
 use crate::settings::{self, Destination, Project, ServicePlan, UsageError};
 
 /// `build` writes values files by default; `push` (CI) does not.
@@ -76,7 +76,7 @@ pub fn plans(project: &Project, args: &BuildArgs, flavor: Flavor) -> Result<Vec<
     if (args.image_refs.is_some() || args.values_out.is_some())
         && plans
             .iter()
-            .any(|p| !matches!(p.destination, Destination::Registry { .. }))
+            .any(|p| !matches!(p.registry.destination, Destination::Registry { .. }))
     {
         bail!(UsageError(
             "`--image-refs` and `--values-out` describe pushed images; they cannot be used with \
@@ -217,16 +217,15 @@ pub async fn run(
     for (plan, outcome) in plans.iter().zip(outcomes) {
         match outcome.result {
             Ok(image) => {
-                let pushed = matches!(plan.destination, Destination::Registry { .. });
+                let pushed = matches!(plan.registry.destination, Destination::Registry { .. });
                 if pushed && write_values_files {
                     match values::write_for(plan, &image) {
-                        Ok(WriteOutcome::Written) => printer.note(
+                        Ok(outcome) => printer.note(
                             Some(&plan.name),
-                            &format!("wrote {}", plan.values_file.display()),
-                        ),
-                        Ok(WriteOutcome::Unchanged) => printer.note(
-                            Some(&plan.name),
-                            &format!("{} unchanged", plan.values_file.display()),
+                            Message::ValuesFile {
+                                path: plan.values_file.clone(),
+                                outcome,
+                            },
                         ),
                         Err(e) => {
                             failures.push((plan.name.clone(), e));
@@ -253,13 +252,17 @@ pub async fn run(
     printer.finish_live();
     let width = plans.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for (plan, image) in &built {
-        let pushed = matches!(plan.destination, Destination::Registry { .. });
-        let shown = match &plan.destination {
+        let pushed = matches!(plan.registry.destination, Destination::Registry { .. });
+        let shown = match &plan.registry.destination {
             Destination::Layout(dir) => format!("oci:{}@{}", dir.display(), image.digest),
-            Destination::None => image.digest.clone(),
+            Destination::None => image.digest.to_string(),
             Destination::Registry { .. } => image.pinned(),
         };
-        printer.result(&format!("{:width$}  {shown}", plan.name));
+        printer.result(Outcome::Image {
+            service: &plan.name,
+            width,
+            reference: &shown,
+        });
         if printer.is_json() {
             printer.json(&serde_json::json!({
                 "event": "result", "service": plan.name, "reference": shown,
@@ -370,7 +373,7 @@ mod tests {
 
     fn image(tag: Option<&str>) -> ImageResult {
         ImageResult {
-            digest: format!("sha256:{}", "a".repeat(64)),
+            digest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             size: 2,
             config_digest: None,

@@ -5,12 +5,15 @@
 //! `--progress json` (on stdout, one object per line), or nothing with `quiet`.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // this module is the printer
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use fastbuild_oci::{Digest, PushStats, Reference};
 use serde::Serialize;
 
+use crate::atomic::WriteOutcome;
 use crate::cli::ProgressMode;
 
 mod live;
@@ -91,9 +94,179 @@ pub enum Event {
         /// Service, if any.
         #[serde(skip_serializing_if = "Option::is_none")]
         service: Option<String>,
-        /// Text.
-        message: String,
+        /// What it says (worded by the printer; a string in JSON).
+        message: Message,
     },
+}
+
+/// What a note says: free text, or a structured thing that the printer words — the same
+/// words on a terminal, in plain lines and as the `message` string of a JSON note.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// Free text.
+    Text(String),
+    /// Not built: the inputs are those of the build at `built_at` (Unix seconds), whose image
+    /// the registry still serves.
+    Reused {
+        /// When the reused build ran.
+        built_at: u64,
+        /// Its digest.
+        digest: Digest,
+    },
+    /// What a push did with each blob.
+    Blobs(PushStats),
+    /// An image copied to another repository (`promote --to-registry`).
+    Copied {
+        /// Where it went (`repo@sha256:…`).
+        reference: String,
+        /// Manifests copied.
+        manifests: usize,
+        /// What happened to each blob.
+        stats: PushStats,
+    },
+    /// A values file written, or found holding these bytes already.
+    ValuesFile {
+        /// The file.
+        path: PathBuf,
+        /// Written or unchanged.
+        outcome: WriteOutcome,
+    },
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let blobs = |f: &mut fmt::Formatter<'_>, s: &PushStats| {
+            write!(
+                f,
+                "blobs: {} uploaded ({} bytes), {} already there, {} mounted",
+                s.blobs_uploaded, s.bytes_uploaded, s.blobs_skipped, s.blobs_mounted
+            )
+        };
+        match self {
+            Self::Text(text) => f.write_str(text),
+            Self::Reused { built_at, digest } => write!(
+                f,
+                "unchanged since its build of {}: reusing {digest} without a solve (--force \
+                 builds anyway)",
+                time_shown(*built_at)
+            ),
+            Self::Blobs(stats) => blobs(f, stats),
+            Self::Copied {
+                reference,
+                manifests,
+                stats,
+            } => {
+                write!(f, "copied to {reference}: {manifests} manifest(s); ")?;
+                blobs(f, stats)
+            }
+            Self::ValuesFile {
+                path,
+                outcome: WriteOutcome::Written,
+            } => write!(f, "wrote {}", path.display()),
+            Self::ValuesFile {
+                path,
+                outcome: WriteOutcome::Unchanged,
+            } => write!(f, "{} unchanged", path.display()),
+        }
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl From<String> for Message {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<&str> for Message {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
+    }
+}
+
+impl From<&String> for Message {
+    fn from(text: &String) -> Self {
+        Self::Text(text.clone())
+    }
+}
+
+/// A result line on stdout: what a command made of one service.
+#[derive(Clone, Copy)]
+pub enum Outcome<'a> {
+    /// `service  reference`, the name padded to `width` so that a column of them lines up.
+    Image {
+        /// The service.
+        service: &'a str,
+        /// Width of the name column (0: no padding).
+        width: usize,
+        /// The image: `repo@sha256:…`, or what stands for it (`oci:DIR@…`, a bare digest).
+        reference: &'a dyn fmt::Display,
+    },
+    /// A manifest `prune` deleted, or with `--dry-run` would delete.
+    Pruned {
+        /// The service.
+        service: &'a str,
+        /// Nothing was deleted.
+        dry_run: bool,
+        /// `repo@sha256:…`.
+        reference: &'a Reference,
+        /// The tags it had.
+        tags: &'a [String],
+    },
+}
+
+impl fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Image {
+                service,
+                width,
+                reference,
+            } => write!(f, "{service:width$}  {reference}"),
+            Self::Pruned {
+                service,
+                dry_run,
+                reference,
+                tags,
+            } => {
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                write!(f, "{service}  {verb} {reference} ({})", tags.join(", "))
+            }
+        }
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn time_shown(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// The printer. Cheap to clone; all clones share one terminal state.
@@ -141,7 +314,7 @@ impl Printer {
     }
 
     /// A result on stdout: printed in every mode but JSON (where events carry it).
-    pub fn result(&self, line: &str) {
+    pub fn result(&self, line: Outcome<'_>) {
         if self.is_json() {
             return;
         }
@@ -169,12 +342,16 @@ impl Printer {
     }
 
     /// A note on stderr (not in quiet mode; an event in JSON mode).
-    pub fn note(&self, service: Option<&str>, message: &str) {
+    pub fn note(&self, service: Option<&str>, message: impl Into<Message>) {
+        self.note_message(service, &message.into());
+    }
+
+    fn note_message(&self, service: Option<&str>, message: &Message) {
         match self.mode {
             ProgressMode::Quiet => {}
             ProgressMode::Json => self.json(&Event::Note {
                 service: service.map(str::to_owned),
-                message: message.to_owned(),
+                message: message.clone(),
             }),
             _ => {
                 let prefix = service
@@ -190,7 +367,7 @@ impl Printer {
         if self.is_json() {
             self.json(&Event::Note {
                 service: None,
-                message: format!("warning: {message}"),
+                message: Message::Text(format!("warning: {message}")),
             });
             return;
         }
@@ -242,7 +419,7 @@ impl Printer {
             ProgressMode::Auto => match event {
                 // logs only matter for failing steps; the builder reports them with the error
                 Event::Log { .. } => {}
-                Event::Note { service, message } => self.note(service.as_deref(), message),
+                Event::Note { service, message } => self.note_message(service.as_deref(), message),
                 _ => {
                     if let Some(live) = &self.live {
                         live.event(event);
@@ -283,7 +460,7 @@ impl Printer {
                 ServiceState::Failed { .. } => eprintln!("[{service}] failed"),
                 ServiceState::Deploying => eprintln!("[{service}] deploying"),
             },
-            Event::Note { service, message } => self.note(service.as_deref(), message),
+            Event::Note { service, message } => self.note_message(service.as_deref(), message),
         }
     }
 }

@@ -13,23 +13,23 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use fastbuild_oci::{Digest, Reference, RegistryClient};
 use tokio_util::sync::CancellationToken;
 
-use crate::atomic::{self, WriteOutcome};
-use crate::builder::content_tag;
+use crate::atomic;
 use crate::builder::registry::registry_options;
 use crate::cli::PromoteArgs;
 use crate::outputs::values::{self, ImageValues};
-use crate::printer::Printer;
+use crate::printer::{Message, Outcome, Printer};
 use crate::settings::{Destination, Project, ServicePlan, UsageError};
 
 /// The repository's path under its registry (`api`, or `team/api`): what is kept when the image
 /// moves to another registry.
 pub fn repository_path(plan: &ServicePlan) -> String {
-    let registry = plan.pull_registry.trim_end_matches('/');
-    plan.pull_repository
+    let registry = plan.registry.pull_registry.trim_end_matches('/');
+    plan.registry
+        .pull_repository
         .strip_prefix(registry)
         .and_then(|rest| rest.strip_prefix('/'))
         .filter(|_| !registry.is_empty())
-        .unwrap_or(&plan.pull_repository)
+        .unwrap_or(&plan.registry.pull_repository)
         .to_owned()
 }
 
@@ -125,7 +125,7 @@ pub async fn run(
         None => pinned_digest(&plan)?,
     };
     let path = repository_path(&plan);
-    let source_repository = match (&args.from_registry, &plan.destination) {
+    let source_repository = match (&args.from_registry, &plan.registry.destination) {
         (Some(registry), _) => join(registry, &path),
         (None, Destination::Registry { repository, .. }) => repository.clone(),
         (None, _) => bail!(UsageError(format!(
@@ -143,7 +143,7 @@ pub async fn run(
         .tags
         .first()
         .cloned()
-        .unwrap_or_else(|| content_tag(&digest.to_string()));
+        .unwrap_or_else(|| fastbuild_oci::default_tag(&digest));
     let (pull_registry, repository) = if let Some(to) = &args.to_registry {
         let target = parse_reference(&join(to, &path))?.with_tag(tag.clone());
         let copy = client.copy_image(&source, &target);
@@ -155,19 +155,13 @@ pub async fn run(
             ))?,
             () = cancel.cancelled() => return Err(anyhow!(crate::Interrupted)),
         };
-        let s = copied.stats;
         printer.note(
             Some(&name),
-            &format!(
-                "copied to {}: {} manifest(s); blobs: {} uploaded ({} bytes), {} already there, \
-                 {} mounted",
-                copied.reference,
-                copied.manifests,
-                s.blobs_uploaded,
-                s.bytes_uploaded,
-                s.blobs_skipped,
-                s.blobs_mounted
-            ),
+            Message::Copied {
+                reference: copied.reference,
+                manifests: copied.manifests,
+                stats: copied.stats,
+            },
         );
         if copied.foreign_layers > 0 {
             printer.warn(&format!(
@@ -186,14 +180,17 @@ pub async fn run(
         }
         match &args.from_registry {
             Some(from) => (from.trim_end_matches('/').to_owned(), join(from, &path)),
-            None => (plan.pull_registry.clone(), plan.pull_repository.clone()),
+            None => (
+                plan.registry.pull_registry.clone(),
+                plan.registry.pull_repository.clone(),
+            ),
         }
     };
 
     let image = ImageValues {
         pull_registry,
         repository: repository.clone(),
-        digest: digest.to_string(),
+        digest: digest.clone(),
         tag: Some(tag),
     };
     let text = values::render(&plan.name, &image, &plan.values_keys)
@@ -208,13 +205,17 @@ pub async fn run(
         .with_context(|| format!("failed to write the promoted values file of `{name}`"))?;
     printer.note(
         Some(&name),
-        &match outcome {
-            WriteOutcome::Written => format!("wrote {}", values_path.display()),
-            WriteOutcome::Unchanged => format!("{} unchanged", values_path.display()),
+        Message::ValuesFile {
+            path: values_path.clone(),
+            outcome,
         },
     );
     let reference = format!("{repository}@{digest}");
-    printer.result(&format!("{name}  {reference}"));
+    printer.result(Outcome::Image {
+        service: &name,
+        width: 0,
+        reference: &reference,
+    });
     if printer.is_json() {
         printer.json(&serde_json::json!({
             "event": "result", "service": name, "reference": reference,

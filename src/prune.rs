@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::builder::registry::registry_options;
 use crate::cli::PruneArgs;
 use crate::outputs::values;
-use crate::printer::Printer;
+use crate::printer::{Outcome, Printer};
 use crate::settings::{Destination, Project, UsageError};
 
 /// Tags asked for per page of a tag list.
@@ -101,7 +101,7 @@ pub fn rfc3339_seconds(text: &str) -> Option<i64> {
 /// When the project's history (`crate::history`) last recorded each digest of `service`
 /// (seconds, and the record's position: a later record wins a tie). Lines that are not records
 /// are skipped with a warning.
-fn history_times(root: &Path, service: &str, printer: &Printer) -> BTreeMap<String, (u64, usize)> {
+fn history_times(root: &Path, service: &str, printer: &Printer) -> BTreeMap<Digest, (u64, usize)> {
     let (records, warnings) = match crate::history::Journal::new(root).read() {
         Ok(r) => r,
         Err(e) => {
@@ -293,7 +293,7 @@ pub async fn run(
     let mut deleted_any = false;
     for name in &names {
         let plan = project.plan(name, &args.service_flags)?;
-        let Destination::Registry { repository, .. } = &plan.destination else {
+        let Destination::Registry { repository, .. } = &plan.registry.destination else {
             if args.services.is_empty() {
                 printer.note(Some(name), "no registry: nothing to prune");
                 continue;
@@ -363,7 +363,7 @@ async fn prune_one(
             }
             continue;
         }
-        let (time, seq, from_history) = match history.get(&digest.to_string()) {
+        let (time, seq, from_history) = match history.get(&digest) {
             Some((t, n)) => (Some(*t as i64), *n, true),
             None => (created(client, repo, &manifest).await?, 0, false),
         };
@@ -378,7 +378,7 @@ async fn prune_one(
     if images.is_empty() {
         printer.note(
             Some(name),
-            &format!("{}: no fastbuild images", repo.repository_name()),
+            format!("{}: no fastbuild images", repo.repository_name()),
         );
         return Ok(false);
     }
@@ -398,7 +398,7 @@ async fn prune_one(
         };
         printer.note(
             Some(name),
-            &format!("keep {}@{}: {why}", repo.repository_name(), image.digest),
+            format!("keep {}@{}: {why}", repo.repository_name(), image.digest),
         );
     }
     let verb = if args.dry_run {
@@ -411,10 +411,12 @@ async fn prune_one(
         if !args.dry_run {
             client.delete_manifest(&pinned).await?;
         }
-        printer.result(&format!(
-            "{name}  {verb} {pinned} ({})",
-            image.tags.join(", ")
-        ));
+        printer.result(Outcome::Pruned {
+            service: name,
+            dry_run: args.dry_run,
+            reference: &pinned,
+            tags: &image.tags,
+        });
         if printer.is_json() {
             printer.json(&serde_json::json!({
                 "event": "pruned", "service": name, "reference": pinned.to_string(),
@@ -424,7 +426,7 @@ async fn prune_one(
     }
     printer.note(
         Some(name),
-        &format!(
+        format!(
             "{}: {total} fastbuild image(s), {} kept, {} {verb}",
             repo.repository_name(),
             kept.len(),

@@ -8,11 +8,11 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use fastbuild_oci::Digest;
 
-use crate::builder::content_tag;
 use crate::cli::{HistoryArgs, RollbackArgs, ServiceFlags};
 use crate::history::{self, Journal, Kind, Record};
-use crate::printer::Printer;
+use crate::printer::{Outcome, Printer};
 use crate::settings::{Destination, Project, ServicePlan, UsageError};
 
 /// `fastbuild history`.
@@ -48,7 +48,7 @@ pub fn list(project: &Project, args: &HistoryArgs, printer: &Printer) -> Result<
     if shown.is_empty() {
         printer.note(
             None,
-            &format!(
+            format!(
                 "no history yet in {} (it grows with every successful build or push)",
                 Journal::new(&project.root).path().display()
             ),
@@ -81,7 +81,7 @@ pub fn list(project: &Project, args: &HistoryArgs, printer: &Printer) -> Result<
             Kind::Build => r.builder.clone(),
             Kind::Rollback => "rollback".to_owned(),
         };
-        let digest: String = r.digest.chars().take(19).collect();
+        let digest: String = r.digest.to_string().chars().take(19).collect();
         // Fits 80 columns; the repository and the full digest are in `--json`.
         let _ = writeln!(
             out,
@@ -105,16 +105,11 @@ fn pinned_digest(plan: &ServicePlan) -> Option<String> {
     value.as_str().map(str::to_owned)
 }
 
-fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
 /// `fastbuild rollback`.
 pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer) -> Result<()> {
     let name = project.select(std::slice::from_ref(&args.service), &args.service_flags)?[0].clone();
     let plan = project.plan(&name, &args.service_flags)?;
-    let Destination::Registry { repository, .. } = &plan.destination else {
+    let Destination::Registry { repository, .. } = &plan.registry.destination else {
         bail!(UsageError(format!(
             "service `{name}` has no registry to roll back in; set `registry` in fastbuild.yaml or \
              pass `--registry`"
@@ -126,15 +121,15 @@ pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer)
         printer.warn(&w);
     }
     let known = history::digests_newest_first(&records, &name);
-    let current = pinned_digest(&plan).or_else(|| known.first().cloned());
+    // What the values file says, as written there (it may not be a digest at all).
+    let current = pinned_digest(&plan).or_else(|| known.first().map(ToString::to_string));
     let target = if let Some(d) = &args.to {
-        if !valid_digest(d) {
-            bail!(UsageError(format!(
+        d.parse::<Digest>().map_err(|_| {
+            anyhow!(UsageError(format!(
                 "`--to {d}` is not a digest; give `sha256:` and 64 hex digits (see `fastbuild \
                  history {name}`)"
-            )));
-        }
-        d.clone()
+            )))
+        })?
     } else {
         let steps = args.steps.unwrap_or(1);
         if steps == 0 {
@@ -142,7 +137,7 @@ pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer)
         }
         let at = current
             .as_ref()
-            .and_then(|c| known.iter().position(|k| k == c))
+            .and_then(|c| known.iter().position(|k| k.to_string() == *c))
             .unwrap_or(0);
         known.get(at + steps).cloned().ok_or_else(|| {
             anyhow!(UsageError(format!(
@@ -154,11 +149,8 @@ pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer)
             )))
         })?
     };
-    if current.as_deref() == Some(target.as_str()) {
-        printer.note(
-            Some(&name),
-            &format!("already pins {target}; nothing to do"),
-        );
+    if current == Some(target.to_string()) {
+        printer.note(Some(&name), format!("already pins {target}; nothing to do"));
         return Ok(());
     }
 
@@ -187,13 +179,13 @@ pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer)
         .values_keys
         .tag_key
         .is_some()
-        .then(|| content_tag(&target));
+        .then(|| fastbuild_oci::default_tag(&target));
     let text = crate::outputs::values::text_for(&plan, &target, tag)?;
     crate::atomic::write(&plan.values_file, text.as_bytes())
         .with_context(|| format!("failed to write the values file of `{name}`"))?;
     let record = Record {
         service: name.clone(),
-        repository: plan.pull_repository.clone(),
+        repository: plan.registry.pull_repository.clone(),
         digest: target.clone(),
         time: history::now(),
         kind: Kind::Rollback,
@@ -214,15 +206,19 @@ pub async fn rollback(project: &Project, args: &RollbackArgs, printer: &Printer)
     }
     printer.note(
         Some(&name),
-        &format!(
+        format!(
             "wrote {} (was {})",
             plan.values_file.display(),
             current.as_deref().unwrap_or("unpinned")
         ),
     );
-    printer.result(&format!("{name}  {}@{target}", plan.pull_repository));
+    printer.result(Outcome::Image {
+        service: &name,
+        width: 0,
+        reference: &format_args!("{}@{target}", plan.registry.pull_repository),
+    });
     if args.deploy {
-        crate::outputs::helm::run(&plan, &args.helm, true).await?;
+        crate::outputs::helm::run(&plan, &args.helm.program, true).await?;
         printer.note(Some(&name), "helm upgrade succeeded");
     }
     Ok(())

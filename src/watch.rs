@@ -30,7 +30,7 @@ use crate::builder::{self, ImageResult};
 use crate::cli::WatchArgs;
 use crate::outputs::helm;
 use crate::pipeline;
-use crate::printer::{Event, Printer, ServiceState};
+use crate::printer::{Event, Outcome, Printer, ServiceState};
 use crate::settings::{BuilderPlan, Delivery, Project, ServicePlan};
 
 /// A file-system watcher of either kind.
@@ -128,7 +128,7 @@ struct Slot {
     plan: ServicePlan,
     generation: u64,
     running: Option<CancellationToken>,
-    last_digest: Option<String>,
+    last_digest: Option<fastbuild_oci::Digest>,
     deploy_lock: Arc<Mutex<()>>,
 }
 
@@ -326,7 +326,7 @@ pub async fn run(
             };
             printer.note(
                 Some(&plan.name),
-                &format!("rebuilding: changed {}{more}", shown.join(", ")),
+                format!("rebuilding: changed {}{more}", shown.join(", ")),
             );
         }
         tokio::spawn(async move {
@@ -357,7 +357,7 @@ pub async fn run(
     } else {
         printer.note(
             None,
-            &format!("watching {} service(s); Ctrl-C to stop", slots.len()),
+            format!("watching {} service(s); Ctrl-C to stop", slots.len()),
         );
     }
 
@@ -446,7 +446,7 @@ pub async fn run(
                 slot.running = None;
                 match result {
                     Ok(image) => {
-                        let changed = slot.last_digest.as_deref() != Some(image.digest.as_str());
+                        let changed = slot.last_digest.as_ref() != Some(&image.digest);
                         slot.last_digest = Some(image.digest.clone());
                         let _ = ev_tx.send(Event::State { service: service.clone(), state: ServiceState::Pushed { reference: image.pinned() } });
                         let outcome = crate::outputs::values::write_for(&slot.plan, &image);
@@ -469,12 +469,12 @@ pub async fn run(
                                 "values_written": wrote, "reused": image.reused,
                             }));
                         } else {
-                            printer.result(&format!("{service}  {}", image.pinned()));
+                            printer.result(Outcome::Image { service: &service, width: 0, reference: &image.pinned() });
                         }
                         if args.deploy && outcome.is_ok() && (changed || wrote) {
                             let plan = slot.plan.clone();
                             let lock = Arc::clone(&slot.deploy_lock);
-                            let helm_bin = args.helm.clone();
+                            let helm_bin = args.helm.program.clone();
                             let p = printer.clone();
                             let ev_tx = ev_tx.clone();
                             tokio::spawn(async move {

@@ -8,13 +8,11 @@
 //! image back over the session and it is unpacked into the OCI layout `DIR`.
 
 use anyhow::{Context as _, Result};
-use fastbuild_buildkit::{
-    BuildOptions, Client, NamedContext, ProgressEvent, SecretSource, SshSource, TlsOptions,
-};
+use fastbuild_buildkit::{BuildOptions, Client, ProgressEvent, SecretSource, TlsOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ImageResult, content_tag};
+use super::ImageResult;
 use crate::printer::Event;
 use crate::settings::{BuildkitPlan, Destination, SecretSpec, ServicePlan};
 
@@ -64,7 +62,7 @@ fn no_client_tokens() -> bool {
 /// The build options of a plan.
 pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
     let mut oci_layout = None;
-    let (image_names, push, push_by_digest, insecure) = match &plan.destination {
+    let (image_names, push, push_by_digest, insecure) = match &plan.registry.destination {
         Destination::Registry {
             repository,
             tag,
@@ -108,43 +106,23 @@ pub fn options(plan: &ServicePlan, b: &BuildkitPlan) -> Result<BuildOptions> {
         platforms: b.platforms.clone(),
         no_cache: b.no_cache,
         secrets,
-        ssh: b
-            .ssh
-            .iter()
-            .map(|(id, s)| {
-                let source = match s {
-                    crate::settings::SshSpec::Agent(p) => SshSource::Agent(p.clone()),
-                    crate::settings::SshSpec::Keys(k) => SshSource::Keys(k.clone()),
-                };
-                (id.clone(), source)
-            })
-            .collect(),
+        ssh: b.ssh.clone(),
         // fastbuild's own state (history, helm stamps) is never build input.
         withheld: vec![plan.root.join(".fastbuild")],
-        named_contexts: b
-            .named_contexts
-            .iter()
-            .map(|(name, c)| {
-                let c = match c {
-                    crate::settings::NamedContextSpec::Dir(d) => NamedContext::Dir(d.clone()),
-                    crate::settings::NamedContextSpec::Image(r) => NamedContext::Image(r.clone()),
-                };
-                (name.clone(), c)
-            })
-            .collect(),
+        named_contexts: b.named_contexts.clone(),
         sbom: b.sbom.clone(),
         provenance: b.provenance.clone(),
         image_names,
         push,
         push_by_digest,
         registry_insecure: insecure,
-        compression: Some(plan.compression.into()),
+        compression: Some(plan.registry.compression),
         oci_mediatypes: Some(true),
         source_date_epoch: Some(plan.source_date_epoch),
         rewrite_timestamp: plan.reproducible.unwrap_or(false),
         cache_imports: b.cache_from.clone(),
         cache_exports: b.cache_to.clone(),
-        docker_config_dir: plan.docker_config.clone(),
+        docker_config_dir: plan.registry.docker_config.clone(),
         token_registry: Some(super::registry::registry_options(plan)),
         no_client_tokens: no_client_tokens(),
         oci_layout,
@@ -202,7 +180,8 @@ fn forward(service: &str, ev: ProgressEvent) -> Option<Event> {
                 format!("warning: {message}")
             } else {
                 format!("warning: {vertex_name}: {message}")
-            },
+            }
+            .into(),
         },
         ProgressEvent::Status { .. } => return None,
     })
@@ -322,7 +301,8 @@ pub async fn build(
                         "warning: BuildKit at `{address}` is unreachable or went away; building \
                          on `{next}` ({})",
                         e.root_cause()
-                    ),
+                    )
+                    .into(),
                 });
                 tracing::warn!(service = %plan.name, %address, %next, "BuildKit unavailable, next in the pool: {e:#}");
                 attempt += 1;
@@ -343,7 +323,7 @@ pub async fn build(
         .map(|d| d.media_type.clone())
         .unwrap_or_default();
     let size = res.descriptor.as_ref().map_or(0, |d| d.size.max(0) as u64);
-    let (repository, tag) = match &plan.destination {
+    let (repository, tag) = match &plan.registry.destination {
         Destination::Registry {
             repository,
             tag: Some(t),
@@ -354,8 +334,8 @@ pub async fn build(
             tag: None,
             ..
         } => {
-            let tag = content_tag(&res.digest.to_string());
-            super::registry::tag_manifest(plan, repository, &res.digest.to_string(), &tag)
+            let tag = fastbuild_oci::default_tag(&res.digest);
+            super::registry::tag_manifest(plan, repository, &res.digest, &tag)
                 .await
                 .with_context(|| {
                     format!(
@@ -366,14 +346,13 @@ pub async fn build(
             (repository.clone(), Some(tag))
         }
         Destination::Layout(dir) => (format!("oci:{}", dir.display()), None),
-        Destination::None => (plan.pull_repository.clone(), None),
+        Destination::None => (plan.registry.pull_repository.clone(), None),
     };
-    // Formatted for `ImageResult`, still a string while the native adapter fills it so.
     Ok(ImageResult {
-        digest: res.digest.to_string(),
+        digest: res.digest.clone(),
         media_type,
         size,
-        config_digest: res.config_digest.as_ref().map(ToString::to_string),
+        config_digest: res.config_digest.clone(),
         descriptor,
         repository,
         tag,

@@ -11,6 +11,7 @@ pub mod docker_endpoint;
 pub mod native;
 pub mod registry;
 
+use fastbuild_oci::Digest;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,14 +22,14 @@ use crate::settings::{BuilderPlan, ServicePlan};
 /// A built image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageResult {
-    /// Manifest (or index) digest, `sha256:…`.
-    pub digest: String,
+    /// Manifest (or index) digest, as the build reported it (serialized `sha256:…`).
+    pub digest: Digest,
     /// Media type of the manifest or index.
     pub media_type: String,
     /// Size of the manifest or index in bytes.
     pub size: u64,
     /// Config digest (single-platform images).
-    pub config_digest: Option<String>,
+    pub config_digest: Option<Digest>,
     /// OCI descriptor of the manifest or index, as JSON.
     pub descriptor: serde_json::Value,
     /// Repository as the host pushed it (`localhost:5000/app`).
@@ -76,20 +77,4 @@ pub async fn build(
         crate::reuse::record(plan, pending, &image);
     }
     Ok(image)
-}
-
-/// The default tag derived from the content: `fb-` + the first 12 hex digits of the digest —
-/// the one rule of `fastbuild_oci::default_tag`, for a digest held as text. Builders hand over
-/// parsed digests; text that is not one still never slices inside a character.
-pub fn content_tag(digest: &str) -> String {
-    if let Ok(d) = digest.parse::<fastbuild_oci::Digest>() {
-        return fastbuild_oci::default_tag(&d);
-    }
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    let prefix: String = hex
-        .chars()
-        .take(12)
-        .filter(char::is_ascii_hexdigit)
-        .collect();
-    format!("fb-{prefix}")
 }

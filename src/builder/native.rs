@@ -8,29 +8,16 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use fastbuild_oci::{
-    BaseImage, Compression as OciCompression, ConfigOverrides, ImageSpec, LayerSpec, Platform,
-    RegistryClient, Target, build_and_push,
+    BaseImage, ConfigOverrides, ImageSpec, LayerSpec, Platform, RegistryClient, Target,
+    build_and_push,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ImageResult;
 use super::registry::{registry_options, tag_manifest};
-use crate::printer::Event;
-use crate::settings::{Compression, Destination, NativePlan, ServicePlan};
-
-fn oci_compression(c: Compression) -> OciCompression {
-    match c {
-        Compression::Gzip => OciCompression::Gzip,
-        Compression::Zstd => OciCompression::Zstd {
-            level: fastbuild_oci::layer::ZSTD_LEVEL,
-        },
-        Compression::ZstdFast => OciCompression::Zstd {
-            level: fastbuild_oci::layer::ZSTD_FAST_LEVEL,
-        },
-        Compression::Uncompressed => OciCompression::None,
-    }
-}
+use crate::printer::{Event, Message};
+use crate::settings::{Destination, NativePlan, ServicePlan};
 
 /// The image spec of a plan.
 pub fn image_spec(plan: &ServicePlan, n: &NativePlan) -> Result<ImageSpec> {
@@ -62,7 +49,7 @@ pub fn image_spec(plan: &ServicePlan, n: &NativePlan) -> Result<ImageSpec> {
             user: n.user.clone(),
             exposed_ports: n.ports.clone(),
         },
-        compression: Some(oci_compression(plan.compression)),
+        compression: Some(plan.registry.compression),
         source_date_epoch: plan.source_date_epoch,
         labels: n.labels.clone(),
         ..ImageSpec::default()
@@ -87,7 +74,7 @@ pub async fn build(
     options.memory_dir = registry_memory_dir();
     let client = RegistryClient::new(options).context("cannot set up the registry client")?;
     let scratch;
-    let (target, repository) = match &plan.destination {
+    let (target, repository) = match &plan.registry.destination {
         Destination::Registry {
             repository, tag, ..
         } => {
@@ -109,7 +96,7 @@ pub async fn build(
             scratch = work_dir()?;
             (
                 Target::Layout(scratch.path().to_path_buf()),
-                plan.pull_repository.clone(),
+                plan.registry.pull_repository.clone(),
             )
         }
     };
@@ -144,11 +131,11 @@ pub async fn build(
         repository,
         extra_tags,
         ..
-    } = &plan.destination
+    } = &plan.registry.destination
     {
         // The same manifest bytes under each further tag: one digest for all.
         for t in extra_tags {
-            tag_manifest(plan, repository, &pushed.digest.to_string(), t)
+            tag_manifest(plan, repository, &pushed.digest, t)
                 .await
                 .with_context(|| {
                     format!(
@@ -167,23 +154,18 @@ pub async fn build(
     });
     let _ = events.send(Event::Note {
         service: Some(plan.name.clone()),
-        message: format!(
-            "blobs: {} uploaded ({} bytes), {} already there, {} mounted",
-            pushed.stats.blobs_uploaded,
-            pushed.stats.bytes_uploaded,
-            pushed.stats.blobs_skipped,
-            pushed.stats.blobs_mounted
-        ),
+        message: Message::Blobs(pushed.stats),
     });
     Ok(ImageResult {
-        digest: pushed.digest.to_string(),
+        digest: pushed.digest.clone(),
         media_type: pushed.media_type.clone(),
         size: pushed.size,
-        config_digest: pushed.config_digest.as_ref().map(ToString::to_string),
+        config_digest: pushed.config_digest.clone(),
         descriptor: serde_json::to_value(&pushed.descriptor)
             .context("cannot serialize the descriptor")?,
         repository,
-        tag: matches!(plan.destination, Destination::Registry { .. }).then(|| pushed.tag.clone()),
+        tag: matches!(plan.registry.destination, Destination::Registry { .. })
+            .then(|| pushed.tag.clone()),
         bytes_uploaded: Some(pushed.stats.bytes_uploaded),
         reused: false,
     })

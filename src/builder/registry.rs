@@ -13,14 +13,15 @@ pub fn registry_options(plan: &ServicePlan) -> RegistryOptions {
         host,
         insecure: true,
         ..
-    } = &plan.destination
+    } = &plan.registry.destination
     {
         opts.insecure_hosts.push(host.clone());
     }
     opts.insecure_hosts
-        .extend(plan.insecure_registries.iter().cloned());
-    opts.ca_files.extend(plan.registry_ca_files.iter().cloned());
-    opts.docker_config.clone_from(&plan.docker_config);
+        .extend(plan.registry.insecure_registries.iter().cloned());
+    opts.ca_files
+        .extend(plan.registry.registry_ca_files.iter().cloned());
+    opts.docker_config.clone_from(&plan.registry.docker_config);
     opts
 }
 
@@ -47,7 +48,7 @@ pub fn client(plan: &ServicePlan) -> Result<RegistryClient> {
 pub async fn tag_manifest(
     plan: &ServicePlan,
     repository: &str,
-    digest: &str,
+    digest: &fastbuild_oci::Digest,
     tag: &str,
 ) -> Result<()> {
     let client = client(plan)?;

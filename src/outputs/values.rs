@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, anyhow};
+use fastbuild_oci::Digest;
 
 use crate::atomic::{self, WriteOutcome};
 use crate::builder::ImageResult;
@@ -21,8 +22,8 @@ pub struct ImageValues {
     pub pull_registry: String,
     /// `<pull registry>/<repository>`.
     pub repository: String,
-    /// `sha256:…`.
-    pub digest: String,
+    /// The digest pinned.
+    pub digest: Digest,
     /// The pushed tag, if any.
     pub tag: Option<String>,
 }
@@ -52,7 +53,7 @@ pub fn render(service: &str, image: &ImageValues, keys: &ValuesConfig) -> Result
     };
     let pairs = [
         (&keys.repository_key, Some(repository)),
-        (&keys.digest_key, Some(image.digest.clone())),
+        (&keys.digest_key, Some(image.digest.to_string())),
         (&keys.registry_key, Some(registry)),
         (&keys.tag_key, image.tag.clone()),
     ];
@@ -213,11 +214,11 @@ pub fn digests_in(values: &serde_json::Value) -> Vec<String> {
 }
 
 /// The values file text of `plan` pinned to `digest` (with `tag` for a tag key).
-pub fn text_for(plan: &ServicePlan, digest: &str, tag: Option<String>) -> Result<String> {
+pub fn text_for(plan: &ServicePlan, digest: &Digest, tag: Option<String>) -> Result<String> {
     let iv = ImageValues {
-        pull_registry: plan.pull_registry.clone(),
-        repository: plan.pull_repository.clone(),
-        digest: digest.to_owned(),
+        pull_registry: plan.registry.pull_registry.clone(),
+        repository: plan.registry.pull_repository.clone(),
+        digest: digest.clone(),
         tag,
     };
     render(&plan.name, &iv, &plan.values_keys).map_err(|e| anyhow!(UsageError(e)))
@@ -238,7 +239,7 @@ mod tests {
         ImageValues {
             pull_registry: "docker.io/ameide".into(),
             repository: "docker.io/ameide/inference".into(),
-            digest: format!("sha256:{}", "a".repeat(64)),
+            digest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
             tag: Some("fb-aaaaaaaaaaaa".into()),
         }
     }
@@ -268,6 +269,11 @@ mod tests {
         }
     }
 
+    /// Bitnami's `common.images.image` keys: registry, repository and digest apart.
+    fn registry_keys() -> ValuesConfig {
+        keys("image.repository", "image.digest", "image.registry", "")
+    }
+
     /// One snapshot per key set users ask for: the design note's default, Bitnami's
     /// `common.images.image` (registry + repository + digest), tag-only charts and Tilt's
     /// `helm_resource` image keys (registry + repository + tag), a chart taking the whole
@@ -276,10 +282,7 @@ mod tests {
     fn each_key_set_renders_as_charts_expect() {
         let cases = [
             ("default", ValuesConfig::default()),
-            (
-                "bitnami_registry_repository_digest",
-                keys("image.repository", "image.digest", "image.registry", ""),
-            ),
+            ("bitnami_registry_repository_digest", registry_keys()),
             (
                 "tag_only_registry_repository_tag",
                 keys("image.repository", "", "image.registry", "image.tag"),
@@ -302,12 +305,7 @@ mod tests {
             let out = render("gw", &image(), &keys).unwrap();
             insta::assert_snapshot!(name, out);
         }
-        let out = render(
-            "gw",
-            &image(),
-            &keys("image.repository", "image.digest", "image.registry", ""),
-        )
-        .unwrap();
+        let out = render("gw", &image(), &registry_keys()).unwrap();
         assert!(out.contains("  registry: docker.io\n"), "{out}");
         assert!(out.contains("  repository: ameide/inference\n"), "{out}");
     }
@@ -317,15 +315,10 @@ mod tests {
         let image = ImageValues {
             pull_registry: "localhost:5000".into(),
             repository: "localhost:5000/gw".into(),
-            digest: format!("sha256:{}", "b".repeat(64)),
+            digest: format!("sha256:{}", "b".repeat(64)).parse().unwrap(),
             tag: None,
         };
-        let out = render(
-            "gw",
-            &image,
-            &keys("image.repository", "image.digest", "image.registry", ""),
-        )
-        .unwrap();
+        let out = render("gw", &image, &registry_keys()).unwrap();
         assert!(out.contains("  registry: localhost:5000\n"), "{out}");
         assert!(out.contains("  repository: gw\n"), "{out}");
     }
@@ -341,7 +334,7 @@ mod tests {
         let parsed = parse(&text).unwrap();
         assert_eq!(
             lookup(&parsed, "app.image.sha"),
-            Some(image().digest.as_str())
+            Some(image().digest.to_string().as_str())
         );
         assert_eq!(lookup(&parsed, "image.digest"), None);
         assert_eq!(lookup(&parsed, "app.image"), None, "a map is not a digest");

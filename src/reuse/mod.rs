@@ -27,15 +27,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use fastbuild_oci::Reference;
+use fastbuild_oci::{Digest, Reference};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use crate::builder::ImageResult;
-use crate::printer::Event;
-use crate::settings::{
-    BuilderPlan, BuildkitPlan, Destination, NamedContextSpec, Reuse, SecretSpec, ServicePlan,
-};
+use crate::printer::{Event, Message};
+use crate::settings::{BuilderPlan, BuildkitPlan, Destination, Reuse, SecretSpec, ServicePlan};
 
 pub use state::State;
 
@@ -80,7 +78,7 @@ pub async fn check(plan: &ServicePlan, events: &mpsc::UnboundedSender<Event>) ->
         return Decision::Build(None);
     }
     let (BuilderPlan::Buildkit(b), Destination::Registry { .. }) =
-        (&plan.builder, &plan.destination)
+        (&plan.builder, &plan.registry.destination)
     else {
         return Decision::Build(None);
     };
@@ -125,11 +123,10 @@ pub async fn check(plan: &ServicePlan, events: &mpsc::UnboundedSender<Event>) ->
             }
             let _ = events.send(Event::Note {
                 service: Some(plan.name.clone()),
-                message: format!(
-                    "unchanged since its build of {}: reusing {} without a solve (--force builds anyway)",
-                    crate::history::time_shown(recorded.built_at),
-                    image.digest
-                ),
+                message: Message::Reused {
+                    built_at: recorded.built_at,
+                    digest: image.digest.clone(),
+                },
             });
             Decision::Reuse(image)
         }
@@ -179,8 +176,8 @@ async fn fingerprint(
     };
     let mut images: Vec<String> = images.into_iter().collect();
     images.extend(b.named_contexts.values().filter_map(|c| match c {
-        NamedContextSpec::Image(r) => Some(r.clone()),
-        NamedContextSpec::Dir(_) => None,
+        fastbuild_buildkit::NamedContext::Image(r) => Some(r.clone()),
+        fastbuild_buildkit::NamedContext::Dir(_) => None,
     }));
 
     let mut h = Hasher(Sha256::new());
@@ -272,7 +269,7 @@ async fn fingerprint(
 }
 
 /// The digest each image resolves to now (concurrently; a pinned digest as written).
-async fn resolve_all(plan: &ServicePlan, images: &[String]) -> Result<Vec<(String, String)>> {
+async fn resolve_all(plan: &ServicePlan, images: &[String]) -> Result<Vec<(String, Digest)>> {
     if images.is_empty() {
         return Ok(Vec::new());
     }
@@ -287,23 +284,22 @@ async fn resolve_all(plan: &ServicePlan, images: &[String]) -> Result<Vec<(Strin
     futures::future::try_join_all(lookups).await
 }
 
-/// The digest `name` points at now, as `sha256:…` (a reference pinned by digest: that digest,
+/// The digest `name` points at now (a reference pinned by digest: that digest,
 /// without asking); `None` when the registry does not have it.
 async fn current_digest(
     client: &fastbuild_oci::RegistryClient,
     name: &str,
-) -> Result<Option<String>> {
+) -> Result<Option<Digest>> {
     let reference: Reference = name
         .parse()
         .with_context(|| format!("`{name}` is not an image reference"))?;
     if let Some(d) = &reference.digest {
-        return Ok(Some(d.to_string()));
+        return Ok(Some(d.clone()));
     }
-    Ok(client
+    client
         .manifest_digest(&reference)
         .await
-        .with_context(|| format!("cannot resolve `{name}`"))?
-        .map(|d| d.to_string()))
+        .with_context(|| format!("cannot resolve `{name}`"))
 }
 
 /// Whether the registry still serves `image` under every name a build would push.
@@ -314,7 +310,7 @@ async fn still_served(plan: &ServicePlan, b: &BuildkitPlan, image: &ImageResult)
         names = opts
             .image_names
             .iter()
-            .map(|repo| format!("{repo}:{}", crate::builder::content_tag(&image.digest)))
+            .map(|repo| format!("{repo}:{}", fastbuild_oci::default_tag(&image.digest)))
             .collect();
     }
     if names.is_empty() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use fastbuild_buildkit::CacheSpec;
+use fastbuild_buildkit::{CacheSpec, NamedContext, SshSource};
 
 use super::merge::{Sources, added, first};
 use super::{absolutize, kv_pairs};
@@ -40,9 +40,9 @@ pub struct BuildkitPlan {
     /// Secrets: id → source.
     pub secrets: Vec<SecretSpec>,
     /// SSH agents or keys forwarded to `RUN --mount=type=ssh`, by ID.
-    pub ssh: BTreeMap<String, SshSpec>,
+    pub ssh: BTreeMap<String, SshSource>,
     /// Named contexts: directories (absolute) or images.
-    pub named_contexts: BTreeMap<String, NamedContextSpec>,
+    pub named_contexts: BTreeMap<String, NamedContext>,
     /// `attest:sbom` value, when asked for.
     pub sbom: Option<String>,
     /// `attest:provenance` value, when asked for.
@@ -68,17 +68,8 @@ pub struct BuildkitTls {
     pub server_name: Option<String>,
 }
 
-/// A named context (`--build-context NAME=…`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NamedContextSpec {
-    /// A directory.
-    Dir(PathBuf),
-    /// `docker-image://REF`.
-    Image(String),
-}
-
 /// Parses `NAME=DIR` / `NAME=docker-image://REF` (relative directories from `root`).
-pub fn parse_named_context(name: &str, value: &str, root: &Path) -> Result<NamedContextSpec> {
+pub fn parse_named_context(name: &str, value: &str, root: &Path) -> Result<NamedContext> {
     if name.is_empty() || matches!(name, "context" | "dockerfile") || name.contains(',') {
         return Err(UsageError(format!(
             "build context `{name}={value}`: the name must be non-empty, without commas, and not \
@@ -93,7 +84,7 @@ pub fn parse_named_context(name: &str, value: &str, root: &Path) -> Result<Named
             ))
             .into());
         }
-        return Ok(NamedContextSpec::Image(reference.to_owned()));
+        return Ok(NamedContext::Image(reference.to_owned()));
     }
     if let Some((scheme, _)) = value.split_once("://") {
         return Err(UsageError(format!(
@@ -110,7 +101,7 @@ pub fn parse_named_context(name: &str, value: &str, root: &Path) -> Result<Named
         ))
         .into());
     }
-    Ok(NamedContextSpec::Dir(dir))
+    Ok(NamedContext::Dir(dir))
 }
 
 /// `--sbom` / `--provenance` as buildx takes them: `false` (or absent) → none; `true` → the
@@ -123,18 +114,9 @@ fn attestation(value: Option<&str>, default: &str) -> Option<String> {
     }
 }
 
-/// What one `--ssh` ID forwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SshSpec {
-    /// A running agent's socket (`SSH_AUTH_SOCK`, or a socket path given).
-    Agent(PathBuf),
-    /// Private key files, loaded into an agent of the build's own.
-    Keys(Vec<PathBuf>),
-}
-
 /// Parses `--ssh` specs as buildx does: `default`, `ID` (both: the agent of `SSH_AUTH_SOCK`),
 /// `ID=PATH[,PATH…]` (one agent socket, or key files). Relative paths are taken from `root`.
-pub fn parse_ssh(specs: &[String], root: &Path) -> Result<BTreeMap<String, SshSpec>> {
+pub fn parse_ssh(specs: &[String], root: &Path) -> Result<BTreeMap<String, SshSource>> {
     let mut out = BTreeMap::new();
     for spec in specs {
         let (id, paths) = match spec.split_once('=') {
@@ -164,10 +146,10 @@ pub fn parse_ssh(specs: &[String], root: &Path) -> Result<BTreeMap<String, SshSp
                              `--ssh {id}=~/.ssh/id_ed25519`"
                         ))
                     })?;
-                SshSpec::Agent(PathBuf::from(sock))
+                SshSource::Agent(PathBuf::from(sock))
             }
-            [one] if is_socket(one) => SshSpec::Agent(one.clone()),
-            _ => SshSpec::Keys(paths),
+            [one] if is_socket(one) => SshSource::Agent(one.clone()),
+            _ => SshSource::Keys(paths),
         };
         if out.insert(id.to_owned(), source).is_some() {
             return Err(UsageError(format!("ssh id `{id}` is given twice")).into());
@@ -442,7 +424,7 @@ pub(super) fn resolve(
         named_contexts.insert(name.to_owned(), parse_named_context(name, value, &cwd)?);
     }
     for ctx in named_contexts.values() {
-        if let NamedContextSpec::Dir(dir) = ctx {
+        if let NamedContext::Dir(dir) = ctx {
             watch_paths.push(dir.clone());
         }
     }
@@ -519,11 +501,11 @@ mod tests {
         fs_err::create_dir(dir.path().join("core")).unwrap();
         assert_eq!(
             parse_named_context("core", "core", dir.path()).unwrap(),
-            NamedContextSpec::Dir(dir.path().join("core"))
+            NamedContext::Dir(dir.path().join("core"))
         );
         assert_eq!(
             parse_named_context("alpine", "docker-image://reg:5000/alpine:3", dir.path()).unwrap(),
-            NamedContextSpec::Image("reg:5000/alpine:3".into())
+            NamedContext::Image("reg:5000/alpine:3".into())
         );
         for (name, value, says) in [
             ("core", "missing", "is not a directory"),
@@ -561,10 +543,10 @@ mod tests {
             "keys=id_ed25519,other_key".to_owned(),
         ];
         let parsed = parse_ssh(&specs, dir.path()).unwrap();
-        assert_eq!(parsed["agent"], SshSpec::Agent(sock.clone()));
+        assert_eq!(parsed["agent"], SshSource::Agent(sock.clone()));
         assert_eq!(
             parsed["keys"],
-            SshSpec::Keys(vec![key.clone(), dir.path().join("other_key")])
+            SshSource::Keys(vec![key.clone(), dir.path().join("other_key")])
         );
         let twice = [specs[0].clone(), specs[0].clone()];
         assert!(parse_ssh(&twice, dir.path()).is_err());

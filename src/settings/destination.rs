@@ -7,47 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 
 use super::merge::{Sources, added, first, replaced};
+use fastbuild_oci::Compression;
+
 use crate::error::UsageError;
-
-/// Layer compression, as chosen by the user; the builders take it as
-/// [`fastbuild_oci::Compression`] (`.into()`), the one enum of the crates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// gzip (the registry default).
-    Gzip,
-    /// zstd at its default level (3).
-    Zstd,
-    /// zstd at level 1: the `auto` choice for loopback and dev registries.
-    ZstdFast,
-    /// No compression (fastest on loopback).
-    Uncompressed,
-}
-
-impl Compression {
-    /// The name BuildKit and the CLI use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Gzip => "gzip",
-            Self::Zstd | Self::ZstdFast => "zstd",
-            Self::Uncompressed => "uncompressed",
-        }
-    }
-}
-
-impl From<Compression> for fastbuild_oci::Compression {
-    fn from(c: Compression) -> Self {
-        use fastbuild_oci::layer::{ZSTD_FAST_LEVEL, ZSTD_LEVEL};
-        match c {
-            Compression::Gzip => Self::Gzip,
-            Compression::Zstd => Self::Zstd { level: ZSTD_LEVEL },
-            Compression::ZstdFast => Self::Zstd {
-                level: ZSTD_FAST_LEVEL,
-            },
-            Compression::Uncompressed => Self::None,
-        }
-    }
-}
 
 /// Where the image goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,22 +33,32 @@ pub enum Destination {
     None,
 }
 
-/// The registry side of a service's plan (the fields of [`super::ServicePlan`] it fills).
-pub(super) struct Resolved {
+/// The registry side of a service's plan: where its image goes, and how registries are
+/// reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryPlan {
+    /// Where the image goes.
     pub destination: Destination,
+    /// Registry as the cluster pulls from it.
     pub pull_registry: String,
+    /// Where the registry came from when it was not configured (the cluster's ConfigMap).
     pub registry_source: Option<String>,
+    /// Repository as the cluster pulls it: `<pull registry>/<repository>`.
     pub pull_repository: String,
+    /// Layer compression.
     pub compression: Compression,
+    /// Registries allowed over plain HTTP besides loopback.
     pub insecure_registries: Vec<String>,
+    /// Extra CA bundles for registry TLS.
     pub registry_ca_files: Vec<PathBuf>,
+    /// Docker config directory or file for credentials (`None`: the default).
     pub docker_config: Option<PathBuf>,
 }
 
 /// Resolves where the image of service `name` goes. `EXPECTED_REF` (Tilt's `custom_build`)
 /// wins for the repository and tag; with no registry configured anywhere, the one a local
 /// cluster advertises (KEP-1755) is used, as Tilt does.
-pub(super) fn resolve(src: Sources<'_>, name: &str) -> Result<Resolved> {
+pub(super) fn resolve(src: Sources<'_>, name: &str) -> Result<RegistryPlan> {
     let Sources {
         flags,
         svc,
@@ -204,7 +176,7 @@ pub(super) fn resolve(src: Sources<'_>, name: &str) -> Result<Resolved> {
         }
         None => Destination::None,
     };
-    Ok(Resolved {
+    Ok(RegistryPlan {
         destination,
         pull_registry,
         registry_source,
@@ -229,22 +201,14 @@ pub(super) fn docker_config(src: Sources<'_>) -> Option<PathBuf> {
 }
 
 fn parse_compression(s: &str, host: Option<&str>) -> Result<Compression> {
-    Ok(match s {
-        // Dev registries: zstd at its fastest level (as fast as no compression on loopback, and
-        // several times fewer bytes for the cluster to pull); others: gzip, which every runtime reads.
-        "auto" => match host {
-            Some(h) if is_dev_registry(h) => Compression::ZstdFast,
-            _ => Compression::Gzip,
-        },
-        "gzip" => Compression::Gzip,
-        "zstd" => Compression::Zstd,
-        "uncompressed" | "none" => Compression::Uncompressed,
-        other => {
-            return Err(UsageError(format!(
-                "unknown compression `{other}`; use auto, gzip, zstd or uncompressed"
-            ))
-            .into());
-        }
+    // `auto`: dev registries get zstd at its fastest level (as fast as no compression on
+    // loopback, and several times fewer bytes for the cluster to pull); others gzip, which
+    // every runtime reads.
+    Compression::from_setting(s, host).ok_or_else(|| {
+        UsageError(format!(
+            "unknown compression `{s}`; use auto, gzip, zstd or uncompressed"
+        ))
+        .into()
     })
 }
 

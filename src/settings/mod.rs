@@ -26,11 +26,11 @@ mod native;
 mod values;
 
 pub use buildkit::{
-    BuildkitPlan, BuildkitTls, NamedContextSpec, SecretSpec, SshSpec, cache_spec,
-    parse_named_context, parse_secret, parse_ssh, pool_order,
+    BuildkitPlan, BuildkitTls, SecretSpec, cache_spec, parse_named_context, parse_secret,
+    parse_ssh, pool_order,
 };
 pub use destination::{
-    Compression, Destination, host_only, is_dev_registry, is_loopback, no_registry, split_tag,
+    Destination, RegistryPlan, host_only, is_dev_registry, is_loopback, no_registry, split_tag,
 };
 pub use helm::{DEFAULT_HELM_TIMEOUT, HelmPlan, is_chart_reference};
 pub use native::NativePlan;
@@ -62,22 +62,8 @@ pub struct ServicePlan {
     pub root: PathBuf,
     /// The builder.
     pub builder: BuilderPlan,
-    /// Where the image goes.
-    pub destination: Destination,
-    /// Registry as the cluster pulls from it.
-    pub pull_registry: String,
-    /// Where the registry came from when it was not configured (the cluster's ConfigMap).
-    pub registry_source: Option<String>,
-    /// Repository as the cluster pulls it: `<pull registry>/<repository>`.
-    pub pull_repository: String,
-    /// Compression.
-    pub compression: Compression,
-    /// Registries allowed over plain HTTP besides loopback.
-    pub insecure_registries: Vec<String>,
-    /// Extra CA bundles for registry TLS.
-    pub registry_ca_files: Vec<PathBuf>,
-    /// Docker config directory or file for credentials (`None`: the default).
-    pub docker_config: Option<PathBuf>,
+    /// Where the image goes and how registries are reached.
+    pub registry: RegistryPlan,
     /// Values file (absolute).
     pub values_file: PathBuf,
     /// Values keys.
@@ -236,7 +222,7 @@ impl Project {
             .map(|name| {
                 let mut plan = self.plan(name, flags)?;
                 delivery.apply(&self.root, &mut plan)?;
-                destination::check_tags(name, &plan.destination)?;
+                destination::check_tags(name, &plan.registry.destination)?;
                 preflight(&plan)?;
                 Ok(plan)
             })
@@ -283,10 +269,10 @@ impl Delivery {
             let dir = out.strip_prefix("oci:").ok_or_else(|| {
                 UsageError(format!("`--output {out}`: only `oci:DIR` is supported"))
             })?;
-            plan.destination = Destination::Layout(absolutize(root, Path::new(dir)));
+            plan.registry.destination = Destination::Layout(absolutize(root, Path::new(dir)));
         } else if self.no_push {
-            plan.destination = Destination::None;
-        } else if plan.destination == Destination::None {
+            plan.registry.destination = Destination::None;
+        } else if plan.registry.destination == Destination::None {
             return Err(no_registry(&plan.name));
         }
         Ok(())
@@ -443,28 +429,11 @@ fn resolve(
     watch_paths.sort();
     watch_paths.dedup();
     let source_date_epoch = source_date_epoch(&project.root, &watch_paths);
-    let destination::Resolved {
-        destination,
-        pull_registry,
-        registry_source,
-        pull_repository,
-        compression,
-        insecure_registries,
-        registry_ca_files,
-        docker_config,
-    } = registry;
     Ok(ServicePlan {
         name: name.to_owned(),
         root: project.root.clone(),
         builder,
-        destination,
-        pull_registry,
-        registry_source,
-        pull_repository,
-        compression,
-        insecure_registries,
-        registry_ca_files,
-        docker_config,
+        registry,
         values_file,
         values_keys,
         helm,

@@ -99,7 +99,7 @@ mod tests {
         let image = crate::outputs::values::ImageValues {
             pull_registry: "registry:5000".into(),
             repository: "registry:5000/app".into(),
-            digest: format!("sha256:{}", "a".repeat(64)),
+            digest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
             tag: Some("v1".into()),
         };
         for k in [

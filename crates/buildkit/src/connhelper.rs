@@ -469,114 +469,27 @@ mod tests {
     /// The argv of buildctl's connection helpers (`client/connhelper/*`), word for word.
     #[test]
     fn commands_are_buildctls() {
-        assert_eq!(
-            argv("docker-container://buildx_buildkit_b0"),
-            [
-                "docker",
-                "exec",
-                "-i",
-                "buildx_buildkit_b0",
-                "buildctl",
-                "dial-stdio"
-            ]
-        );
-        assert_eq!(
-            argv("docker-container://bk?context=colima"),
-            [
-                "docker",
-                "--context=colima",
-                "exec",
-                "-i",
-                "bk",
-                "buildctl",
-                "dial-stdio"
-            ]
-        );
-        assert_eq!(
-            argv("podman-container://bk"),
-            ["podman", "exec", "-i", "bk", "buildctl", "dial-stdio"]
-        );
-        assert_eq!(
-            argv("nerdctl-container://bk?namespace=k8s.io"),
-            [
-                "nerdctl",
-                "exec",
-                "--namespace",
-                "k8s.io",
-                "-i",
-                "bk",
-                "buildctl",
-                "dial-stdio"
-            ]
-        );
-        assert_eq!(
-            argv("nerdctl-container://bk"),
-            ["nerdctl", "exec", "-i", "bk", "buildctl", "dial-stdio"]
-        );
-        assert_eq!(
-            argv("kube-pod://buildkitd-0?namespace=ci&context=prod&container=bk"),
-            [
-                "kubectl",
-                "--context=prod",
-                "--namespace=ci",
-                "exec",
-                "--container=bk",
-                "-i",
-                "buildkitd-0",
-                "--",
-                "buildctl",
-                "dial-stdio"
-            ]
-        );
-        assert_eq!(
-            argv("kube-pod://buildkitd-0"),
-            [
-                "kubectl",
-                "--context=",
-                "--namespace=",
-                "exec",
-                "--container=",
-                "-i",
-                "buildkitd-0",
-                "--",
-                "buildctl",
-                "dial-stdio"
-            ]
-        );
-        assert_eq!(
-            argv("ssh://me@builder.example:2222/run/buildkit/buildkitd.sock"),
-            [
-                "ssh",
-                "-l",
-                "me",
-                "-p",
-                "2222",
-                "--",
-                "builder.example",
-                "buildctl",
-                "--addr",
-                "unix:///run/buildkit/buildkitd.sock",
-                "dial-stdio"
-            ]
-        );
-        assert_eq!(
-            argv("ssh://builder.example"),
-            ["ssh", "--", "builder.example", "buildctl", "dial-stdio"]
-        );
-        assert_eq!(
-            argv("kube-deployment://builder0?namespace=buildkit"),
-            [
-                "kubectl",
-                "--context=",
-                "--namespace=buildkit",
-                "exec",
-                "-i",
-                "deployment/builder0",
-                "--",
-                "buildctl",
-                "dial-stdio"
-            ]
-        );
+        // `address => argv`, one helper a line.
+        let table = "\
+docker-container://buildx_buildkit_b0 => docker exec -i buildx_buildkit_b0 buildctl dial-stdio
+docker-container://bk?context=colima => docker --context=colima exec -i bk buildctl dial-stdio
+podman-container://bk => podman exec -i bk buildctl dial-stdio
+nerdctl-container://bk?namespace=k8s.io => nerdctl exec --namespace k8s.io -i bk buildctl dial-stdio
+nerdctl-container://bk => nerdctl exec -i bk buildctl dial-stdio
+kube-pod://buildkitd-0?namespace=ci&context=prod&container=bk => kubectl --context=prod --namespace=ci exec --container=bk -i buildkitd-0 -- buildctl dial-stdio
+kube-pod://buildkitd-0 => kubectl --context= --namespace= exec --container= -i buildkitd-0 -- buildctl dial-stdio
+ssh://me@builder.example:2222/run/buildkit/buildkitd.sock => ssh -l me -p 2222 -- builder.example buildctl --addr unix:///run/buildkit/buildkitd.sock dial-stdio
+ssh://builder.example => ssh -- builder.example buildctl dial-stdio
+kube-deployment://builder0?namespace=buildkit => kubectl --context= --namespace=buildkit exec -i deployment/builder0 -- buildctl dial-stdio
+";
+        for line in table.lines() {
+            let (address, words) = line.split_once(" => ").unwrap();
+            assert_eq!(
+                argv(address),
+                words.split(' ').collect::<Vec<_>>(),
+                "{address}"
+            );
+        }
         assert_eq!(parse("unix:///x").unwrap(), None);
     }
 

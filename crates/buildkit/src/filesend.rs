@@ -120,10 +120,7 @@ impl FileSend for FileSendService {
         &self,
         request: Request<Streaming<BytesMessage>>,
     ) -> Result<Response<Self::DiffCopyStream>, Status> {
-        let id = request
-            .metadata()
-            .get(EXPORTER_ID_KEY)
-            .and_then(|v| v.to_str().ok())
+        let id = crate::session::metadata_str(&request, EXPORTER_ID_KEY)
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(0);
         let target = &self.target;

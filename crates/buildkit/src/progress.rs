@@ -121,6 +121,14 @@ fn to_system_time(ts: Option<&prost_types::Timestamp>) -> Option<SystemTime> {
 }
 
 impl StatusTracker {
+    /// The name of the vertex `digest` (empty while the daemon has not named it).
+    fn vertex_name(&self, digest: &str) -> String {
+        self.vertices
+            .get(digest)
+            .map(|v| v.name.clone())
+            .unwrap_or_default()
+    }
+
     /// Applies one update and returns the events it produces.
     pub(crate) fn apply(&mut self, update: StatusResponse) -> Vec<ProgressEvent> {
         let mut events = Vec::new();
@@ -180,13 +188,8 @@ impl StatusTracker {
                 continue;
             }
             self.status_done.insert(key, completed);
-            let vertex_name = self
-                .vertices
-                .get(&s.vertex)
-                .map(|v| v.name.clone())
-                .unwrap_or_default();
             events.push(ProgressEvent::Status {
-                vertex_name,
+                vertex_name: self.vertex_name(&s.vertex),
                 id: s.id,
                 current: s.current,
                 total: s.total,
@@ -217,13 +220,8 @@ impl StatusTracker {
             });
         }
         for w in update.warnings {
-            let vertex_name = self
-                .vertices
-                .get(&w.vertex)
-                .map(|v| v.name.clone())
-                .unwrap_or_default();
             events.push(ProgressEvent::Warning {
-                vertex_name,
+                vertex_name: self.vertex_name(&w.vertex),
                 message: String::from_utf8_lossy(&w.short).into_owned(),
                 url: Some(w.url).filter(|u| !u.is_empty()),
             });

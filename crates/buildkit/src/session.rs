@@ -61,6 +61,11 @@ const SESSION_STREAM_WINDOW: u32 = 64 * 1024;
 /// the memory.
 const SESSION_CONNECTION_WINDOW: u32 = 32 << 20;
 
+/// The text of the gRPC metadata entry `key` of a request the daemon made, if it sent one.
+pub(crate) fn metadata_str<'r, T>(request: &'r tonic::Request<T>, key: &str) -> Option<&'r str> {
+    request.metadata().get(key).and_then(|v| v.to_str().ok())
+}
+
 /// A random 25-character `[0-9a-z]` ID, like BuildKit's `identity.NewID()` (never contains `:`).
 pub(crate) fn new_id() -> String {
     let mut n = uuid::Uuid::new_v4().as_u128();

@@ -208,6 +208,8 @@ impl SshService {
 
 #[tonic::async_trait]
 impl Ssh for SshService {
+    type ForwardAgentStream = ReceiverStream<Result<BytesMessage, Status>>;
+
     async fn check_agent(
         &self,
         request: Request<CheckAgentRequest>,
@@ -219,16 +221,11 @@ impl Ssh for SshService {
         Ok(Response::new(CheckAgentResponse {}))
     }
 
-    type ForwardAgentStream = ReceiverStream<Result<BytesMessage, Status>>;
-
     async fn forward_agent(
         &self,
         request: Request<Streaming<BytesMessage>>,
     ) -> Result<Response<Self::ForwardAgentStream>, Status> {
-        let id = request
-            .metadata()
-            .get(ID_METADATA)
-            .and_then(|v| v.to_str().ok())
+        let id = crate::session::metadata_str(&request, ID_METADATA)
             .filter(|v| !v.is_empty())
             .unwrap_or(DEFAULT_ID)
             .to_owned();

@@ -286,16 +286,17 @@ fn tls_config(
             what,
             source,
         };
+    let certificates = |path: &std::path::Path, what: String| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
+            .map_err(|e| tls_err(what, Some(Box::new(e))))
+    };
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &opts.ca_cert {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
-            .map_err(|e| {
-                tls_err(
-                    format!("cannot read CA certificates from `{}`", ca.display()),
-                    Some(Box::new(e)),
-                )
-            })?;
+        let certs = certificates(
+            ca,
+            format!("cannot read CA certificates from `{}`", ca.display()),
+        )?;
         if certs.is_empty() {
             return Err(tls_err(
                 format!("no certificate found in `{}`", ca.display()),
@@ -329,14 +330,10 @@ fn tls_config(
         .with_root_certificates(roots);
     let mut config = match (&opts.cert, &opts.key) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
-                .map_err(|e| {
-                    tls_err(
-                        format!("cannot read client certificate `{}`", cert.display()),
-                        Some(Box::new(e)),
-                    )
-                })?;
+            let chain = certificates(
+                cert,
+                format!("cannot read client certificate `{}`", cert.display()),
+            )?;
             let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 tls_err(
                     format!("cannot read client key `{}`", key.display()),
@@ -375,35 +372,30 @@ mod tests {
 
     #[test]
     fn parses_addresses() {
-        assert_eq!(
-            Address::parse("unix:///run/buildkit/buildkitd.sock").unwrap(),
-            Address::Unix("/run/buildkit/buildkitd.sock".into())
-        );
-        assert_eq!(
-            Address::parse("tcp://127.0.0.1:1234").unwrap(),
-            Address::Tcp {
-                host: "127.0.0.1".into(),
-                port: 1234
-            }
-        );
-        assert_eq!(
-            Address::parse("tcp://[::1]:1234").unwrap(),
-            Address::Tcp {
-                host: "::1".into(),
-                port: 1234
-            }
-        );
-        assert_eq!(
-            Address::parse("docker-unix:///var/run/docker.sock").unwrap(),
-            Address::DockerUnix("/var/run/docker.sock".into())
-        );
-        assert_eq!(
-            Address::parse("docker-tcp://10.0.0.5:2376").unwrap(),
-            Address::DockerTcp {
-                host: "10.0.0.5".into(),
-                port: 2376
-            }
-        );
+        let tcp = |host: &str, port| Address::Tcp {
+            host: host.into(),
+            port,
+        };
+        let docker_tcp = |host: &str, port| Address::DockerTcp {
+            host: host.into(),
+            port,
+        };
+        let sock = "/run/buildkit/buildkitd.sock";
+        for (text, want) in [
+            (
+                "unix:///run/buildkit/buildkitd.sock",
+                Address::Unix(sock.into()),
+            ),
+            ("tcp://127.0.0.1:1234", tcp("127.0.0.1", 1234)),
+            ("tcp://[::1]:1234", tcp("::1", 1234)),
+            (
+                "docker-unix:///var/run/docker.sock",
+                Address::DockerUnix("/var/run/docker.sock".into()),
+            ),
+            ("docker-tcp://10.0.0.5:2376", docker_tcp("10.0.0.5", 2376)),
+        ] {
+            assert_eq!(Address::parse(text).unwrap(), want, "{text}");
+        }
         assert!(matches!(
             Address::parse("docker-ssh://me@box").unwrap(),
             Address::DockerCommand(_)

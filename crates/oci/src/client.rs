@@ -62,6 +62,13 @@ const MAX_TAG_PAGES: usize = 10_000;
 /// Media types accepted when fetching manifests.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
+/// Asks for any of the manifest media types ([`MANIFEST_ACCEPT`]): the request builder of a
+/// manifest `GET` or `HEAD`.
+#[allow(clippy::unnecessary_wraps)] // the shape of the request builders `call` and `send` take
+fn accept_manifests(rb: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
+    Ok(rb.header(http::header::ACCEPT, MANIFEST_ACCEPT))
+}
+
 /// Retry behaviour for replayable registry steps.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {

@@ -128,22 +128,11 @@ impl RegistryClient {
     /// back from the target and checked against their digests: the copy has the source's
     /// digest or the call fails. Interrupted, it can be run again and moves only what is missing.
     pub async fn copy_image(&self, source: &Reference, target: &Reference) -> Result<CopyResult> {
-        let top = self
-            .fetch_manifest(source)
-            .await?
-            .ok_or_else(|| Error::ImageNotFound {
-                reference: source.to_string(),
-            })?;
+        let top = self.require_manifest(source, image_not_found).await?;
         let digest = top.digest.clone();
-        if let Some(wanted) = &target.digest
-            && *wanted != digest
-        {
-            return Err(Error::DigestMismatch {
-                what: format!("the copy of `{source}` to `{target}`"),
-                expected: wanted.to_string(),
-                actual: digest.to_string(),
-            });
-        }
+        digest.check(target.digest.as_ref(), || {
+            format!("the copy of `{source}` to `{target}`")
+        })?;
         let source = source.with_digest(digest.clone());
         let (media_type, size) = (top.media_type.clone(), top.bytes.len() as u64);
         let walk = self.walk(&source, top).await?;
@@ -203,12 +192,7 @@ impl RegistryClient {
         // Read back: what the target serves under each digest must hash to it.
         for m in &walk.manifests {
             let at_target = target.with_digest(m.digest.clone());
-            let served =
-                self.fetch_manifest(&at_target)
-                    .await?
-                    .ok_or_else(|| Error::ImageNotFound {
-                        reference: at_target.to_string(),
-                    })?;
+            let served = self.require_manifest(&at_target, image_not_found).await?;
             if served.bytes != m.bytes {
                 return Err(Error::DigestMismatch {
                     what: format!("manifest `{at_target}` served after the copy"),
@@ -524,6 +508,11 @@ impl RemoteBlob {
         }
         Ok(piece)
     }
+}
+
+/// The error of a manifest the registry does not have.
+fn image_not_found(reference: String) -> Error {
+    Error::ImageNotFound { reference }
 }
 
 #[cfg(test)]

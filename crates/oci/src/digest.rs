@@ -37,6 +37,23 @@ impl Digest {
         "sha256"
     }
 
+    /// `Ok` when this is the digest `expected` (or nothing was expected); else an
+    /// [`Error::DigestMismatch`] about `what`.
+    pub(crate) fn check(
+        &self,
+        expected: Option<&Digest>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), Error> {
+        match expected {
+            Some(wanted) if wanted != self => Err(Error::DigestMismatch {
+                what: what(),
+                expected: wanted.to_string(),
+                actual: self.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The digest as an `oci-spec` digest.
     pub fn to_oci(&self) -> oci_spec::image::Digest {
         oci_spec::image::Digest::from_str(&self.to_string())
@@ -60,24 +77,22 @@ impl FromStr for Digest {
     type Err = Error;
 
     fn from_str(value: &str) -> Result<Self, Error> {
-        let invalid = |reason: &str| Error::InvalidDigest {
+        let lower_hex = |hex: &str| hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let hex = match value.split_once(':') {
+            None => Err("expected `sha256:<64 hex digits>`"),
+            Some((algorithm, _)) if algorithm != "sha256" => {
+                Err("only sha256 digests are supported")
+            }
+            Some((_, hex)) if hex.len() != 64 => Err("a sha256 digest has exactly 64 hex digits"),
+            Some((_, hex)) if !lower_hex(hex) => Err("hex digits must be lowercase 0-9a-f"),
+            Some((_, hex)) => Ok(hex),
+        };
+        hex.map(|hex| Self {
+            hex: hex.to_owned(),
+        })
+        .map_err(|reason| Error::InvalidDigest {
             value: value.to_owned(),
             reason: reason.to_owned(),
-        };
-        let Some((algorithm, hex)) = value.split_once(':') else {
-            return Err(invalid("expected `sha256:<64 hex digits>`"));
-        };
-        if algorithm != "sha256" {
-            return Err(invalid("only sha256 digests are supported"));
-        }
-        if hex.len() != 64 {
-            return Err(invalid("a sha256 digest has exactly 64 hex digits"));
-        }
-        if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(invalid("hex digits must be lowercase 0-9a-f"));
-        }
-        Ok(Self {
-            hex: hex.to_owned(),
         })
     }
 }

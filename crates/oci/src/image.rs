@@ -606,20 +606,15 @@ mod tests {
         };
         let mut spec_with_layer = spec.clone();
         spec_with_layer.layers = vec![LayerSpec::new([("/x", "/app")])];
-        let a = assemble(
-            &spec_with_layer,
-            &spec.platforms[0],
-            None,
-            std::slice::from_ref(&layer),
-        )
-        .unwrap();
-        let b = assemble(
-            &spec_with_layer,
-            &spec.platforms[0],
-            None,
-            std::slice::from_ref(&layer),
-        )
-        .unwrap();
+        let [a, b] = [(), ()].map(|()| {
+            assemble(
+                &spec_with_layer,
+                &spec.platforms[0],
+                None,
+                std::slice::from_ref(&layer),
+            )
+            .unwrap()
+        });
         assert_eq!(a.manifest, b.manifest);
         let config: serde_json::Value = serde_json::from_slice(&a.config).unwrap();
         insta::assert_snapshot!(serde_json::to_string_pretty(&config).unwrap(), @r#"

@@ -116,11 +116,8 @@ async fn resolve_base(
     platforms: &[Platform],
 ) -> Result<Vec<ResolvedBase>> {
     let top = client
-        .fetch_manifest(reference)
-        .await?
-        .ok_or_else(|| Error::BaseNotFound {
-            reference: reference.to_string(),
-        })?;
+        .require_manifest(reference, |reference| Error::BaseNotFound { reference })
+        .await?;
     let is_index = matches!(
         top.media_type.as_str(),
         media::OCI_INDEX | media::DOCKER_LIST

@@ -194,7 +194,7 @@ pub(super) fn prepare(opts: &BuildOptions) -> Result<Prepared> {
         ea.insert("registry.insecure".to_owned(), bool_attr(true));
     }
     if let Some(c) = opts.compression {
-        ea.insert("compression".to_owned(), compression_name(c).to_owned());
+        ea.insert("compression".to_owned(), c.name().to_owned());
     }
     if let Some(level) = opts.compression_level.or(match opts.compression {
         // BuildKit's zstd default is this level: not sent, so the attributes stay buildctl's.
@@ -240,15 +240,6 @@ pub(super) fn prepare(opts: &BuildOptions) -> Result<Prepared> {
         cache,
         dockerfile_display: dockerfile_given.display().to_string(),
     })
-}
-
-/// The exporter's name of a compression.
-fn compression_name(c: Compression) -> &'static str {
-    match c {
-        Compression::Gzip => "gzip",
-        Compression::Zstd { .. } => "zstd",
-        Compression::None => "uncompressed",
-    }
 }
 
 /// Validates the options without talking to the daemon (paths exist, push has names).
@@ -302,27 +293,35 @@ mod tests {
             fs_err::canonicalize(dir.path()).unwrap()
         );
         assert_eq!(p.dirs["context"], fs_err::canonicalize(&ctx).unwrap());
-        let fa = &p.frontend_attrs;
-        assert_eq!(fa["filename"], "build.Dockerfile");
-        assert_eq!(fa["target"], "final");
-        assert_eq!(fa["build-arg:A"], "1");
-        assert_eq!(fa["label:l"], "v");
-        assert_eq!(fa["platform"], "linux/amd64,linux/arm64");
-        assert_eq!(fa["no-cache"], "");
-        assert_eq!(fa["build-arg:SOURCE_DATE_EPOCH"], "0");
-        assert_eq!(
-            fa["cache-imports"],
-            r#"[{"Type":"registry","Attrs":{"ref":"127.0.0.1:5000/x:cache"}}]"#
-        );
-        let ea = &p.exporter_attrs;
-        assert_eq!(ea["name"], "127.0.0.1:5000/x:y");
-        assert_eq!(ea["push"], "true");
-        assert_eq!(ea["registry.insecure"], "true");
-        assert_eq!(ea["compression"], "zstd");
-        assert_eq!(ea["compression-level"], "3");
-        assert_eq!(ea["force-compression"], "true");
-        assert_eq!(ea["oci-mediatypes"], "true");
-        assert_eq!(ea["rewrite-timestamp"], "true");
+        // `frontend|exporter KEY=VALUE`: attributes the request must carry.
+        let wanted = r#"
+frontend filename=build.Dockerfile
+frontend target=final
+frontend build-arg:A=1
+frontend label:l=v
+frontend platform=linux/amd64,linux/arm64
+frontend no-cache=
+frontend build-arg:SOURCE_DATE_EPOCH=0
+frontend cache-imports=[{"Type":"registry","Attrs":{"ref":"127.0.0.1:5000/x:cache"}}]
+exporter name=127.0.0.1:5000/x:y
+exporter push=true
+exporter registry.insecure=true
+exporter compression=zstd
+exporter compression-level=3
+exporter force-compression=true
+exporter oci-mediatypes=true
+exporter rewrite-timestamp=true
+"#;
+        for line in wanted.lines().skip(1) {
+            let (attrs, key_value) = line.split_once(' ').unwrap();
+            let (key, value) = key_value.split_once('=').unwrap();
+            let attrs = match attrs {
+                "frontend" => &p.frontend_attrs,
+                "exporter" => &p.exporter_attrs,
+                other => panic!("not a kind of attributes: {other}"),
+            };
+            assert_eq!(attrs[key], value, "{line}");
+        }
         assert_eq!(p.cache.exports[0].r#type, "inline");
     }
 

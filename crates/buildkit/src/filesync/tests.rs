@@ -606,9 +606,13 @@ fn withheld_paths_are_never_sent() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     fs_err::create_dir_all(root.join(".fastbuild/stamps")).unwrap();
-    fs_err::write(root.join(".fastbuild/history.jsonl"), "{}\n").unwrap();
-    fs_err::write(root.join(".fastbuild-other"), "kept\n").unwrap();
-    fs_err::write(root.join("app.txt"), "app\n").unwrap();
+    for (path, text) in [
+        (".fastbuild/history.jsonl", "{}\n"),
+        (".fastbuild-other", "kept\n"),
+        ("app.txt", "app\n"),
+    ] {
+        fs_err::write(root.join(path), text).unwrap();
+    }
     let filter = Filter::new(root, &SyncRequest::default())
         .unwrap()
         .withholding(vec![b".fastbuild".to_vec()]);

@@ -87,6 +87,19 @@ pub(crate) fn only_prefixes(matcher: &PatternMatcher, exclusions: bool) -> bool 
         })
 }
 
+/// `matcher` on `rel`, from its parent directory's results (none at the root); `which` names
+/// the patterns in the error, as fsutil does.
+fn matching(
+    matcher: &PatternMatcher,
+    rel: &[u8],
+    parent: Option<&MatchInfo>,
+    which: &str,
+) -> std::io::Result<(bool, MatchInfo)> {
+    matcher
+        .matches_using_parent_results(rel, &parent.cloned().unwrap_or_default())
+        .map_err(|e| std::io::Error::other(format!("failed to match {which}: {e}")))
+}
+
 /// Whether a pattern of that kind, without its trailing glob, lies in or below `dir`.
 pub(crate) fn prefix_below(matcher: &PatternMatcher, exclusions: bool, dir: &[u8]) -> bool {
     matcher
@@ -158,12 +171,8 @@ impl Filter {
         let mut include_info = MatchInfo::default();
         let mut exclude_info = MatchInfo::default();
         if let Some(inc) = &self.includes {
-            let parent_info = parent.map(|p| p.include_info.clone()).unwrap_or_default();
-            let (matched, info) = inc
-                .matches_using_parent_results(rel, &parent_info)
-                .map_err(|e| {
-                    std::io::Error::other(format!("failed to match includepatterns: {e}"))
-                })?;
+            let parent_info = parent.map(|p| &p.include_info);
+            let (matched, info) = matching(inc, rel, parent_info, "includepatterns")?;
             include_info = info;
             if !matched {
                 if is_dir && self.only_prefix_includes && !prefix_below(inc, false, rel) {
@@ -173,12 +182,8 @@ impl Filter {
             }
         }
         if let Some(exc) = &self.excludes {
-            let parent_info = parent.map(|p| p.exclude_info.clone()).unwrap_or_default();
-            let (matched, info) = exc
-                .matches_using_parent_results(rel, &parent_info)
-                .map_err(|e| {
-                    std::io::Error::other(format!("failed to match excludepatterns: {e}"))
-                })?;
+            let parent_info = parent.map(|p| &p.exclude_info);
+            let (matched, info) = matching(exc, rel, parent_info, "excludepatterns")?;
             exclude_info = info;
             if matched {
                 if is_dir

@@ -129,39 +129,40 @@ fn kind(p: &str) -> (String, String) {
 /// patternmatcher_test.go `compileTests` (slash separator): match kind and Go expression.
 #[test]
 fn compile_tests_table() {
-    let table = [
-        ("*", "regexp", r"^[^/]*$"),
-        ("file*", "regexp", r"^file[^/]*$"),
-        ("*file", "regexp", r"^[^/]*file$"),
-        ("a*/b", "regexp", r"^a[^/]*/b$"),
-        ("**", "suffix", ""),
-        ("**/**", "regexp", r"^(.*/)?.*$"),
-        ("dir/**", "prefix", ""),
-        ("**/dir", "suffix", ""),
-        ("**/dir2/*", "regexp", r"^(.*/)?dir2/[^/]*$"),
-        ("**/dir2/**", "regexp", r"^(.*/)?dir2/.*$"),
-        ("**file", "suffix", ""),
-        ("**/file*txt", "regexp", r"^(.*/)?file[^/]*txt$"),
-        ("**/**/*.txt", "regexp", r"^(.*/)?(.*/)?[^/]*\.txt$"),
-        ("a[b-d]e", "regexp", r"^a[b-d]e$"),
-        (".*", "regexp", r"^\.[^/]*$"),
-        ("abc.def", "exact", ""),
-        ("abc?def", "regexp", r"^abc[^/]def$"),
-        ("**/foo/bar", "suffix", ""),
-        ("a(b)c/def", "exact", ""),
-        ("a.|)$(}+{bc", "exact", ""),
-        (
-            "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
-            "exact",
-            "",
-        ),
-        // Not in Go's table: escapes and classes are copied into the expression.
-        (r"app/\[slug\]", "regexp", r"^app/\[slug\]$"),
-        ("[a*]", "regexp", r"^[a[^/]*]$"),
-        ("a]", "regexp", r"^a]$"),
-        ("a^b", "exact", ""),
-    ];
-    for (pattern, want_kind, want_re) in table {
+    // One pattern a line: the pattern, its kind and, for a regexp, Go's expression. The last
+    // four are not in Go's table: escapes and classes are copied into the expression.
+    let table = r"
+*                                                       regexp  ^[^/]*$
+file*                                                   regexp  ^file[^/]*$
+*file                                                   regexp  ^[^/]*file$
+a*/b                                                    regexp  ^a[^/]*/b$
+**                                                      suffix
+**/**                                                   regexp  ^(.*/)?.*$
+dir/**                                                  prefix
+**/dir                                                  suffix
+**/dir2/*                                               regexp  ^(.*/)?dir2/[^/]*$
+**/dir2/**                                              regexp  ^(.*/)?dir2/.*$
+**file                                                  suffix
+**/file*txt                                             regexp  ^(.*/)?file[^/]*txt$
+**/**/*.txt                                             regexp  ^(.*/)?(.*/)?[^/]*\.txt$
+a[b-d]e                                                 regexp  ^a[b-d]e$
+.*                                                      regexp  ^\.[^/]*$
+abc.def                                                 exact
+abc?def                                                 regexp  ^abc[^/]def$
+**/foo/bar                                              suffix
+a(b)c/def                                               exact
+a.|)$(}+{bc                                             exact
+dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl  exact
+app/\[slug\]                                            regexp  ^app/\[slug\]$
+[a*]                                                    regexp  ^[a[^/]*]$
+a]                                                      regexp  ^a]$
+a^b                                                     exact
+";
+    for row in table.lines().skip(1) {
+        let mut columns = row.split_whitespace();
+        let pattern = columns.next().unwrap();
+        let want_kind = columns.next().unwrap();
+        let want_re = columns.next().unwrap_or_default();
         assert_eq!(
             kind(pattern),
             (want_kind.into(), want_re.into()),

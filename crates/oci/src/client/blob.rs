@@ -64,20 +64,9 @@ impl RegistryClient {
     /// Whether the blob exists in the repository.
     pub(crate) async fn blob_exists(&self, repo: &Repo, digest: &Digest) -> Result<bool> {
         let url = self.url(repo, &format!("blobs/{digest}")).await?;
-        let req = Req {
-            registry: &repo.host,
-            method: &Method::HEAD,
-            url: &url,
-        };
-        self.with_retry("check a blob", |_| {
-            self.within_deadline(req, async {
-                let resp = self.send(repo, Method::HEAD, &url, Ok).await?;
-                match resp.status().as_u16() {
-                    200 => Ok(true),
-                    404 => Ok(false),
-                    _ => Err(self.status_error(&Method::HEAD, &url, resp).await),
-                }
-            })
+        let head = (repo, &Method::HEAD, &url);
+        self.call("check a blob", head, Ok, |req, resp| async move {
+            Ok(self.present(req, resp).await?.is_some())
         })
         .await
     }
@@ -94,31 +83,18 @@ impl RegistryClient {
         url.query_pairs_mut()
             .append_pair("mount", &digest.to_string())
             .append_pair("from", from);
-        let req = Req {
-            registry: &repo.host,
-            method: &Method::POST,
-            url: &url,
-        };
-        self.with_retry("mount a blob", |_| {
-            self.within_deadline(req, async {
-                let resp = self
-                    .send(repo, Method::POST, &url, |rb| {
-                        Ok(rb.header(CONTENT_LENGTH, 0))
-                    })
-                    .await?;
-                match resp.status().as_u16() {
-                    201 => {
-                        check_digest_header(
-                            &resp,
-                            digest,
-                            &format!("mounted blob in `{}`", repo.name),
-                        )?;
-                        Ok(None)
-                    }
-                    202 => Ok(Some(self.location(repo, &resp, &url).await?)),
-                    _ => Err(self.status_error(&Method::POST, &url, resp).await),
+        let empty = |rb: reqwest::RequestBuilder| Ok(rb.header(CONTENT_LENGTH, 0));
+        let post = (repo, &Method::POST, &url);
+        self.call("mount a blob", post, empty, |req, resp| async move {
+            match resp.status().as_u16() {
+                201 => {
+                    let what = format!("mounted blob in `{}`", repo.name);
+                    check_digest_header(&resp, digest, &what)?;
+                    Ok(None)
                 }
-            })
+                202 => Ok(Some(self.location(repo, &resp, req.url).await?)),
+                _ => Err(self.status_error(req.method, req.url, resp).await),
+            }
         })
         .await
     }
@@ -336,38 +312,21 @@ impl RegistryClient {
     pub async fn get_blob(&self, reference: &Reference, digest: &Digest) -> Result<Vec<u8>> {
         let repo = Repo::pull(reference);
         let url = self.url(&repo, &format!("blobs/{digest}")).await?;
-        let req = Req {
-            registry: &repo.host,
-            method: &Method::GET,
-            url: &url,
-        };
+        let get = (&repo, &Method::GET, &url);
         let bytes = self
-            .with_retry("fetch a blob", |_| {
-                self.within_deadline(req, async {
-                    let resp = self.send(&repo, Method::GET, &url, Ok).await?;
-                    if resp.status().as_u16() != 200 {
-                        return Err(self.status_error(&Method::GET, &url, resp).await);
-                    }
-                    self.read_capped(
-                        req,
-                        resp,
-                        MAX_CONFIG_BYTES,
-                        "an image config",
-                        "Real image configs are a few KiB: check that the image's manifest and \
-                         registry are the ones meant.",
-                    )
+            .call("fetch a blob", get, Ok, |req, resp| async move {
+                if resp.status().as_u16() != 200 {
+                    return Err(self.status_error(req.method, req.url, resp).await);
+                }
+                let advice = "Real image configs are a few KiB: check that the image's manifest \
+                              and registry are the ones meant.";
+                self.read_capped(req, resp, MAX_CONFIG_BYTES, "an image config", advice)
                     .await
-                })
             })
             .await?;
-        let got = Digest::of(&bytes);
-        if got != *digest {
-            return Err(Error::DigestMismatch {
-                what: format!("blob of `{}`", reference.repository_name()),
-                expected: digest.to_string(),
-                actual: got.to_string(),
-            });
-        }
+        Digest::of(&bytes).check(Some(digest), || {
+            format!("blob of `{}`", reference.repository_name())
+        })?;
         Ok(bytes)
     }
 
@@ -427,14 +386,9 @@ impl RegistryClient {
             file.flush()
                 .await
                 .map_err(|e| Error::io(format!("write `{}`", tmp.path().display()), e))?;
-            let got = Digest::from_hasher(hasher);
-            if got != *digest {
-                return Err(Error::DigestMismatch {
-                    what: format!("blob downloaded from `{}`", reference.repository_name()),
-                    expected: digest.to_string(),
-                    actual: got.to_string(),
-                });
-            }
+            Digest::from_hasher(hasher).check(Some(digest), || {
+                format!("blob downloaded from `{}`", reference.repository_name())
+            })?;
             tmp.persist(dest)
                 .map_err(|e| Error::io(format!("store `{}`", dest.display()), e.error))?;
             Ok(size)

@@ -2,12 +2,12 @@
 //! checked against a pinned digest), tag, list (`Link` pagination on the registry's own origin)
 //! and delete.
 
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::Method;
 
-use super::request::{Req, check_digest_header, shown};
+use super::request::{check_digest_header, shown};
 use super::{
-    FetchedManifest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, MAX_TAG_PAGES, RegistryClient, Repo,
+    FetchedManifest, MAX_MANIFEST_BYTES, MAX_TAG_PAGES, RegistryClient, Repo, accept_manifests,
 };
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -44,31 +44,20 @@ impl RegistryClient {
         bytes: &bytes::Bytes,
     ) -> Result<()> {
         let url = self.url(repo, &format!("manifests/{reference}")).await?;
-        let digest = Digest::of(bytes);
-        let req = Req {
-            registry: &repo.host,
-            method: &Method::PUT,
-            url: &url,
+        let digest = &Digest::of(bytes);
+        let body = |rb: reqwest::RequestBuilder| {
+            Ok(rb
+                .header(CONTENT_TYPE, media_type)
+                .header(CONTENT_LENGTH, bytes.len())
+                .body(bytes.clone()))
         };
-        self.with_retry("push a manifest", |_| {
-            self.within_deadline(req, async {
-                let resp = self
-                    .send(repo, Method::PUT, &url, |rb| {
-                        Ok(rb
-                            .header(CONTENT_TYPE, media_type)
-                            .header(CONTENT_LENGTH, bytes.len())
-                            .body(bytes.clone()))
-                    })
-                    .await?;
-                if resp.status().as_u16() != 201 {
-                    return Err(self.status_error(&Method::PUT, &url, resp).await);
-                }
-                check_digest_header(
-                    &resp,
-                    &digest,
-                    &format!("manifest `{}:{reference}`", repo.name),
-                )
-            })
+        let put = (repo, &Method::PUT, &url);
+        self.call("push a manifest", put, body, |req, resp| async move {
+            if resp.status().as_u16() != 201 {
+                return Err(self.status_error(req.method, req.url, resp).await);
+            }
+            let what = format!("manifest `{}:{reference}`", repo.name);
+            check_digest_header(&resp, digest, &what)
         })
         .await
     }
@@ -85,62 +74,54 @@ impl RegistryClient {
         Ok((repo, url))
     }
 
+    /// [`Self::fetch_manifest`], with `absent(reference)` as the error on 404.
+    pub(crate) async fn require_manifest(
+        &self,
+        reference: &Reference,
+        absent: fn(String) -> Error,
+    ) -> Result<FetchedManifest> {
+        self.fetch_manifest(reference)
+            .await?
+            .ok_or_else(|| absent(reference.to_string()))
+    }
+
     /// Fetches the manifest (or index) `reference` points at; `Ok(None)` on 404.
     pub(crate) async fn fetch_manifest(
         &self,
         reference: &Reference,
     ) -> Result<Option<FetchedManifest>> {
         let (repo, url) = self.manifest_url(reference).await?;
-        let req = Req {
-            registry: &repo.host,
-            method: &Method::GET,
-            url: &url,
-        };
+        let get = (&repo, &Method::GET, &url);
         let fetched = self
-            .with_retry("fetch a manifest", |_| {
-                self.within_deadline(req, async {
-                    let resp = self
-                        .send(&repo, Method::GET, &url, |rb| {
-                            Ok(rb.header(ACCEPT, MANIFEST_ACCEPT))
-                        })
-                        .await?;
-                    match resp.status().as_u16() {
-                        200 => {}
-                        404 => return Ok(None),
-                        _ => return Err(self.status_error(&Method::GET, &url, resp).await),
-                    }
+            .call(
+                "fetch a manifest",
+                get,
+                accept_manifests,
+                |req, resp| async move {
+                    let Some(resp) = self.present(req, resp).await? else {
+                        return Ok(None);
+                    };
                     let header_type = resp
                         .headers()
                         .get(CONTENT_TYPE)
                         .and_then(|v| v.to_str().ok())
                         .map(|s| s.split(';').next().unwrap_or(s).trim().to_owned());
+                    let advice = "Real manifests are a few KiB: check that the reference names an \
+                              image and that the registry is the one meant.";
                     let bytes = self
-                        .read_capped(
-                            req,
-                            resp,
-                            MAX_MANIFEST_BYTES,
-                            "a manifest or index",
-                            "Real manifests are a few KiB: check that the reference names an image \
-                             and that the registry is the one meant.",
-                        )
+                        .read_capped(req, resp, MAX_MANIFEST_BYTES, "a manifest or index", advice)
                         .await?;
                     Ok(Some((header_type, bytes)))
-                })
-            })
+                },
+            )
             .await?;
         let Some((header_type, bytes)) = fetched else {
             return Ok(None);
         };
         let digest = Digest::of(&bytes);
-        if let Some(expected) = &reference.digest
-            && *expected != digest
-        {
-            return Err(Error::DigestMismatch {
-                what: format!("manifest of `{reference}`"),
-                expected: expected.to_string(),
-                actual: digest.to_string(),
-            });
-        }
+        digest.check(reference.digest.as_ref(), || {
+            format!("manifest of `{reference}`")
+        })?;
         let media_type = match header_type {
             Some(t) if t != "application/json" && t != "text/plain" && !t.is_empty() => t,
             _ => serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -214,32 +195,25 @@ impl RegistryClient {
         let origin = url.origin();
         let mut tags = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
-            let req = Req {
-                registry: &repo.host,
-                method: &Method::GET,
-                url: &url,
-            };
+            let get = (&repo, &Method::GET, &url);
             let page = self
-                .with_retry("list tags", |_| {
-                    self.within_deadline(req, async {
-                        let resp = self.send(&repo, Method::GET, &url, Ok).await?;
-                        match resp.status().as_u16() {
-                            200 => {}
-                            404 => return Ok(None),
-                            _ => return Err(self.status_error(&Method::GET, &url, resp).await),
-                        }
-                        let next = link_next(resp.headers());
-                        let body = self
-                            .read_capped(
-                                req,
-                                resp,
-                                MAX_MANIFEST_BYTES,
-                                "a page of a tag list",
-                                "Ask for smaller pages, or check that the registry is the one meant.",
-                            )
-                            .await?;
-                        Ok(Some((body, next)))
-                    })
+                .call("list tags", get, Ok, |req, resp| async move {
+                    let Some(resp) = self.present(req, resp).await? else {
+                        return Ok(None);
+                    };
+                    let next = link_next(resp.headers());
+                    let advice =
+                        "Ask for smaller pages, or check that the registry is the one meant.";
+                    let body = self
+                        .read_capped(
+                            req,
+                            resp,
+                            MAX_MANIFEST_BYTES,
+                            "a page of a tag list",
+                            advice,
+                        )
+                        .await?;
+                    Ok(Some((body, next)))
                 })
                 .await?;
             let Some((body, next)) = page else {
@@ -299,33 +273,29 @@ impl RegistryClient {
             scopes: vec![format!("repository:{}:delete", reference.repository)],
         };
         let url = self.url(&repo, &format!("manifests/{digest}")).await?;
-        let req = Req {
-            registry: &repo.host,
-            method: &Method::DELETE,
-            url: &url,
-        };
-        self.with_retry("delete a manifest", |_| {
-            self.within_deadline(req, async {
-                let resp = self.send(&repo, Method::DELETE, &url, Ok).await?;
-                match resp.status().as_u16() {
-                    200 | 202 | 204 => Ok(true),
-                    404 => Ok(false),
-                    405 => {
-                        let Error::Status { body, .. } =
-                            self.status_error(&Method::DELETE, &url, resp).await
-                        else {
-                            unreachable!("status_error makes a Status")
-                        };
-                        Err(Error::DeleteDisabled {
-                            registry: repo.host.clone(),
-                            request: req.shown(),
-                            body,
-                        })
-                    }
-                    _ => Err(self.status_error(&Method::DELETE, &url, resp).await),
+        let delete = (&repo, &Method::DELETE, &url);
+        self.call(
+            "delete a manifest",
+            delete,
+            Ok,
+            async |req, resp| match resp.status().as_u16() {
+                200 | 202 | 204 => Ok(true),
+                404 => Ok(false),
+                405 => {
+                    let Error::Status { body, .. } =
+                        self.status_error(req.method, req.url, resp).await
+                    else {
+                        unreachable!("status_error makes a Status")
+                    };
+                    Err(Error::DeleteDisabled {
+                        registry: req.registry.to_owned(),
+                        request: req.shown(),
+                        body,
+                    })
                 }
-            })
-        })
+                _ => Err(self.status_error(req.method, req.url, resp).await),
+            },
+        )
         .await
     }
 }
@@ -336,22 +306,19 @@ mod tests {
 
     #[test]
     fn next_page_links_are_found_among_others() {
-        let mut h = http::HeaderMap::new();
-        assert_eq!(link_next(&h), None);
-        h.append(
-            http::header::LINK,
-            "</v2/a/tags/list?last=b&n=2>; rel=\"next\""
-                .parse()
-                .unwrap(),
+        let links = |value: &str| {
+            let mut h = http::HeaderMap::new();
+            h.append(http::header::LINK, value.parse().unwrap());
+            link_next(&h)
+        };
+        assert_eq!(link_next(&http::HeaderMap::new()), None);
+        assert_eq!(
+            links("</v2/a/tags/list?last=b&n=2>; rel=\"next\"").as_deref(),
+            Some("/v2/a/tags/list?last=b&n=2")
         );
-        assert_eq!(link_next(&h).as_deref(), Some("/v2/a/tags/list?last=b&n=2"));
-        let mut h = http::HeaderMap::new();
-        h.append(
-            http::header::LINK,
-            "<https://x/prev>; rel=\"prev\", <https://x/next?last=c>; rel=next"
-                .parse()
-                .unwrap(),
+        assert_eq!(
+            links("<https://x/prev>; rel=\"prev\", <https://x/next?last=c>; rel=next").as_deref(),
+            Some("https://x/next?last=c")
         );
-        assert_eq!(link_next(&h).as_deref(), Some("https://x/next?last=c"));
     }
 }

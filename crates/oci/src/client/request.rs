@@ -9,7 +9,7 @@ use reqwest::{Method, Response};
 use url::Url;
 
 use super::origin::RedirectRefused;
-use super::{MAX_ERROR_BODY_BYTES, RegistryClient};
+use super::{MAX_ERROR_BODY_BYTES, RegistryClient, Repo};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -296,6 +296,43 @@ impl RegistryClient {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+
+    /// One small request to `repo`: each attempt bounded by the request timeout, retried on
+    /// retriable failures. `build` adds headers and body to each attempt; `answer` reads the
+    /// response (with the [`Req`] it belongs to, for the errors of reading it).
+    pub(super) async fn call<'a, T, F>(
+        &self,
+        what: &str,
+        (repo, method, url): (&'a Repo, &'a Method, &'a Url),
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
+        answer: impl Fn(Req<'a>, Response) -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let req = Req {
+            registry: &repo.host,
+            method,
+            url,
+        };
+        self.with_retry(what, |_| {
+            self.within_deadline(req, async {
+                let resp = self.send(repo, method.clone(), url, &build).await?;
+                answer(req, resp).await
+            })
+        })
+        .await
+    }
+
+    /// The response to a request for something that may be absent: `Some` on 200, `None` on
+    /// 404, the status error otherwise.
+    pub(super) async fn present(&self, req: Req<'_>, resp: Response) -> Result<Option<Response>> {
+        match resp.status().as_u16() {
+            200 => Ok(Some(resp)),
+            404 => Ok(None),
+            _ => Err(self.status_error(req.method, req.url, resp).await),
+        }
     }
 
     /// Runs one attempt of a small request, failing it after the request timeout.
