@@ -203,7 +203,7 @@ pub async fn run(
     let git = crate::history::GitStates::prefetch(
         plans
             .iter()
-            .filter(|p| matches!(p.destination, Destination::Registry { .. }))
+            .filter(|p| matches!(p.registry.destination, Destination::Registry { .. }))
             .map(|p| p.root.as_path()),
     );
     let outcomes = build_all(&plans, project.parallel, printer, cancel).await;
