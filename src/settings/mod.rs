@@ -217,18 +217,41 @@ impl Project {
         flags: &ServiceFlags,
         delivery: &Delivery,
     ) -> Result<Vec<ServicePlan>> {
-        names
-            .iter()
-            .map(|name| {
-                let mut plan = self.plan(name, flags)?;
-                delivery.apply(&self.root, &mut plan)?;
-                destination::check_tags(name, &plan.registry.destination)?;
-                preflight(&plan)?;
-                Ok(plan)
-            })
-            .collect()
+        let one = |name: &String| -> Result<ServicePlan> {
+            let mut plan = self.plan(name, flags)?;
+            delivery.apply(&self.root, &mut plan)?;
+            destination::check_tags(name, &plan.registry.destination)?;
+            preflight(&plan)?;
+            Ok(plan)
+        };
+        if names.len() < 2 {
+            return names.iter().map(one).collect();
+        }
+        // Services resolve side by side, a few at a time: each runs `git log` for its
+        // SOURCE_DATE_EPOCH, which in a large repository takes a while. Results (and the first
+        // error) come in the order of `names`.
+        let mut plans = Vec::with_capacity(names.len());
+        for chunk in names.chunks(PARALLEL_RESOLVE) {
+            let resolved: Vec<Result<ServicePlan>> = std::thread::scope(|scope| {
+                let running: Vec<_> = chunk
+                    .iter()
+                    .map(|name| scope.spawn(move || one(name)))
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            });
+            for plan in resolved {
+                plans.push(plan?);
+            }
+        }
+        Ok(plans)
     }
 }
+
+/// Services resolved at once by [`Project::plans_for`].
+const PARALLEL_RESOLVE: usize = 8;
 
 /// What a command does with the fingerprint of a build's inputs (see `crate::reuse`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
