@@ -219,8 +219,9 @@ async fn build_layers(
 /// Builds the image described by `spec` and publishes it to `target`.
 ///
 /// Nothing is pushed until every layer is built and the base is resolved for every platform,
-/// so bad input leaves the registry untouched; the manifest is pushed only after all blobs are
-/// confirmed present.
+/// so bad input leaves the registry untouched (a rebuild may open upload sessions meanwhile,
+/// see [`early`]; they are cancelled when the build fails); the manifest is pushed only after
+/// all blobs are confirmed present.
 pub async fn build_and_push(
     spec: &ImageSpec,
     target: &Target,
