@@ -302,12 +302,12 @@ fn link_into(cached: &Path, blob_dir: &Path, hex: &str) -> PathBuf {
     }
 }
 
-/// Version of the layer-cache fingerprint: bump it whenever the bytes [`build_layer`] writes for
+/// Version of the layer-cache fingerprint: bump it whenever the bytes [`crate::layer::build_layer`] writes for
 /// the same inputs change (tar layout, modes, compressor settings, dependency upgrades that
 /// change output), so stale cache entries are not used.
 const FINGERPRINT_VERSION: &str = "fastbuild-layer-cache-v1";
 
-/// [`build_layer`] through a persistent [`LayerCache`].
+/// [`crate::layer::build_layer`] through a persistent [`LayerCache`].
 ///
 /// The sources are walked and stat'ed (never read) and fingerprinted; when the cache holds a
 /// blob for that fingerprint it is returned (`cache_hit: true`, linked into `blob_dir` when

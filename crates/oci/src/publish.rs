@@ -220,7 +220,7 @@ async fn build_layers(
 ///
 /// Nothing is pushed until every layer is built and the base is resolved for every platform,
 /// so bad input leaves the registry untouched (a rebuild may open upload sessions meanwhile,
-/// see [`early`]; they are cancelled when the build fails); the manifest is pushed only after
+/// see `publish/early.rs`; they are cancelled when the build fails); the manifest is pushed only after
 /// all blobs are confirmed present.
 pub async fn build_and_push(
     spec: &ImageSpec,
