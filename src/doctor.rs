@@ -411,23 +411,12 @@ async fn registry_check(plan: &ServicePlan, host: &str, insecure: bool) -> Check
                     Status::Fail,
                     format!(
                         "unreachable over HTTPS and HTTP ({}); is the registry running and the address right?",
-                        one_line(&https_err)
+                        fastbuild_oci::error_chain(&https_err)
                     ),
                 ),
             }
         }
     }
-}
-
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 async fn credentials_check(host: &str) -> Check {

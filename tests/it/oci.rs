@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::common::{TestBed, repo_root, require_bed, sha256, skopeo};
 use fastbuild_oci::{
     BaseImage, Compression, ConfigOverrides, Digest, Error, ImageSpec, LayerSpec, MediaTypes,
-    PushResult, Reference, RegistryClient, RegistryOptions, Target, build_and_push,
+    PushResult, Reference, RegistryClient, RegistryOptions, Target, build_and_push, error_chain,
 };
 
 fn unique(name: &str) -> String {
@@ -395,16 +395,6 @@ fn scratch_app() -> ImageSpec {
     s
 }
 
-fn chain(e: &Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(s) = cur {
-        out = format!("{out}: {s}");
-        cur = s.source();
-    }
-    out
-}
-
 #[tokio::test]
 async fn tls_registry_with_docker_config_and_credential_helper() {
     use base64::Engine as _;
@@ -501,7 +491,7 @@ async fn tls_registry_with_docker_config_and_credential_helper() {
     let err = build_and_push(&scratch_app(), &Target::Registry(t2), &anon)
         .await
         .unwrap_err();
-    let msg = chain(&err);
+    let msg = error_chain(&err);
     assert!(matches!(err, Error::Unauthorized { .. }), "{msg}");
     assert!(
         msg.contains("none are configured") && msg.contains("docker login"),
@@ -518,7 +508,11 @@ async fn tls_registry_with_docker_config_and_credential_helper() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::TlsUntrusted { .. }), "{}", chain(&err));
+    assert!(
+        matches!(err, Error::TlsUntrusted { .. }),
+        "{}",
+        error_chain(&err)
+    );
     assert!(err.to_string().contains("--registry-ca"), "{err}");
 }
 
@@ -542,7 +536,7 @@ async fn bad_input_is_a_clear_error_and_pushes_no_manifest() {
     assert!(
         matches!(err, Error::SourceMissing { .. }),
         "{}",
-        chain(&err)
+        error_chain(&err)
     );
     assert!(err.to_string().contains(&missing.display().to_string()));
 
@@ -554,7 +548,7 @@ async fn bad_input_is_a_clear_error_and_pushes_no_manifest() {
     assert!(
         matches!(err, Error::SymlinkEscape { .. }),
         "{}",
-        chain(&err)
+        error_chain(&err)
     );
     let msg = err.to_string();
     assert!(
@@ -569,7 +563,11 @@ async fn bad_input_is_a_clear_error_and_pushes_no_manifest() {
         Compression::None,
     );
     let err = build_and_push(&s, &t, &client).await.unwrap_err();
-    assert!(matches!(err, Error::BaseNotFound { .. }), "{}", chain(&err));
+    assert!(
+        matches!(err, Error::BaseNotFound { .. }),
+        "{}",
+        error_chain(&err)
+    );
     assert!(err.to_string().contains(&nowhere));
 
     let mut s = tree_spec(base, &native(), Compression::None);
@@ -682,9 +680,9 @@ async fn token_registry_push_with_basic_credentials_and_identity_token() {
         .await
         .unwrap_err();
     assert!(
-        chain(&err).contains(&bed.registry_token),
+        error_chain(&err).contains(&bed.registry_token),
         "the refusal names the registry: {}",
-        chain(&err)
+        error_chain(&err)
     );
 
     for (name, entry, via) in [
@@ -716,7 +714,7 @@ async fn token_registry_push_with_basic_credentials_and_identity_token() {
         let t = target(name);
         let pushed = build_and_push(&scratch_app(), &Target::Registry(t.clone()), &client)
             .await
-            .unwrap_or_else(|e| panic!("{name}: {}", chain(&e)));
+            .unwrap_or_else(|e| panic!("{name}: {}", error_chain(&e)));
         assert_eq!(client.get_manifest(&t).await.unwrap().digest, pushed.digest);
         let entries = crate::common::token_requests(&bed, &t.repository);
         assert!(

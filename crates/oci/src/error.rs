@@ -2,6 +2,19 @@
 
 use std::path::PathBuf;
 
+/// An error and its sources on one line, `: `-separated (what a cause like a TLS failure says
+/// is often only in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 /// Errors from building, assembling and publishing images.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -57,7 +57,7 @@ pub use client::{
 };
 pub use copy::CopyResult;
 pub use digest::Digest;
-pub use error::{Error, Result};
+pub use error::{Error, Result, error_chain};
 pub use image::{BaseImage, ConfigOverrides, ImageSpec, MediaTypes, Platform, canonical_json};
 pub use layer::{Compression, Layer, LayerSpec, build_layer};
 pub use layer_cache::{LayerCache, build_layer_cached};

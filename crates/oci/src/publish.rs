@@ -247,10 +247,17 @@ pub async fn build_and_push(
     // Upload sessions for the blobs a rebuild is about to make (see `early`): only into a
     // repository this machine pushed to recently, and only with a layer cache to say which
     // layers changed.
+    // The blobs recent pushes left in the target repository, read once for the whole push.
+    let remembered: HashSet<Digest> = match target {
+        Target::Registry(r) => client
+            .remembered_blobs(&Repo::push(r, base_ref.as_ref()))
+            .into_iter()
+            .collect(),
+        Target::Layout(_) => HashSet::new(),
+    };
     let early_repo = match target {
-        Target::Registry(r) if spec.layer_cache.is_some() => {
-            let repo = Repo::push(r, base_ref.as_ref());
-            (!client.remembered_blobs(&repo).is_empty()).then_some(repo)
+        Target::Registry(r) if spec.layer_cache.is_some() && !remembered.is_empty() => {
+            Some(Repo::push(r, base_ref.as_ref()))
         }
         _ => None,
     };
@@ -308,6 +315,7 @@ pub async fn build_and_push(
                         r,
                         base_ref.as_ref(),
                         (&blob_dir, &blobs, &early),
+                        &remembered,
                         &images,
                         (&top_bytes, top_type, &tag),
                     ))
@@ -439,13 +447,13 @@ async fn push_to_registry(
     target: &Reference,
     base: Option<&Reference>,
     (blob_dir, blobs, early): (&Path, &[Blob], &EarlySessions),
+    remembered: &HashSet<Digest>,
     images: &[Assembled],
     top: (&bytes::Bytes, &str, &str),
 ) -> Result<PushStats> {
     let repo = Repo::push(target, base);
-    let remembered: HashSet<Digest> = client.remembered_blobs(&repo).into_iter().collect();
     let to_push = (blob_dir, blobs, early);
-    let mut outcomes = push_blobs(client, &repo, target, to_push, &remembered).await?;
+    let mut outcomes = push_blobs(client, &repo, target, to_push, remembered).await?;
     // Sessions opened early that no blob took go while the manifest does.
     let (pushed, ()) = tokio::join!(
         push_manifests(client, &repo, images, top),

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fastbuild_oci::{Credential, DockerConfig, Error};
+use fastbuild_oci::{Credential, DockerConfig, Error, error_chain};
 
 fn executable(path: &Path, script: &str) {
     fs_err::write(path, script).unwrap();
@@ -20,18 +20,6 @@ fn config(dir: &Path, json: &str) -> PathBuf {
     let p = dir.join("config.json");
     fs_err::write(&p, json).unwrap();
     p
-}
-
-/// Message and sources, joined.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 #[tokio::test]
@@ -67,7 +55,7 @@ async fn helper_names_and_relative_path_entries_never_run_a_project_file() {
         let path = config(&project.join("cfg"), json);
         let cfg = DockerConfig::load(Some(&path)).unwrap();
         let err = cfg.credential_for("registry.example").await.unwrap_err();
-        let msg = chain(&err);
+        let msg = error_chain(&err);
         assert!(!marker.exists(), "{json}: a project file was run");
         assert!(
             matches!(err, Error::InvalidCredentialHelper { .. }),
@@ -92,7 +80,7 @@ async fn helper_names_and_relative_path_entries_never_run_a_project_file() {
         let mut cfg = DockerConfig::load(Some(&path)).unwrap();
         cfg.set_helper_path(Some(search.into()));
         let err = cfg.credential_for("registry.example").await.unwrap_err();
-        let msg = chain(&err);
+        let msg = error_chain(&err);
         assert!(!marker.exists(), "PATH={search}: a project file was run");
         assert!(matches!(err, Error::CredentialHelper { .. }), "{msg}");
         assert!(

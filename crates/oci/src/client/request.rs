@@ -119,17 +119,6 @@ pub(super) fn bytes_shown(n: u64) -> String {
     }
 }
 
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 /// A URL fit for messages: without its query (upload state, pre-signed storage signatures)
 /// and without user info.
 pub(super) fn shown(url: &Url) -> String {
@@ -372,7 +361,7 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("sig-secret"), "{err}");
         let err = transport(&Method::GET, &url)(err);
-        let chain = error_chain(&err);
+        let chain = crate::error::error_chain(&err);
         assert!(chain.contains("127.0.0.1:1/blob"), "{chain}");
         for secret in ["pw-secret", "sig-secret", "tok-secret"] {
             assert!(!chain.contains(secret), "{chain}");

@@ -6,8 +6,9 @@ use reqwest::{Response, StatusCode};
 use url::Url;
 
 use super::origin::{location_of, plain_http_allowed};
-use super::request::{Req, error_chain};
+use super::request::Req;
 use super::{RegistryClient, Repo};
+use crate::error::error_chain;
 use crate::error::{Error, Result};
 
 /// Whether `resp` (to a plain-HTTP request) looks like a TLS server's refusal of plain HTTP
