@@ -477,17 +477,30 @@ pub async fn served_manifest(
     reference: &str,
 ) -> (String, serde_json::Value) {
     let url = format!("http://{registry}/v2/{repo}/manifests/{reference}");
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .header(
-            "Accept",
-            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
-             application/vnd.docker.distribution.manifest.v2+json, \
-             application/vnd.docker.distribution.manifest.list.v2+json",
-        )
-        .send()
-        .await
-        .unwrap();
+    // The bed's registry (distribution 2.8) answered one read of a tag 500 "invalid checksum
+    // digest format" right after the tag's PUT returned 201, while other tests pushed into the
+    // same repository: most likely a link file read while another request rewrote it (the
+    // filesystem driver writes them in place). A 5xx is asked again, twice at most; anything
+    // else is the answer, and the digest is checked as before.
+    let mut attempt = 0;
+    let resp = loop {
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .header(
+                "Accept",
+                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+                 application/vnd.docker.distribution.manifest.v2+json, \
+                 application/vnd.docker.distribution.manifest.list.v2+json",
+            )
+            .send()
+            .await
+            .unwrap();
+        attempt += 1;
+        if !resp.status().is_server_error() || attempt == 3 {
+            break resp;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
     let body = resp.bytes().await.unwrap();
     (
